@@ -1,0 +1,133 @@
+"""Every setting of aserve, in one frozen dataclass validated once; the CLI is built from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aserve.errors import ConfigError
+
+Interface = Literal["auto", "asgi", "wsgi"]
+ServerKind = Literal["aserve", "wsgiref"]
+LifespanMode = Literal["auto", "on", "off"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LoopKind = Literal["auto", "uvloop", "asyncio"]
+
+
+def setting(default: Any, help: str, *, metavar: str | None = None, cli: bool = True) -> Any:
+    """A `Config` field: its default and the help text the CLI shows for it."""
+    meta: dict[str, Any] = {"help": help, "metavar": metavar, "cli": cli}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Settings shared by the CLI, `aserve.run()` and `Server`; picklable for the supervisor."""
+
+    host: str = setting("127.0.0.1", "Bind to this address.", metavar="ADDR")
+    port: int = setting(8000, "Bind to this TCP port (0 picks a free one).")
+    uds: str | None = setting(
+        None, "Bind to this Unix domain socket instead of TCP.", metavar="PATH"
+    )
+    fd: int | None = setting(None, "Serve on this already-bound socket file descriptor.")
+    interface: Interface = setting("auto", "Application interface; auto detects it.")
+    factory: bool = setting(False, "APP is a callable that returns the application.")
+    server: ServerKind = setting(
+        "aserve", "aserve: event loop server; wsgiref: the stdlib threaded server runserver uses."
+    )
+    threads: int = setting(
+        16,
+        "WSGI thread pool size: how many WSGI requests run at once (a blocked view holds one).",
+    )
+    lifespan: LifespanMode = setting("auto", "ASGI lifespan protocol: auto tolerates apps without.")
+    root_path: str = setting(
+        "", "Mount prefix: ASGI root_path and WSGI SCRIPT_NAME.", metavar="PATH"
+    )
+    access_log: bool = setting(True, "Log one line per response.")
+    log_level: LogLevel = setting("info", "Logging threshold.")
+    timeout_keep_alive: float = setting(
+        5.0, "Close keep-alive connections idle for this many seconds.", metavar="SECONDS"
+    )
+    timeout_graceful_shutdown: float = setting(
+        5.0,
+        "On SIGTERM/SIGINT, wait this long for in-flight requests before cancelling them.",
+        metavar="SECONDS",
+    )
+    loop: LoopKind = setting("auto", "Event loop implementation; auto prefers uvloop.")
+    backlog: int = setting(2048, "Listen backlog: connections the kernel queues before accept.")
+    # Limits on the request head. 8190 bytes per line and 100 fields are Apache's defaults
+    # (LimitRequestLine, LimitRequestFieldSize, LimitRequestFields), also gunicorn's field limits;
+    # nginx's 4 x 8 KiB large_client_header_buffers is in the same range.
+    limit_request_line: int = setting(
+        8190, "Longest request line in bytes; longer gets 414.", metavar="BYTES"
+    )
+    limit_request_fields: int = setting(100, "Most header fields in a request; more gets 431.")
+    limit_request_field_size: int = setting(
+        8190, "Longest header field (name and value) in bytes; longer gets 431.", metavar="BYTES"
+    )
+    limit_request_head: int = setting(
+        65536, "Largest request head (line and fields) in bytes; larger gets 431.", metavar="BYTES"
+    )
+    # 64 KiB matches asyncio's default transport high-water mark: enough to keep a socket busy,
+    # small enough that a slow consumer bounds memory per connection.
+    flow_buffer: int = setting(
+        65536,
+        "Bytes of request body buffered for the app, or of response queued, before pausing.",
+        metavar="BYTES",
+    )
+    drain_limit: int = setting(
+        262144,
+        "Unread request body read and discarded after a response to keep the connection.",
+        metavar="BYTES",
+    )
+    reload: bool = setting(False, "Restart the worker when files change (development).")
+    reload_dirs: list[str] = setting(
+        [], "Watch this directory (repeatable; default: current directory).", metavar="DIR"
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535, not {self.port}")
+        if self.fd is not None and self.fd < 0:
+            raise ConfigError(f"--fd must be a non-negative file descriptor, not {self.fd}")
+        if self.uds is not None and self.fd is not None:
+            raise ConfigError("--uds and --fd cannot be used together")
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, not {self.threads}")
+        for name in ("timeout_keep_alive", "timeout_graceful_shutdown"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} cannot be negative")
+        for name in (
+            "backlog",
+            "limit_request_line",
+            "limit_request_fields",
+            "limit_request_field_size",
+            "limit_request_head",
+            "flow_buffer",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.drain_limit < 0:
+            raise ConfigError("--drain-limit cannot be negative")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ConfigError("--root-path must start with '/' and not end with one, like /app")
+        if self.server == "wsgiref" and self.interface == "asgi":
+            raise ConfigError(
+                "--server wsgiref serves WSGI apps only; use --server aserve for ASGI"
+            )
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some settings changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def bind_description(self) -> str:
+        if self.uds is not None:
+            return f"unix:{self.uds}"
+        if self.fd is not None:
+            return f"fd://{self.fd}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"

@@ -1,0 +1,112 @@
+"""`--server wsgiref`: the standard library's threaded wsgiref server, as Django's runserver
+serves, behind aserve's CLI, logging and SIGTERM handling."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import socketserver
+import time
+from types import FrameType
+from typing import Any, cast
+from wsgiref import simple_server
+from wsgiref.types import WSGIApplication
+
+from aserve import __version__
+from aserve.config import Config
+from aserve.errors import AppLoadError
+from aserve.loader import load
+from aserve.logs import access_logger, configure
+from aserve.server import bind_socket
+from aserve.types import WSGIApp
+
+logger = logging.getLogger("aserve.error")
+
+
+class _Stop(BaseException):
+    """Raised by the signal handler to leave serve_forever()."""
+
+
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, simple_server.WSGIServer):
+    """wsgiref's server with a thread per connection, as `django.core.servers.basehttp`."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, sock: socket.socket, app: WSGIApp) -> None:
+        super().__init__(sock.getsockname(), WSGIRequestHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        sock.setblocking(True)
+        address = sock.getsockname()
+        # Not socket.getfqdn(): a DNS lookup at start-up buys nothing on a dev server.
+        self.server_name = address[0] if isinstance(address, tuple) else "localhost"
+        self.server_port = address[1] if isinstance(address, tuple) else 0
+        self.setup_environ()
+        self.set_app(cast("WSGIApplication", app))
+        self.access_log: logging.Logger | None = None
+
+
+class WSGIRequestHandler(simple_server.WSGIRequestHandler):
+    server: ThreadingWSGIServer
+
+    def setup(self) -> None:
+        super().setup()
+        self._started = time.perf_counter()
+
+    def get_environ(self) -> dict[str, Any]:
+        # Like Django's runserver: drop headers with underscores, which would be confused
+        # with their dashed twins once turned into HTTP_* keys.
+        for name in [k for k in self.headers if "_" in k]:
+            del self.headers[name]
+        environ: dict[str, Any] = super().get_environ()
+        return environ
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log = self.server.access_log
+        if log is not None:
+            log.info(
+                '%s:%d - "%s" %s %s %.1fms',
+                self.client_address[0],
+                self.client_address[1],
+                self.requestline,
+                code,
+                size,
+                (time.perf_counter() - self._started) * 1000.0,
+            )
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.info("%s: " + format, self.client_address[0], *args)
+
+
+def serve_wsgiref(app: object, config: Config) -> int:
+    """Serve `app` on the wsgiref server until SIGINT/SIGTERM; exit code 0."""
+    configure(config.log_level)
+    loaded = load(app, factory=config.factory, interface=config.interface)
+    if loaded.kind != "wsgi":
+        raise AppLoadError(f"{loaded.name} is an ASGI app; --server wsgiref serves WSGI apps only")
+    sock = bind_socket(config)
+    server = ThreadingWSGIServer(sock, loaded.wsgi)
+    server.access_log = access_logger(config.access_log)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Stop
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    host, port = sock.getsockname()[:2] if config.uds is None else (config.uds, 0)
+    logger.info(
+        "aserve %s serving WSGI app %s with wsgiref on %s; quit with CONTROL-C",
+        __version__,
+        loaded.name,
+        config.bind_description if port == 0 else f"http://{host}:{port}",
+    )
+    try:
+        server.serve_forever()
+    except _Stop:
+        logger.info("aserve (wsgiref) stopped")
+    finally:
+        server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

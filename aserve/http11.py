@@ -1,0 +1,466 @@
+"""Sans-IO HTTP/1.1 server connection over httptools: bytes in, events out, bytes to write.
+
+No sockets, no event loop, no clock: the caller feeds received bytes, pulls events, and asks
+for the bytes of a response head, body chunks and end; it supplies the Date/Server lines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+
+from aserve.errors import AppProtocolError, ProtocolError
+from aserve.types import Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    request_line: int = 8190
+    fields: int = 100
+    field_size: int = 8190
+    head: int = 65536
+    drain: int = 262144
+
+
+class Request:
+    """A request head: method, target and lower-cased header names, as the client sent them."""
+
+    __slots__ = ("expect_continue", "headers", "http_version", "keep_alive", "method", "target")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        http_version: str,
+        headers: Headers,
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.http_version = http_version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method!r} {self.target!r} HTTP/{self.http_version}>"
+
+
+class Data:
+    """A piece of the request body (de-chunked)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<Data {len(self.data)} bytes>"
+
+
+class EndOfMessage:
+    """The request body is complete."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<EndOfMessage>"
+
+
+END_OF_MESSAGE = EndOfMessage()
+
+
+class ProtocolFailure:
+    """The client broke the protocol: answer `status` (when `respond`) and close."""
+
+    __slots__ = ("reason", "respond", "status")
+
+    def __init__(self, status: int, reason: str, respond: bool = True) -> None:
+        self.status = status
+        self.reason = reason
+        self.respond = respond
+
+    def __repr__(self) -> str:
+        return f"<ProtocolFailure {self.status} {self.reason!r}>"
+
+
+Event = Request | Data | EndOfMessage | ProtocolFailure
+
+# RFC 9110 §5.6.2: a field name is a token.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: CR, LF and NUL are never allowed in a field value.
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
+_STATUS_LINES = {
+    int(s): b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
+}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise AppProtocolError(f"invalid response status {status!r}")
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
+
+
+def _status_has_body(status: int) -> bool:
+    # RFC 9112 §6.3: 1xx, 204 and 304 responses never carry content.
+    return status >= 200 and status not in (204, 304)
+
+
+class Connection:
+    """One server-side HTTP/1.1 connection: a request parser and a response serializer.
+
+    `receive_data()` then `next_event()` until None. While a response is in progress
+    (`response_pending`), a pipelined request waits in the queue and `next_event()` returns
+    None at it; `start_next_cycle()` after the response releases it.
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: deque[Event] = deque()
+        self._broken = False
+        # Receiving state of the message being parsed.
+        self._in_head = True
+        self._fresh_head = False
+        self._head_bytes = 0
+        self._url = b""
+        self._headers: Headers = []
+        self._fields_size = 0
+        self._host_count = 0
+        self._expect = False
+        self._discarding = False
+        self._discard_left = 0
+        # The request being answered and the state of its response.
+        self.request: Request | None = None
+        self._request_done = False
+        self._continue_sent = False
+        self.response_pending = False
+        self.response_started = False
+        self._chunked = False
+        self._body_allowed = True
+        self._length_left: int | None = None
+        self.keep_alive = True
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; events become available from `next_event()`."""
+        if self._broken or not data:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # No protocol switch is offered: answer the request as plain HTTP/1.1 and parse
+            # what follows it as the next request (RFC 9110 §7.8 lets a server ignore Upgrade).
+            offset = exc.args[0] if exc.args else len(data)
+            self._parser = httptools.HttpRequestParser(self)
+            self.receive_data(data[offset:])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if self._broken:
+                return
+            if isinstance(cause, ProtocolError):
+                self._fail(cause.status, str(cause))
+            else:
+                self._fail(400, f"invalid request: {cause or exc}")
+            return
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(400, "invalid request method")
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"invalid request: {exc}")
+            return
+        if self._in_head:
+            # httptools keeps a partial field in memory without bound: cap the head by bytes
+            # fed too. The feed that began this head may hold the previous body, so skip it.
+            if self._fresh_head:
+                self._fresh_head = False
+            else:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.limits.head + self.limits.field_size:
+                    self._fail_head_too_large()
+
+    def _fail_head_too_large(self) -> None:
+        # Until the first field is complete the excess may still be the request line.
+        if not self._headers:
+            self._fail(414, "request line too long")
+        else:
+            self._fail(431, "request header section too large")
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._broken = True
+        self._events.append(ProtocolFailure(status, reason))
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when nothing is ready (or a pipelined request must wait)."""
+        events = self._events
+        if not events:
+            return None
+        event = events[0]
+        if isinstance(event, Request):
+            if self.response_pending:
+                return None
+            events.popleft()
+            self._begin_cycle(event)
+            return event
+        if isinstance(event, ProtocolFailure) and self.response_pending and self._request_done:
+            # The failure is in a later pipelined message: answer the current request first.
+            return None
+        events.popleft()
+        if event is END_OF_MESSAGE:
+            self._request_done = True
+        return event
+
+    @property
+    def has_queued_request(self) -> bool:
+        """A pipelined request is parsed and waiting for the current response to finish."""
+        return self.response_pending and any(
+            type(e) in (Request, ProtocolFailure) for e in self._events
+        )
+
+    # httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._fresh_head = True
+        self._head_bytes = 0
+        self._url = b""
+        self._headers = []
+        self._fields_size = 0
+        self._host_count = 0
+        self._expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.request_line:
+            raise ProtocolError("request target too long", 414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        if size > self.limits.field_size:
+            raise ProtocolError("request header field too large", 431)
+        self._fields_size += size + 4
+        if self._fields_size > self.limits.head:
+            raise ProtocolError("request header section too large", 431)
+        if len(self._headers) >= self.limits.fields:
+            raise ProtocolError("too many request header fields", 431)
+        name = name.lower()
+        if name == b"host":
+            self._host_count += 1
+        elif name == b"expect":
+            self._expect = value.lower() == b"100-continue"
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._fresh_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise ProtocolError(f"unsupported HTTP version {version}", 400)
+        # RFC 9112 §3.2: a 1.1 request without Host, and any request with several, gets 400.
+        if self._host_count > 1 or (self._host_count == 0 and version == "1.1"):
+            raise ProtocolError("missing or duplicate Host header", 400)
+        self._events.append(
+            Request(
+                parser.get_method(),
+                self._url,
+                version,
+                self._headers,
+                parser.should_keep_alive(),
+                self._expect and version == "1.1",
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        if self._discarding:
+            self._discard_left -= len(body)
+            if self._discard_left < 0:
+                # The response is already out: close without another one.
+                self.keep_alive = False
+                self._broken = True
+                self._events.append(ProtocolFailure(413, "unread body too large", False))
+                raise ProtocolError("unread body too large", 413)
+            return
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        if self._discarding:
+            self._discarding = False
+            return
+        self._events.append(END_OF_MESSAGE)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _begin_cycle(self, request: Request) -> None:
+        self.request = request
+        self._request_done = False
+        self._continue_sent = False
+        self.response_pending = True
+        self.response_started = False
+        self.keep_alive = request.keep_alive
+
+    def continue_bytes(self) -> bytes:
+        """The interim 100 response, the first time the app wants a body that was held back."""
+        request = self.request
+        if (
+            request is None
+            or not request.expect_continue
+            or self._continue_sent
+            or self.response_started
+            or self._request_done
+        ):
+            return b""
+        self._continue_sent = True
+        return _CONTINUE
+
+    def response_head(self, status: int, headers: Headers, default_headers: bytes) -> bytes:
+        """Bytes of the status line and fields; `default_headers` holds Date and Server lines.
+
+        Raises AppProtocolError for a header that is not valid HTTP; nothing is then sent.
+        """
+        request = self.request
+        if request is None or not self.response_pending:
+            raise AppProtocolError("no request to respond to")
+        if self.response_started:
+            raise AppProtocolError("response already started")
+        keep_alive = self.keep_alive
+        content_length: int | None = None
+        chunked = False
+        has_server = False
+        lines = [status_line(status)]
+        append = lines.append
+        for name, value in headers:
+            if _TOKEN.fullmatch(name) is None:
+                raise AppProtocolError(f"invalid response header name {name!r}")
+            if _FORBIDDEN_IN_VALUE.search(value) is not None:
+                raise AppProtocolError(f"invalid response header value {value!r}")
+            lname = name.lower()
+            if lname == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    raise AppProtocolError(f"invalid Content-Length {value!r}") from None
+                if content_length < 0:
+                    raise AppProtocolError(f"invalid Content-Length {value!r}")
+            elif lname == b"transfer-encoding":
+                # The app asked for chunking by name: aserve encodes the chunks it sends.
+                chunked = value.lower() == b"chunked"
+                if not chunked:
+                    raise AppProtocolError(f"unsupported Transfer-Encoding {value!r}")
+            elif lname == b"connection":
+                if b"close" in value.lower():
+                    keep_alive = False
+                continue
+            elif lname == b"server":
+                has_server = True
+            append(b"%s: %s\r\n" % (name, value))
+        body_allowed = _status_has_body(status)
+        is_head = request.method == b"HEAD"
+        if chunked and content_length is not None:
+            raise AppProtocolError("response has both Content-Length and Transfer-Encoding")
+        if not body_allowed:
+            chunked = False
+        elif content_length is None and not chunked and not is_head:
+            if request.http_version == "1.1":
+                chunked = True
+                append(b"transfer-encoding: chunked\r\n")
+            else:
+                # HTTP/1.0 has no chunking: the end of the body is the end of the connection.
+                keep_alive = False
+        if keep_alive:
+            if request.http_version == "1.0":
+                append(b"connection: keep-alive\r\n")
+        else:
+            append(b"connection: close\r\n")
+        if has_server:
+            # An app-chosen Server replaces ours; Date is the first line of the defaults.
+            default_headers = default_headers.split(b"\r\n", 1)[0] + b"\r\n"
+        append(default_headers)
+        append(b"\r\n")
+        self.keep_alive = keep_alive
+        self.response_started = True
+        self._chunked = chunked
+        self._body_allowed = body_allowed and not is_head
+        self._length_left = content_length if self._body_allowed else None
+        return b"".join(lines)
+
+    def body_bytes(self, data: bytes) -> bytes:
+        """Bytes that carry `data` as the next piece of the response body."""
+        if not self.response_started:
+            raise AppProtocolError("response body before the response start")
+        if not data or not self._body_allowed:
+            return b""
+        if self._length_left is not None:
+            self._length_left -= len(data)
+            if self._length_left < 0:
+                raise AppProtocolError("response body longer than its Content-Length")
+        if self._chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        return data
+
+    def end_bytes(self) -> bytes:
+        """Bytes that end the response body; the cycle is then over (see `start_next_cycle`)."""
+        if not self.response_started:
+            raise AppProtocolError("response end before the response start")
+        if self._length_left:
+            # The app sent less than it announced: the client can only see that by a close.
+            self.keep_alive = False
+        self.response_pending = False
+        if self._chunked:
+            return b"0\r\n\r\n"
+        return b""
+
+    def start_next_cycle(self) -> bool:
+        """After a response: release a pipelined request. False when the connection must close.
+
+        Body left unread by the app is discarded up to `Limits.drain` bytes so the connection
+        can be reused; a client still waiting for `100 Continue` is never sent one, so the
+        connection closes instead (RFC 9110 §10.1.1).
+        """
+        if self.response_pending:
+            raise AppProtocolError("the response is not complete")
+        if not self.keep_alive:
+            self.keep_alive = False
+            return False
+        events = self._events
+        while events and type(events[0]) in (Data, EndOfMessage):
+            if events.popleft() is END_OF_MESSAGE:
+                self._request_done = True
+        request = self.request
+        if not self._request_done:
+            if request is not None and request.expect_continue and not self._continue_sent:
+                self.keep_alive = False
+                return False
+            self._discarding = True
+            self._discard_left = self.limits.drain
+        self.request = None
+        return True
+
+    def error_response(self, status: int, default_headers: bytes, message: str = "") -> bytes:
+        """A complete plain-text error response that ends the connection."""
+        body = (message or HTTPStatus(status).phrase).encode("utf-8", "replace") + b"\n"
+        self.keep_alive = False
+        self.response_started = True
+        self.response_pending = False
+        return b"".join(
+            (
+                status_line(status),
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: %d\r\n" % len(body),
+                b"connection: close\r\n",
+                default_headers,
+                b"\r\n",
+                body,
+            )
+        )

@@ -1,0 +1,146 @@
+"""Import the application (`module:attr`, or a factory) and tell ASGI from WSGI."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from asgiref.compatibility import guarantee_single_callable
+
+from aserve.config import Interface
+from aserve.errors import AppLoadError
+from aserve.types import ASGIApp, WSGIApp
+
+Kind = Literal["asgi", "wsgi"]
+# Positional parameters of the app's callable, to the interface they mean.
+_CLASS_ARITY: dict[int, Kind] = {1: "asgi", 2: "wsgi"}
+_CALL_ARITY: dict[int, Kind] = {1: "asgi", 2: "wsgi", 3: "asgi"}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedApp:
+    kind: Kind
+    app: Any
+    name: str
+
+    @property
+    def asgi(self) -> ASGIApp:
+        return cast(ASGIApp, self.app)
+
+    @property
+    def wsgi(self) -> WSGIApp:
+        return cast(WSGIApp, self.app)
+
+
+def load(target: object, *, factory: bool = False, interface: Interface = "auto") -> LoadedApp:
+    """Resolve `target` (an import string or the app itself) into a ready app and its kind."""
+    if isinstance(target, str):
+        name = target
+        app = import_from_string(target)
+    else:
+        name = getattr(target, "__qualname__", type(target).__qualname__)
+        app = target
+    if factory:
+        if not callable(app):
+            raise AppLoadError(f"{name} is not callable, so it cannot be an app factory")
+        try:
+            app = app()
+        except Exception as exc:
+            raise AppLoadError(f"app factory {name} raised: {_summary(exc)}") from exc
+    if not callable(app):
+        raise AppLoadError(f"{name} is a {type(app).__name__}, not a callable app")
+    kind = detect_interface(app) if interface == "auto" else interface
+    if kind is None:
+        raise AppLoadError(
+            f"{name} is neither an ASGI nor a WSGI app (its signature is {_signature(app)}); "
+            "pass --interface if detection is wrong"
+        )
+    if kind == "asgi":
+        app = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
+    return LoadedApp(kind=kind, app=app, name=name)
+
+
+def import_from_string(target: str) -> Any:
+    module_name, sep, attrs = target.partition(":")
+    if not sep or not module_name or not attrs:
+        raise AppLoadError(f"APP must look like 'module:attribute', not {target!r}")
+    if "" not in sys.path and "." not in sys.path:
+        # Like `python -m`, import the app from the current directory.
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise AppLoadError(f"module {module_name!r} not found") from exc
+        raise AppLoadError(_import_failure(module_name, exc)) from exc
+    except Exception as exc:
+        raise AppLoadError(_import_failure(module_name, exc)) from exc
+    obj: Any = module
+    for attr in attrs.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            raise AppLoadError(f"module {module_name!r} has no attribute {attrs!r}") from None
+    return obj
+
+
+def detect_interface(app: Any) -> Kind | None:
+    """ASGI 3, ASGI 2 or WSGI, from markers and signatures; None when it is neither."""
+    if getattr(app, "_asgi_single_callable", False) or getattr(app, "_asgi_double_callable", False):
+        return "asgi"
+    if inspect.isclass(app):
+        # A class as the app: ASGI 2 instantiates it with (scope), WSGI with (environ, start).
+        arity = _positional_arity(app)
+        return _CLASS_ARITY.get(arity) if arity is not None else None
+    call = app if inspect.isroutine(app) else type(app).__call__
+    if inspect.iscoroutinefunction(inspect.unwrap(call)) or inspect.iscoroutinefunction(app):
+        return "asgi"
+    arity = _positional_arity(app)
+    if arity is None:
+        # (*args, **kwargs): a wrapper such as wsgiref.validate.validator; sync means WSGI.
+        return "wsgi"
+    return _CALL_ARITY.get(arity)
+
+
+def _positional_arity(obj: Any) -> int | None:
+    """How many positional arguments the callable takes; None when it takes *args."""
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for param in params:
+        if param.kind is param.VAR_POSITIONAL:
+            return None
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+def _signature(app: Any) -> str:
+    try:
+        return str(inspect.signature(app))
+    except (TypeError, ValueError):
+        return "unknown"
+
+
+def _summary(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _import_failure(module_name: str, exc: BaseException) -> str:
+    """One line naming the error and where in the user's code it happened."""
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else "unknown file"
+        return f"cannot import {module_name!r}: SyntaxError at {where}: {exc.msg}"
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "importlib" not in f.filename and not f.filename.startswith("<frozen")
+    ]
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"cannot import {module_name!r}: {_summary(exc)}{where}"

@@ -1,0 +1,308 @@
+"""The worker: event loop, listening sockets, loop signal handlers, graceful drain; `Server`
+and `run()` for programs and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from email.utils import formatdate
+from types import FrameType, TracebackType
+from typing import Any
+
+from aserve import __version__
+from aserve.asgi import ASGIRunner, Lifespan
+from aserve.config import Config, LoopKind
+from aserve.errors import ConfigError, LifespanError
+from aserve.http11 import Limits
+from aserve.loader import LoadedApp, load
+from aserve.logs import access_logger, configure
+from aserve.transport import AppRunner, HttpProtocol, ServerState
+from aserve.wsgi import WSGIRunner
+
+logger = logging.getLogger("aserve.error")
+
+EXIT_OK = 0
+EXIT_LIFESPAN_FAILED = 3
+
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def bind_socket(config: Config) -> socket.socket:
+    """The listening socket the settings ask for: TCP, a Unix socket, or an inherited fd."""
+    if config.fd is not None:
+        sock = socket.socket(fileno=config.fd)
+    elif config.uds is not None:
+        path = config.uds
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a stale socket left by an earlier run
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+    else:
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((config.host, config.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot bind {config.bind_description}: {exc.strerror}") from exc
+    sock.listen(config.backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def loop_factory(kind: LoopKind) -> Callable[[], asyncio.AbstractEventLoop]:
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise ConfigError("--loop uvloop: uvloop is not installed") from None
+        else:
+            factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+            return factory
+    return asyncio.new_event_loop
+
+
+def http_date_headers() -> bytes:
+    return b"date: %s\r\nserver: aserve\r\n" % formatdate(usegmt=True).encode("ascii")
+
+
+class Server:
+    """One aserve worker. `run()` blocks; `start()`/`stop()` run it on a background thread."""
+
+    def __init__(self, app: object, config: Config | None = None, **settings: Any) -> None:
+        base = config or Config()
+        self.config = base.replace(**settings) if settings else base
+        self.app = app
+        self.loaded: LoadedApp | None = None
+        self.sockets: list[socket.socket] = []
+        self.exit_code: int | None = None
+        self.started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit: asyncio.Event | None = None
+        self._force = False
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # blocking entry points
+
+    def run(self, sockets: list[socket.socket] | None = None) -> int:
+        """Serve until told to stop; the exit code (0, or 3 when lifespan startup failed)."""
+        with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
+            self.exit_code = runner.run(self.serve(sockets))
+        return self.exit_code
+
+    def start(self, timeout: float = 10.0) -> Server:
+        """Serve on a background thread; returns once the socket listens."""
+
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as exc:
+                self._error = exc
+                self.started.set()
+
+        self._thread = threading.Thread(target=target, name="aserve-server", daemon=True)
+        self._thread.start()
+        if not self.started.wait(timeout):
+            raise TimeoutError("aserve did not start in time")
+        if self._error is not None:
+            raise self._error
+        if self.exit_code is not None:
+            raise LifespanError(f"server exited with code {self.exit_code} during startup")
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Shut down gracefully (from any thread) and wait for the server to finish."""
+        loop, exit_event = self._loop, self._exit
+        if loop is not None and exit_event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(exit_event.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The TCP port bound (useful with port=0)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # the server itself
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> int:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._exit = asyncio.Event()
+        configure(config.log_level)
+        loaded = self.loaded = load(self.app, factory=config.factory, interface=config.interface)
+        runner: AppRunner
+        lifespan: Lifespan | None = None
+        if loaded.kind == "asgi":
+            asgi_runner = ASGIRunner(loaded.asgi, loop)
+            lifespan = Lifespan(loaded.asgi, config.lifespan, asgi_runner.state)
+            runner = asgi_runner
+        else:
+            runner = WSGIRunner(
+                loaded.wsgi, loop, threads=config.threads, flow_buffer=config.flow_buffer
+            )
+        restore_signals = self._install_signal_handlers(loop)
+        try:
+            if lifespan is not None:
+                try:
+                    await lifespan.startup()
+                except LifespanError as exc:
+                    logger.error("Application startup failed: %s", exc)
+                    self.exit_code = EXIT_LIFESPAN_FAILED
+                    self.started.set()
+                    return EXIT_LIFESPAN_FAILED
+            return await self._serve(runner, lifespan, sockets)
+        finally:
+            if isinstance(runner, WSGIRunner):
+                await asyncio.to_thread(runner.shutdown, 1.0)
+            restore_signals()
+
+    async def _serve(
+        self, runner: AppRunner, lifespan: Lifespan | None, sockets: list[socket.socket] | None
+    ) -> int:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        state = ServerState(
+            loop,
+            runner,
+            limits=Limits(
+                request_line=config.limit_request_line,
+                fields=config.limit_request_fields,
+                field_size=config.limit_request_field_size,
+                head=config.limit_request_head,
+                drain=config.drain_limit,
+            ),
+            flow_buffer=config.flow_buffer,
+            keep_alive_timeout=config.timeout_keep_alive,
+            root_path=config.root_path,
+            access_log=access_logger(config.access_log),
+        )
+        self.sockets = sockets or [bind_socket(config)]
+        servers = [
+            await loop.create_server(lambda: HttpProtocol(state), sock=sock, backlog=config.backlog)
+            for sock in self.sockets
+        ]
+        date_timer = self._refresh_date(state, loop)
+        assert self.loaded is not None
+        logger.info(
+            "aserve %s serving %s app %s on %s; quit with CONTROL-C",
+            __version__,
+            self.loaded.kind.upper(),
+            self.loaded.name,
+            self._listening_on(),
+        )
+        self.started.set()
+        assert self._exit is not None
+        await self._exit.wait()
+
+        # Graceful shutdown: stop accepting, close idle connections, let the busy ones finish.
+        for server in servers:
+            server.close()
+        for connection in list(state.connections):
+            connection.shutdown()
+        deadline = loop.time() + config.timeout_graceful_shutdown
+        while state.connections and loop.time() < deadline and not self._force:
+            await asyncio.sleep(0.02)
+        if state.connections:
+            logger.warning(
+                "Cancelling %d request(s) still running after %.1fs",
+                len(state.connections),
+                config.timeout_graceful_shutdown,
+            )
+            for connection in list(state.connections):
+                connection.abort()
+        if isinstance(runner, ASGIRunner) and runner.tasks:
+            for task in list(runner.tasks):
+                task.cancel()
+            await asyncio.wait(list(runner.tasks), timeout=1.0)
+        date_timer[0].cancel()
+        if lifespan is not None and not self._force:
+            await lifespan.shutdown()
+        logger.info("aserve stopped")
+        return EXIT_OK
+
+    def _listening_on(self) -> str:
+        config = self.config
+        if config.uds is None and config.fd is None and self.sockets:
+            host = config.host if ":" not in config.host else f"[{config.host}]"
+            return f"http://{host}:{self.port}"
+        return config.bind_description
+
+    def _refresh_date(
+        self, state: ServerState, loop: asyncio.AbstractEventLoop
+    ) -> list[asyncio.TimerHandle]:
+        """Keep the Date line current; formatting it per response would cost ~2 us each."""
+        handle: list[asyncio.TimerHandle] = []
+
+        def tick() -> None:
+            state.default_headers = http_date_headers()
+            handle[:] = [loop.call_at(int(loop.time()) + 1.0, tick)]
+
+        tick()
+        return handle
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """SIGINT/SIGTERM through the loop; the previous handlers come back afterwards.
+
+        Neither asyncio nor uvloop restores what was installed before `add_signal_handler`,
+        and both refuse off the main thread: there the owner of the thread handles signals.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        saved: dict[int, SignalHandler] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                saved[sig] = signal.getsignal(sig)
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (ValueError, RuntimeError, NotImplementedError):
+                saved.pop(sig, None)
+
+        def restore() -> None:
+            for sig, previous in saved.items():
+                with contextlib.suppress(ValueError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
+        return restore
+
+    def _on_signal(self, sig: int) -> None:
+        assert self._exit is not None
+        if self._exit.is_set():
+            logger.warning("Second %s: exiting now", signal.Signals(sig).name)
+            self._force = True
+            return
+        logger.info("%s received: finishing in-flight requests", signal.Signals(sig).name)
+        self._exit.set()
+
+
+def run(app: object, **settings: Any) -> int:
+    """Serve `app` (an import string or the app) until SIGINT/SIGTERM; the exit code."""
+    return Server(app, **settings).run()

@@ -1,0 +1,522 @@
+"""The asyncio.Protocol: feeds bytes to `http11`, applies flow control both ways, runs timers.
+
+Each request becomes a `Cycle`, handed to an `AppRunner` (ASGI or WSGI); the runner answers
+through the cycle and never touches the transport or the HTTP state itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from aserve.http11 import (
+    Connection,
+    Data,
+    EndOfMessage,
+    Limits,
+    ProtocolFailure,
+    Request,
+)
+from aserve.types import Headers
+
+logger = logging.getLogger("aserve.error")
+
+
+class AppRunner(Protocol):
+    """Serves one request: answers through `cycle.send_*` (on the loop) and finally `send_end`."""
+
+    def handle(self, cycle: Cycle) -> None: ...
+
+
+class ServerState:
+    """What every connection of one server shares."""
+
+    __slots__ = (
+        "access_log",
+        "connections",
+        "default_headers",
+        "flow_buffer",
+        "keep_alive_timeout",
+        "limits",
+        "loop",
+        "root_path",
+        "runner",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        runner: AppRunner,
+        *,
+        limits: Limits,
+        flow_buffer: int,
+        keep_alive_timeout: float,
+        root_path: str,
+        access_log: logging.Logger | None,
+    ) -> None:
+        self.loop = loop
+        self.runner = runner
+        self.limits = limits
+        self.flow_buffer = flow_buffer
+        self.keep_alive_timeout = keep_alive_timeout
+        self.root_path = root_path
+        self.access_log = access_log
+        self.connections: set[HttpProtocol] = set()
+        # Date and Server lines, refreshed once a second by the server.
+        self.default_headers = b"server: aserve\r\n"
+
+
+class RequestBody:
+    """Request body bytes received but not yet read, shared by the loop and one app thread.
+
+    The loop `feed`s; the app `take`s everything buffered, from the loop (ASGI) or from a
+    worker thread (WSGI), and waits with `wait()` or `wait_blocking()` when nothing is there.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_future",
+        "_lock",
+        "_protocol",
+        "_size",
+        "_thread_waiter",
+        "complete",
+        "disconnected",
+        "paused",
+    )
+
+    def __init__(self, protocol: HttpProtocol) -> None:
+        self._protocol = protocol
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._thread_waiter: threading.Lock | None = None
+        self._future: asyncio.Future[None] | None = None
+        self.complete = False
+        self.disconnected = False
+        # Reading from the socket is paused until the app takes what is buffered.
+        self.paused = False
+
+    # loop side
+
+    def feed(self, data: bytes, limit: int) -> bool:
+        """Buffer `data`; True when the buffer is full and reading should pause."""
+        with self._lock:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size >= limit:
+                self.paused = True
+            waiter, self._thread_waiter = self._thread_waiter, None
+        self._wake(waiter)
+        return self.paused
+
+    def finish(self) -> None:
+        with self._lock:
+            self.complete = True
+            waiter, self._thread_waiter = self._thread_waiter, None
+        self._wake(waiter)
+
+    def disconnect(self) -> None:
+        with self._lock:
+            self.disconnected = True
+            waiter, self._thread_waiter = self._thread_waiter, None
+        self._wake(waiter)
+
+    def _wake(self, waiter: threading.Lock | None) -> None:
+        if waiter is not None:
+            waiter.release()
+        future = self._future
+        if future is not None:
+            self._future = None
+            if not future.done():
+                future.set_result(None)
+
+    # consumer side
+
+    def take(self, *, from_thread: bool) -> bytes:
+        """Everything buffered (b"" when nothing is); asks for more from the socket."""
+        with self._lock:
+            if self._size:
+                chunks = self._chunks
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._size = 0
+            else:
+                data = b""
+            resume = self.paused
+            self.paused = False
+            more_wanted = not (self.complete or self.disconnected)
+        if resume or (not data and more_wanted):
+            protocol = self._protocol
+            if from_thread:
+                protocol.state.loop.call_soon_threadsafe(protocol.body_wanted)
+            else:
+                protocol.body_wanted()
+        return data
+
+    @property
+    def has_data(self) -> bool:
+        return self._size != 0
+
+    def wake(self) -> None:
+        """Release a loop-side waiter (the response ended, nothing more will come)."""
+        self._wake(None)
+
+    async def wait_disconnect(self) -> None:
+        """On the loop: wait until the client leaves or `wake()` is called."""
+        if self.disconnected:
+            return
+        future = self._protocol.state.loop.create_future()
+        self._future = future
+        await future
+
+    @property
+    def ready(self) -> bool:
+        """`take()` would return data, or the body is over."""
+        return bool(self._size) or self.complete or self.disconnected
+
+    async def wait(self) -> None:
+        """On the loop: wait until `ready`."""
+        if self.ready:
+            return
+        future = self._protocol.state.loop.create_future()
+        self._future = future
+        await future
+
+    def wait_blocking(self) -> None:
+        """On a worker thread: block until `ready`."""
+        with self._lock:
+            if self._size or self.complete or self.disconnected:
+                return
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._thread_waiter = waiter
+        waiter.acquire()
+
+
+class Cycle:
+    """One request and its response, as the app runners see them. Loop-side methods only,
+    except `body` which a worker thread may read."""
+
+    __slots__ = (
+        "_head",
+        "_protocol",
+        "body",
+        "client",
+        "done",
+        "request",
+        "response_bytes",
+        "root_path",
+        "scheme",
+        "server",
+        "started_at",
+        "status",
+    )
+
+    def __init__(self, protocol: HttpProtocol, request: Request) -> None:
+        self._protocol = protocol
+        self.request = request
+        self.body = RequestBody(protocol)
+        self.client = protocol.client
+        self.server = protocol.server
+        self.scheme = "http"
+        self.root_path = protocol.state.root_path
+        self.started_at = time.perf_counter()
+        self.status = 0
+        self.response_bytes = 0
+        self.done = False
+        self._head = b""
+
+    @property
+    def disconnected(self) -> bool:
+        return self.body.disconnected
+
+    @property
+    def response_started(self) -> bool:
+        return self.status != 0
+
+    @property
+    def write_paused(self) -> bool:
+        return self._protocol.write_paused
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the loop once writing may go on (or the client is gone)."""
+        self._protocol.add_drain_waiter(callback)
+
+    def send_start(self, status: int, headers: Headers) -> None:
+        """Begin the response; the head is written with the first body bytes or `flush()`."""
+        if self.done:
+            return
+        self._head = self._protocol.conn.response_head(
+            status, headers, self._protocol.state.default_headers
+        )
+        self.status = status
+
+    def flush(self) -> None:
+        """Write a response head that is still waiting for body bytes."""
+        if self._head and not self.done:
+            head, self._head = self._head, b""
+            self._protocol.write(head)
+
+    def send_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        out = self._protocol.conn.body_bytes(data)
+        self.response_bytes += len(data)
+        if self._head:
+            out = self._head + out
+            self._head = b""
+        if out:
+            self._protocol.write(out)
+
+    def send_end(self, data: bytes = b"") -> None:
+        """Finish the response (with a last piece of body); the connection then moves on."""
+        if self.done:
+            return
+        conn = self._protocol.conn
+        out = conn.body_bytes(data) + conn.end_bytes() if data else conn.end_bytes()
+        self.response_bytes += len(data)
+        if self._head:
+            out = self._head + out
+            self._head = b""
+        if out:
+            self._protocol.write(out)
+        self.done = True
+        self._protocol.cycle_done(self)
+
+    def fail(self) -> None:
+        """The app failed: a 500 if nothing was sent yet, else the connection is closed."""
+        if self.done:
+            return
+        self.done = True
+        protocol = self._protocol
+        if self.status == 0 or self._head:
+            self.status = 500
+            self._head = b""
+            protocol.write(protocol.conn.error_response(500, protocol.state.default_headers))
+        protocol.log_access(self)
+        protocol.close()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.conn = Connection(state.limits)
+        self.transport: asyncio.Transport | None = None
+        self.cycle: Cycle | None = None
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.write_paused = False
+        self._drain_waiters: list[Callable[[], None]] = []
+        self._read_paused = False
+        self._pipeline_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._draining = False
+        self._eof = False
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.state.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Responses are written whole; Nagle would only delay the last segment.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
+        self._set_idle_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self._cancel_timer()
+        self._closed = True
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.body.disconnect()
+        self._wake_drain_waiters()
+
+    def eof_received(self) -> bool:
+        # A half-closed client may still read the responses to what it sent.
+        self._eof = True
+        return self.cycle is not None
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._cancel_timer()
+        self.conn.receive_data(data)
+        self._process_events()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_drain_waiters()
+
+    # events from http11
+
+    def _process_events(self) -> None:
+        conn = self.conn
+        while not self._closed:
+            event = conn.next_event()
+            if event is None:
+                break
+            if isinstance(event, Data):
+                cycle = self.cycle
+                if cycle is not None and cycle.body.feed(event.data, self.state.flow_buffer):
+                    self._pause_reading()
+            elif isinstance(event, Request):
+                self._start_cycle(event)
+            elif isinstance(event, EndOfMessage):
+                if self.cycle is not None:
+                    self.cycle.body.finish()
+            else:
+                self._protocol_failure(event)
+                return
+        if conn.has_queued_request and not self._pipeline_paused:
+            self._pipeline_paused = True
+            self._update_reading()
+
+    def _start_cycle(self, request: Request) -> None:
+        cycle = Cycle(self, request)
+        self.cycle = cycle
+        self.state.runner.handle(cycle)
+
+    def _protocol_failure(self, failure: ProtocolFailure) -> None:
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.body.disconnect()
+            cycle.done = True
+            self.cycle = None
+        if failure.respond and (cycle is None or not cycle.response_started):
+            self.write(
+                self.conn.error_response(failure.status, self.state.default_headers, failure.reason)
+            )
+        self.close()
+
+    # called through Cycle
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def cycle_done(self, cycle: Cycle) -> None:
+        self.log_access(cycle)
+        if self.cycle is not cycle:
+            return
+        self.cycle = None
+        if self._draining or self._eof or not self.conn.start_next_cycle():
+            self.close()
+            return
+        if self._pipeline_paused:
+            self._pipeline_paused = False
+            self._update_reading()
+        self._process_events()
+        if self.cycle is None and not self._closed:
+            self._set_idle_timer()
+
+    def log_access(self, cycle: Cycle) -> None:
+        log = self.state.access_log
+        if log is None:
+            return
+        request = cycle.request
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+        log.info(
+            '%s - "%s %s HTTP/%s" %d %d %.1fms',
+            client,
+            request.method.decode("ascii", "replace"),
+            request.target.decode("ascii", "replace"),
+            request.http_version,
+            cycle.status,
+            cycle.response_bytes,
+            (time.perf_counter() - cycle.started_at) * 1000.0,
+        )
+
+    def body_wanted(self) -> None:
+        """The app wants request body bytes: resume reading, send `100 Continue` once."""
+        cycle = self.cycle
+        if cycle is None:
+            return
+        interim = self.conn.continue_bytes()
+        if interim:
+            self.write(interim)
+        if self._read_paused and not cycle.body.paused:
+            self._read_paused = False
+            self._update_reading()
+
+    def add_drain_waiter(self, callback: Callable[[], None]) -> None:
+        if not self.write_paused or self._closed:
+            self.state.loop.call_soon(callback)
+        else:
+            self._drain_waiters.append(callback)
+
+    def _wake_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for callback in waiters:
+            callback()
+
+    # reading, timers, closing
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused:
+            self._read_paused = True
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._read_paused or self._pipeline_paused:
+            if transport.is_reading():
+                transport.pause_reading()
+        elif not transport.is_reading():
+            transport.resume_reading()
+
+    def _set_idle_timer(self) -> None:
+        self._cancel_timer()
+        self._timer = self.state.loop.call_later(self.state.keep_alive_timeout, self.close)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def shutdown(self) -> None:
+        """Server shutdown: close now when idle, else after the response in progress."""
+        if self.cycle is None:
+            self.close()
+            return
+        self._draining = True
+        if not self.cycle.response_started:
+            # Tell the client in the response itself that this connection ends with it.
+            self.conn.keep_alive = False
+
+    def close(self) -> None:
+        self._closed = True
+        self._cancel_timer()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def abort(self) -> None:
+        self._closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _address(info: object) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None

@@ -1,0 +1,381 @@
+"""WSGI (PEP 3333) app runner: a bounded thread pool, a streaming `wsgi.input`, and responses
+handed to the loop in batches with backpressure, never blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from queue import SimpleQueue
+from typing import IO
+from urllib.parse import unquote_to_bytes
+
+from aserve import __version__
+from aserve.asgi import split_target
+from aserve.errors import AppProtocolError, ClientDisconnected
+from aserve.transport import Cycle, RequestBody
+from aserve.types import Environ, ExcInfo, Headers, WSGIApp
+
+logger = logging.getLogger("aserve.error")
+
+# The most distinct header names whose environ keys are remembered.
+_KEY_CACHE_SIZE = 512
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper`: iterate a file in blocks; `close()` closes it (PEP 3333)."""
+
+    def __init__(self, filelike: IO[bytes], block_size: int = 65536) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while data := read(self.block_size):
+            yield data
+
+
+class InputStream:
+    """`wsgi.input`: reads the request body from the socket as the app asks for it.
+
+    At most the flow-control buffer is held in memory: the loop stops reading the socket
+    until the app has taken what is buffered.
+    """
+
+    def __init__(self, body: RequestBody) -> None:
+        self._body = body
+        self._buf = bytearray()
+        self._eof = False
+
+    def _fill(self) -> bool:
+        """Append more body to the buffer; False at the end of the body."""
+        if self._eof:
+            return False
+        body = self._body
+        while True:
+            data = body.take(from_thread=True)
+            if data:
+                self._buf += data
+                return True
+            if body.complete:
+                self._eof = True
+                return False
+            if body.disconnected:
+                raise ClientDisconnected("client disconnected while sending the request body")
+            body.wait_blocking()
+
+    def _pop(self, size: int) -> bytes:
+        buf = self._buf
+        data = bytes(buf[:size])
+        del buf[:size]
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            return self._pop(len(self._buf))
+        while len(self._buf) < size and self._fill():
+            pass
+        return self._pop(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None else size
+        start = 0
+        while True:
+            end = self._buf.find(b"\n", start)
+            if end != -1:
+                end += 1
+                break
+            start = len(self._buf)
+            if 0 <= limit <= start or not self._fill():
+                end = len(self._buf)
+                break
+        if 0 <= limit < end:
+            end = limit
+        return self._pop(end)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
+class _Response:
+    """The thread side of one response: `start_response`, `write()`, batching to the loop."""
+
+    __slots__ = (
+        "_blocked",
+        "_end",
+        "_flush_scheduled",
+        "_limit",
+        "_lock",
+        "_pending",
+        "_pending_size",
+        "_waiter",
+        "cycle",
+        "headers",
+        "headers_sent",
+        "loop",
+        "status",
+    )
+
+    def __init__(self, cycle: Cycle, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.cycle = cycle
+        self.loop = loop
+        self.status = 0
+        self.headers: Headers = []
+        self.headers_sent = False
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._end = False
+        self._flush_scheduled = False
+        self._blocked = False
+        self._waiter: threading.Lock | None = None
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    # PEP 3333: too late to change the response; re-raise the app's error.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status:
+            raise AppProtocolError("start_response() called twice without exc_info")
+        code, _, _ = status.partition(" ")
+        if len(code) != 3 or not code.isdigit():
+            raise AppProtocolError(f"invalid WSGI status {status!r}")
+        try:
+            self.headers = [
+                (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers
+            ]
+        except (UnicodeEncodeError, AttributeError, ValueError, TypeError) as exc:
+            raise AppProtocolError(f"invalid WSGI response headers: {exc}") from exc
+        self.status = int(code)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy `write()` callable, and how iterated chunks go out."""
+        if not self.status:
+            raise AppProtocolError("write() or response body before start_response()")
+        if data:
+            self._emit(data, end=False)
+
+    def finish(self) -> None:
+        if not self.status:
+            raise AppProtocolError("WSGI app returned without calling start_response()")
+        self._emit(b"", end=True)
+
+    def _emit(self, data: bytes, end: bool) -> None:
+        with self._lock:
+            if data:
+                self._pending.append(data)
+                self._pending_size += len(data)
+            self._end = end
+            schedule = not self._flush_scheduled
+            self._flush_scheduled = True
+            waiter = None
+            if not end and (self._blocked or self._pending_size >= self._limit):
+                waiter = threading.Lock()
+                waiter.acquire()
+                self._waiter = waiter
+        self.headers_sent = True
+        if schedule:
+            self.loop.call_soon_threadsafe(self._flush)
+        if waiter is not None:
+            # Backpressure: wait until the loop has written the batch and the socket drains.
+            waiter.acquire()
+
+    def _flush(self) -> None:
+        """On the loop: write everything the thread produced since the last flush."""
+        with self._lock:
+            chunks = self._pending
+            self._pending = []
+            self._pending_size = 0
+            end = self._end
+            self._flush_scheduled = False
+        cycle = self.cycle
+        if cycle.done:
+            self._unblock()
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            if not cycle.response_started:
+                cycle.send_start(self.status, self.headers)
+            if end:
+                cycle.send_end(data)
+            else:
+                cycle.send_body(data)
+        except AppProtocolError as exc:
+            logger.error("Invalid WSGI response: %s", exc)
+            cycle.fail()
+        if cycle.write_paused and not cycle.done:
+            self._blocked = True
+            cycle.on_writable(self._unblock)
+        else:
+            self._unblock()
+
+    def _unblock(self) -> None:
+        with self._lock:
+            self._blocked = False
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.release()
+
+
+class WSGIRunner:
+    """Runs a WSGI app on a bounded pool of threads; requests queue when all are busy."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        threads: int,
+        flow_buffer: int,
+        errors: IO[str] | None = None,
+    ) -> None:
+        self.app = app
+        self.loop = loop
+        self.flow_buffer = flow_buffer
+        self._queue: SimpleQueue[Cycle | None] = SimpleQueue()
+        self._context = contextvars.copy_context()
+        self._keys: dict[bytes, str | None] = {}
+        self._base: Environ = {
+            "wsgi.version": (1, 0),
+            "wsgi.errors": errors if errors is not None else sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+            "SERVER_SOFTWARE": f"aserve/{__version__}",
+        }
+        self._threads = [
+            threading.Thread(target=self._work, name=f"aserve-wsgi-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def handle(self, cycle: Cycle) -> None:
+        self._queue.put(cycle)
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop the threads once queued requests are done; give up waiting after `timeout`."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _work(self) -> None:
+        get = self._queue.get
+        while (cycle := get()) is not None:
+            if cycle.done or cycle.disconnected:
+                continue
+            self._context.copy().run(self._serve, cycle)
+
+    def environ(self, cycle: Cycle) -> Environ:
+        request = cycle.request
+        raw_path, query = split_target(request.target)
+        server = cycle.server or ("localhost", 0)
+        environ = self._base.copy()
+        environ["REQUEST_METHOD"] = request.method.decode("ascii")
+        environ["SCRIPT_NAME"] = cycle.root_path
+        # PEP 3333: PATH_INFO is the percent-decoded bytes, as latin-1.
+        environ["PATH_INFO"] = _unquote_to_latin1(raw_path)
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["SERVER_NAME"] = server[0]
+        environ["SERVER_PORT"] = str(server[1])
+        environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version
+        environ["wsgi.url_scheme"] = cycle.scheme
+        environ["wsgi.input"] = InputStream(cycle.body)
+        if cycle.client is not None:
+            environ["REMOTE_ADDR"] = cycle.client[0]
+            environ["REMOTE_PORT"] = str(cycle.client[1])
+        keys = self._keys
+        for name, value in request.headers:
+            key = keys.get(name, "")
+            if key == "":
+                key = _environ_key(name)
+                if len(keys) < _KEY_CACHE_SIZE:
+                    keys[name] = key
+            if key is None:
+                continue
+            text = value.decode("latin-1")
+            if key in environ:
+                # RFC 9110 §5.3: repeated fields combine into one comma-separated value.
+                environ[key] += "," + text
+            else:
+                environ[key] = text
+        return environ
+
+    def _serve(self, cycle: Cycle) -> None:
+        response = _Response(cycle, self.loop, self.flow_buffer)
+        try:
+            result = self.app(self.environ(cycle), response.start_response)
+            try:
+                for chunk in result:
+                    if cycle.disconnected:
+                        break
+                    response.write(chunk)
+                if not cycle.disconnected:
+                    response.finish()
+            finally:
+                _close(result)
+        except Exception as exc:
+            if cycle.disconnected:
+                # The client left: its response goes nowhere, and it is not the app's fault.
+                return
+            if isinstance(exc, ClientDisconnected):
+                self.loop.call_soon_threadsafe(cycle.fail)
+                return
+            logger.exception("Exception in WSGI application")
+            self.loop.call_soon_threadsafe(cycle.fail)
+
+
+def _close(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+def _environ_key(name: bytes) -> str | None:
+    """The CGI environ key of a request header; None drops it.
+
+    A name with an underscore would collide with its dashed twin (X_User vs X-User), which a
+    proxy may have set deliberately; like Django's runserver and nginx, aserve drops it.
+    """
+    if b"_" in name:
+        return None
+    if name == b"content-type":
+        return "CONTENT_TYPE"
+    if name == b"content-length":
+        return "CONTENT_LENGTH"
+    return "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+
+
+def _unquote_to_latin1(raw: bytes) -> str:
+    if b"%" not in raw:
+        return raw.decode("latin-1")
+    return unquote_to_bytes(raw).decode("latin-1")
