@@ -349,13 +349,21 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         # A half-closed client may still read the responses to what it sent.
         self._eof = True
-        return self.cycle is not None
+        if self.cycle is None:
+            return False
+        if not self.cycle.body.complete:
+            # The body can never be completed now: the app must not wait for it.
+            self.cycle.body.disconnect()
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self._timer is not None:
             self._cancel_timer()
         self.conn.receive_data(data)
         self._process_events()
+        if self.cycle is None and not self._closed:
+            # Between requests, or in a request head that has not finished arriving.
+            self._set_idle_timer()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -417,15 +425,20 @@ class HttpProtocol(asyncio.Protocol):
         if self.cycle is not cycle:
             return
         self.cycle = None
-        if self._draining or self._eof or not self.conn.start_next_cycle():
+        if self._draining or not self.conn.start_next_cycle():
             self.close()
             return
-        if self._pipeline_paused:
-            self._pipeline_paused = False
-            self._update_reading()
+        # Reading paused for this request's body or for the pipeline resumes: unread body is
+        # drained (http11 discards it) and queued requests go on.
+        self._read_paused = False
+        self._pipeline_paused = False
+        self._update_reading()
         self._process_events()
         if self.cycle is None and not self._closed:
-            self._set_idle_timer()
+            if self._eof:
+                self.close()  # the client half-closed and every request it sent is answered
+            else:
+                self._set_idle_timer()
 
     def log_access(self, cycle: Cycle) -> None:
         log = self.state.access_log
