@@ -95,19 +95,28 @@ Event = Request | Data | EndOfMessage | ProtocolFailure
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 §5.5: CR, LF and NUL are never allowed in a field value.
 _FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
-_STATUS_LINES = {
-    int(s): b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
-}
+# RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ).
+_FORBIDDEN_IN_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_PHRASES = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _PHRASES.items()}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
 
-def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        if not 100 <= status <= 999:
-            raise AppProtocolError(f"invalid response status {status!r}")
-        line = b"HTTP/1.1 %d \r\n" % status
-    return line
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    """The status line of a final response; `reason` replaces the standard phrase."""
+    if not isinstance(status, int) or not 200 <= status <= 599:
+        # A 1xx is interim: as the final status it would leave the client waiting.
+        raise AppProtocolError(f"invalid final response status {status!r}")
+    status = int(status)  # an IntEnum such as HTTPStatus.OK formats as its name
+    if reason is None or reason == _PHRASES.get(status):
+        line = _STATUS_LINES.get(status)
+        if line is not None:
+            return line
+        reason = b""
+    elif _FORBIDDEN_IN_REASON.search(reason) is not None:
+        raise AppProtocolError(f"invalid reason phrase {reason!r}")
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
 
 
 def _status_has_body(status: int) -> bool:
@@ -130,6 +139,7 @@ class Connection:
         self._broken = False
         # Receiving state of the message being parsed.
         self._in_head = True
+        self._in_trailers = False
         self._fresh_head = False
         self._head_bytes = 0
         self._url = b""
@@ -137,6 +147,8 @@ class Connection:
         self._fields_size = 0
         self._host_count = 0
         self._expect = False
+        self._has_body = False
+        self._unsupported_coding: bytes | None = None
         self._discarding = False
         self._discard_left = 0
         # The request being answered and the state of its response.
@@ -180,7 +192,7 @@ class Connection:
         except httptools.HttpParserError as exc:
             self._fail(400, f"invalid request: {exc}")
             return
-        if self._in_head:
+        if self._in_head or self._in_trailers:
             # httptools keeps a partial field in memory without bound: cap the head by bytes
             # fed too. The feed that began this head may hold the previous body, so skip it.
             if self._fresh_head:
@@ -191,8 +203,9 @@ class Connection:
                     self._fail_head_too_large()
 
     def _fail_head_too_large(self) -> None:
-        # Until the first field is complete the excess may still be the request line.
-        if not self._headers:
+        # on_url refuses a target over its limit as it arrives, so the excess is in the fields
+        # unless the request line limit is set above the head's.
+        if len(self._url) >= self.limits.head:
             self._fail(414, "request line too long")
         else:
             self._fail(431, "request header section too large")
@@ -208,12 +221,14 @@ class Connection:
             return None
         event = events[0]
         if isinstance(event, Request):
-            if self.response_pending:
+            if self.request is not None:
+                # Still in the previous cycle until `start_next_cycle()`, whose verdict on
+                # keep-alive the next request must not overwrite.
                 return None
             events.popleft()
             self._begin_cycle(event)
             return event
-        if isinstance(event, ProtocolFailure) and self.response_pending and self._request_done:
+        if isinstance(event, ProtocolFailure) and self.request is not None and self._request_done:
             # The failure is in a later pipelined message: answer the current request first.
             return None
         events.popleft()
@@ -239,6 +254,8 @@ class Connection:
         self._fields_size = 0
         self._host_count = 0
         self._expect = False
+        self._has_body = False
+        self._unsupported_coding = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -254,11 +271,22 @@ class Connection:
             raise ProtocolError("request header section too large", 431)
         if len(self._headers) >= self.limits.fields:
             raise ProtocolError("too many request header fields", 431)
+        if not self._in_head:
+            # A trailer field: RFC 9110 §6.5.1 forbids merging it into the header section.
+            return
         name = name.lower()
+        # RFC 9112 §5: OWS around a field value is not part of it (httptools keeps the trailing).
+        value = value.rstrip(b" \t")
         if name == b"host":
             self._host_count += 1
         elif name == b"expect":
             self._expect = value.lower() == b"100-continue"
+        elif name == b"transfer-encoding":
+            if value.lower() != b"chunked":
+                self._unsupported_coding = value
+            self._has_body = True
+        elif name == b"content-length" and value not in (b"0", b""):
+            self._has_body = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -271,6 +299,21 @@ class Connection:
         # RFC 9112 §3.2: a 1.1 request without Host, and any request with several, gets 400.
         if self._host_count > 1 or (self._host_count == 0 and version == "1.1"):
             raise ProtocolError("missing or duplicate Host header", 400)
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty (§6.3: 400).
+        if version == "1.0" and any(name == b"transfer-encoding" for name, _ in self._headers):
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", 400)
+        # RFC 9112 §3.2.4: the asterisk-form is only for a server-wide OPTIONS.
+        if self._url == b"*" and parser.get_method() != b"OPTIONS":
+            raise ProtocolError("asterisk-form target outside OPTIONS", 400)
+        if self._unsupported_coding is not None:
+            # Checked once the head is complete, so that llhttp's 400 for Transfer-Encoding
+            # beside Content-Length comes first. llhttp refuses codings after chunked; one before
+            # it (gzip, chunked) it passes on, and aserve decodes none (RFC 9112 §6.1: 501).
+            raise ProtocolError(f"unsupported Transfer-Encoding {self._unsupported_coding!r}", 501)
+        if self._has_body and parser.should_upgrade():
+            # httptools skips the body of an Upgrade (or CONNECT) request and would parse it as
+            # the next request, a smuggling vector; aserve switches to no protocol: refuse it.
+            raise ProtocolError("request body with Upgrade or CONNECT is not supported", 400)
         self._events.append(
             Request(
                 parser.get_method(),
@@ -282,7 +325,18 @@ class Connection:
             )
         )
 
+    def on_chunk_header(self) -> None:
+        # Trailer fields may follow, buffered by httptools like head fields: cap the bytes fed
+        # until this chunk's data (or the end of the trailers) shows up.
+        self._in_trailers = True
+        self._fresh_head = True
+        self._head_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._in_trailers = False
+
     def on_body(self, body: bytes) -> None:
+        self._in_trailers = False
         if self._discarding:
             self._discard_left -= len(body)
             if self._discard_left < 0:
@@ -324,8 +378,11 @@ class Connection:
         self._continue_sent = True
         return _CONTINUE
 
-    def response_head(self, status: int, headers: Headers, default_headers: bytes) -> bytes:
-        """Bytes of the status line and fields; `default_headers` holds Date and Server lines.
+    def response_head(
+        self, status: int, headers: Headers, default_headers: bytes, reason: bytes | None = None
+    ) -> bytes:
+        """Bytes of the status line and fields; `default_headers` holds Date and Server lines
+        (one of which the app may replace), `reason` the app's own reason phrase.
 
         Raises AppProtocolError for a header that is not valid HTTP; nothing is then sent.
         """
@@ -335,10 +392,14 @@ class Connection:
         if self.response_started:
             raise AppProtocolError("response already started")
         keep_alive = self.keep_alive
+        if request.expect_continue and not self._continue_sent and not self._request_done:
+            # The announced body may still come: `start_next_cycle` will close, so say so now
+            # (RFC 9110 §10.1.1).
+            keep_alive = False
         content_length: int | None = None
         chunked = False
-        has_server = False
-        lines = [status_line(status)]
+        replaced: list[bytes] = []
+        lines = [status_line(status, reason)]
         append = lines.append
         for name, value in headers:
             if _TOKEN.fullmatch(name) is None:
@@ -346,7 +407,13 @@ class Connection:
             if _FORBIDDEN_IN_VALUE.search(value) is not None:
                 raise AppProtocolError(f"invalid response header value {value!r}")
             lname = name.lower()
+            if lname in _FRAMING_FIELDS and not (status >= 200 and status != 204):
+                # RFC 9110 §8.6, RFC 9112 §6.1: never in a 1xx or 204 response.
+                continue
             if lname == b"content-length":
+                if not value.strip(b" \t").isdigit():
+                    # RFC 9110 §8.6: 1*DIGIT; int() would also take "+1", "-0" or "1_0".
+                    raise AppProtocolError(f"invalid Content-Length {value!r}")
                 try:
                     content_length = int(value)
                 except ValueError:
@@ -358,12 +425,16 @@ class Connection:
                 chunked = value.lower() == b"chunked"
                 if not chunked:
                     raise AppProtocolError(f"unsupported Transfer-Encoding {value!r}")
+                if request.http_version == "1.0":
+                    # RFC 9112 §6.1: not to an HTTP/1.0 client; the close ends the body instead.
+                    chunked = False
+                    continue
             elif lname == b"connection":
                 if b"close" in value.lower():
                     keep_alive = False
                 continue
-            elif lname == b"server":
-                has_server = True
+            elif lname in (b"server", b"date"):
+                replaced.append(lname)
             append(b"%s: %s\r\n" % (name, value))
         body_allowed = _status_has_body(status)
         is_head = request.method == b"HEAD"
@@ -383,14 +454,18 @@ class Connection:
                 append(b"connection: keep-alive\r\n")
         else:
             append(b"connection: close\r\n")
-        if has_server:
-            # An app-chosen Server replaces ours; Date is the first line of the defaults.
-            default_headers = default_headers.split(b"\r\n", 1)[0] + b"\r\n"
-        append(default_headers)
+        if replaced:
+            lines.extend(
+                line + b"\r\n"
+                for line in default_headers.split(b"\r\n")
+                if line and line.partition(b":")[0].lower() not in replaced
+            )
+        else:
+            append(default_headers)
         append(b"\r\n")
         self.keep_alive = keep_alive
         self.response_started = True
-        self._chunked = chunked
+        self._chunked = chunked and not is_head
         self._body_allowed = body_allowed and not is_head
         self._length_left = content_length if self._body_allowed else None
         return b"".join(lines)

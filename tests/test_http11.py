@@ -1,0 +1,911 @@
+"""Byte-in/byte-out tests of `aserve.http11.Connection`: no sockets, no event loop."""
+
+from __future__ import annotations
+
+import itertools
+from http import HTTPStatus
+
+import pytest
+
+from aserve.errors import AppProtocolError
+from aserve.http11 import (
+    Connection,
+    Data,
+    EndOfMessage,
+    Event,
+    Limits,
+    ProtocolFailure,
+    Request,
+    status_line,
+)
+from aserve.types import Headers
+
+DEFAULTS = b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\nserver: aserve\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+Summary = tuple[object, ...]
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def pull(conn: Connection) -> list[Event]:
+    """Every event ready now."""
+    events: list[Event] = []
+    while (event := conn.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def feed(conn: Connection, data: bytes) -> list[Event]:
+    conn.receive_data(data)
+    return pull(conn)
+
+
+def summary(events: list[Event]) -> list[Summary]:
+    """Comparable tuples for events; adjacent Data pieces are joined (their split is free)."""
+    out: list[Summary] = []
+    for event in events:
+        if isinstance(event, Request):
+            out.append(
+                (
+                    "request",
+                    event.method,
+                    event.target,
+                    event.http_version,
+                    tuple(event.headers),
+                    event.keep_alive,
+                    event.expect_continue,
+                )
+            )
+        elif isinstance(event, Data):
+            previous = out[-1] if out else ()
+            if previous[:1] == ("data",) and isinstance(previous[1], bytes):
+                out[-1] = ("data", previous[1] + event.data)
+            else:
+                out.append(("data", event.data))
+        elif isinstance(event, EndOfMessage):
+            out.append(("end",))
+        else:
+            out.append(("failure", event.status, event.respond))
+    return out
+
+
+def only_request(events: list[Event]) -> Request:
+    requests = [e for e in events if isinstance(e, Request)]
+    assert len(requests) == 1, events
+    return requests[0]
+
+
+def failure(events: list[Event]) -> ProtocolFailure:
+    assert events, "expected a ProtocolFailure, got no event"
+    last = events[-1]
+    assert isinstance(last, ProtocolFailure), events
+    return last
+
+
+def body_of(events: list[Event]) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, Data))
+
+
+def respond(
+    conn: Connection, status: int = 200, headers: Headers | None = None, body: bytes = b""
+) -> bytes:
+    """A complete response; the bytes that would go on the wire."""
+    if headers is None:
+        headers = [(b"content-length", b"%d" % len(body))]
+    out = conn.response_head(status, headers, DEFAULTS)
+    if body:
+        out += conn.body_bytes(body)
+    return out + conn.end_bytes()
+
+
+def head_lines(head: bytes) -> list[bytes]:
+    assert head.endswith(b"\r\n\r\n"), head
+    return head[:-4].split(b"\r\n")
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def test_simple_get_round_trip() -> None:
+    conn = Connection()
+    events = feed(conn, b"GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert summary(events) == [
+        (
+            "request",
+            b"GET",
+            b"/index.html?q=1",
+            "1.1",
+            ((b"host", b"example.com"),),
+            True,
+            False,
+        ),
+        ("end",),
+    ]
+    assert conn.response_pending
+    head = conn.response_head(
+        200, [(b"content-type", b"text/plain"), (b"content-length", b"5")], DEFAULTS
+    )
+    assert head == (
+        b"HTTP/1.1 200 OK\r\n"
+        b"content-type: text/plain\r\n"
+        b"content-length: 5\r\n"
+        b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+        b"server: aserve\r\n"
+        b"\r\n"
+    )
+    assert conn.body_bytes(b"hello") == b"hello"
+    assert conn.end_bytes() == b""
+    assert not conn.response_pending
+    assert conn.start_next_cycle() is True
+    assert conn.keep_alive
+    assert pull(conn) == []
+
+
+def test_header_names_lower_cased_and_values_kept() -> None:
+    conn = Connection()
+    request = only_request(
+        feed(
+            conn,
+            b"GET / HTTP/1.1\r\nHOST: Example.COM\r\nX-Mixed-Case:   Some Value  With  Gaps"
+            b" \t\r\nAccept-Encoding:gzip\r\nx-dup: 1\r\nX-Dup: 2\r\n\r\n",
+        )
+    )
+    # Names lower-cased, order and duplicates kept; values keep their case and inner spaces
+    # but lose the surrounding optional whitespace (RFC 9112 §5).
+    assert request.headers == [
+        (b"host", b"Example.COM"),
+        (b"x-mixed-case", b"Some Value  With  Gaps"),
+        (b"accept-encoding", b"gzip"),
+        (b"x-dup", b"1"),
+        (b"x-dup", b"2"),
+    ]
+
+
+BODY = b"The quick brown fox jumps over the lazy dog." * 3
+POST_HEAD = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+
+
+@pytest.mark.parametrize("piece", [1, 2, 7, 50])
+def test_content_length_body_in_pieces(piece: int) -> None:
+    conn = Connection()
+    raw = POST_HEAD + BODY
+    events: list[Event] = []
+    for start in range(0, len(raw), piece):
+        events += feed(conn, raw[start : start + piece])
+    assert isinstance(events[0], Request)
+    assert isinstance(events[-1], EndOfMessage)
+    assert sum(isinstance(e, EndOfMessage) for e in events) == 1
+    assert body_of(events) == BODY
+
+
+def test_chunked_request_body_is_dechunked() -> None:
+    conn = Connection()
+    events = feed(
+        conn,
+        b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n1;ext=val\r\n \r\nA\r\n0123456789\r\n0\r\n\r\n",
+    )
+    assert isinstance(events[0], Request)
+    assert body_of(events) == b"hello 0123456789"
+    assert isinstance(events[-1], EndOfMessage)
+
+
+def test_request_trailers_are_not_merged_into_headers() -> None:
+    # RFC 9110 §6.5.1; before the fix a trailing "Host" was appended to the Request's list.
+    conn = Connection()
+    events = feed(
+        conn,
+        b"POST /t HTTP/1.1\r\nHost: good\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nHost: evil\r\nX-Checksum: 1\r\n\r\n",
+    )
+    request = only_request(events)
+    assert request.headers == [(b"host", b"good"), (b"transfer-encoding", b"chunked")]
+    assert summary(events)[1:] == [("data", b"abc"), ("end",)]
+
+
+def test_endless_trailer_field_is_capped() -> None:
+    # httptools buffers a field until its end: without a cap this grew without bound.
+    conn = Connection(Limits(head=1024, field_size=256))
+    feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: ")
+    events: list[Event] = []
+    for _ in range(10):
+        events += feed(conn, b"a" * 512)
+    assert summary(events) == [("failure", 431, True)]
+
+
+def test_many_small_chunks_are_not_mistaken_for_trailers() -> None:
+    conn = Connection(Limits(head=256, field_size=64))
+    events = feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    # Each feed ends right after a chunk header; its data only comes with the next feed.
+    for _ in range(200):
+        events += feed(conn, b"4\r\n")
+        events += feed(conn, b"abcd\r\n")
+    events += feed(conn, b"0\r\n\r\n")
+    assert body_of(events) == b"abcd" * 200
+    assert isinstance(events[-1], EndOfMessage)
+
+
+PIPELINE = (
+    b"POST /one HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+    b"PUT /two HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n"
+    b"GET /three HTTP/1.1\r\nHost: h\r\n\r\n"
+)
+
+
+def serve_all(conn: Connection, raw: bytes, splits: list[int]) -> list[Summary]:
+    """Feed `raw` cut at `splits`, answering each request at once; the events seen."""
+    events: list[Event] = []
+    bounds = [0, *splits, len(raw)]
+    for start, end in itertools.pairwise(bounds):
+        conn.receive_data(raw[start:end])
+        while True:
+            events += pull(conn)
+            if not (conn.response_pending and conn.request is not None):
+                break
+            if not any(isinstance(e, EndOfMessage) for e in events[-1:]):
+                break
+            respond(conn, body=b"ok")
+            assert conn.start_next_cycle()
+    return summary(events)
+
+
+def test_pipeline_events_do_not_depend_on_how_bytes_arrive() -> None:
+    whole = serve_all(Connection(), PIPELINE, [])
+    assert [s[:3] for s in whole if s[0] == "request"] == [
+        ("request", b"POST", b"/one"),
+        ("request", b"PUT", b"/two"),
+        ("request", b"GET", b"/three"),
+    ]
+    for cut in range(1, len(PIPELINE)):
+        assert serve_all(Connection(), PIPELINE, [cut]) == whole, cut
+    assert serve_all(Connection(), PIPELINE, list(range(1, len(PIPELINE)))) == whole
+
+
+def test_pipelined_request_waits_for_the_response() -> None:
+    conn = Connection()
+    events = feed(
+        conn,
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/a"), ("end",)]
+    assert conn.next_event() is None
+    assert conn.has_queued_request
+    conn.response_head(200, [(b"content-length", b"0")], DEFAULTS)
+    assert conn.next_event() is None
+    assert conn.has_queued_request
+    assert conn.end_bytes() == b""
+    # The response is over but the cycle is not: the next request still waits.
+    assert conn.next_event() is None
+    assert conn.start_next_cycle()
+    events = pull(conn)
+    assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/b"), ("end",)]
+    assert conn.request is events[0]
+    assert not conn.has_queued_request
+
+
+# -- keep-alive ------------------------------------------------------------------------------
+
+
+def test_http10_closes_unless_keep_alive_asked() -> None:
+    conn = Connection()
+    request = only_request(feed(conn, b"GET / HTTP/1.0\r\n\r\n"))
+    assert not request.keep_alive
+    head = conn.response_head(200, [(b"content-length", b"2")], DEFAULTS)
+    assert b"connection: close" in head_lines(head)
+    conn.body_bytes(b"hi")
+    conn.end_bytes()
+    assert conn.start_next_cycle() is False
+    assert not conn.keep_alive
+
+
+def test_http10_keep_alive_is_confirmed() -> None:
+    conn = Connection()
+    request = only_request(feed(conn, b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"))
+    assert request.keep_alive
+    head = conn.response_head(200, [(b"content-length", b"0")], DEFAULTS)
+    assert head == (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n" + DEFAULTS + b"\r\n"
+    )
+    conn.end_bytes()
+    assert conn.start_next_cycle() is True
+    assert summary(feed(conn, b"GET /next HTTP/1.0\r\n\r\n"))[0][:3] == (
+        "request",
+        b"GET",
+        b"/next",
+    )
+
+
+def test_http11_connection_close_from_client() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    head = conn.response_head(200, [(b"content-length", b"0")], DEFAULTS)
+    assert b"connection: close" in head_lines(head)
+    conn.end_bytes()
+    assert conn.start_next_cycle() is False
+
+
+def test_app_connection_close_header_ends_the_connection() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.response_head(200, [(b"Connection", b"Close"), (b"content-length", b"0")], DEFAULTS)
+    lines = head_lines(head)
+    assert b"Connection: Close" not in lines
+    assert lines.count(b"connection: close") == 1
+    conn.end_bytes()
+    assert conn.start_next_cycle() is False
+
+
+# -- response framing ------------------------------------------------------------------------
+
+
+def test_http11_response_without_length_is_chunked() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.response_head(200, [(b"content-type", b"text/plain")], DEFAULTS)
+    assert head == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n"
+        + DEFAULTS
+        + b"\r\n"
+    )
+    assert conn.body_bytes(b"hello world") == b"b\r\nhello world\r\n"
+    assert conn.body_bytes(b"") == b""  # an empty chunk would end the body
+    assert conn.body_bytes(b"!") == b"1\r\n!\r\n"
+    assert conn.end_bytes() == b"0\r\n\r\n"
+    assert conn.start_next_cycle() is True
+
+
+def test_app_chunked_transfer_encoding_is_encoded_by_aserve() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.response_head(200, [(b"Transfer-Encoding", b"chunked")], DEFAULTS)
+    assert head_lines(head)[1] == b"Transfer-Encoding: chunked"
+    assert b"transfer-encoding: chunked" not in head_lines(head)
+    assert conn.body_bytes(b"abc") == b"3\r\nabc\r\n"
+    assert conn.end_bytes() == b"0\r\n\r\n"
+
+
+def test_http10_response_without_length_is_close_delimited() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    head = conn.response_head(200, [(b"content-type", b"text/plain")], DEFAULTS)
+    assert head == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n" + DEFAULTS + b"\r\n"
+    )
+    assert conn.body_bytes(b"hello") == b"hello"
+    assert conn.end_bytes() == b""
+    assert conn.start_next_cycle() is False
+
+
+def test_no_transfer_encoding_in_a_response_to_http10() -> None:
+    # RFC 9112 §6.1: a server MUST NOT send Transfer-Encoding to an HTTP/1.0 request.
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.0\r\n\r\n")
+    head = conn.response_head(200, [(b"transfer-encoding", b"chunked")], DEFAULTS)
+    assert head == b"HTTP/1.1 200 OK\r\nconnection: close\r\n" + DEFAULTS + b"\r\n"
+    assert conn.body_bytes(b"raw") == b"raw"
+    assert conn.end_bytes() == b""
+    assert conn.start_next_cycle() is False
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[], [(b"content-length", b"42")], [(b"transfer-encoding", b"chunked")]],
+    ids=["no-length", "content-length", "chunked"],
+)
+def test_head_response_has_no_body(headers: Headers) -> None:
+    conn = Connection()
+    feed(conn, b"HEAD /file HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.response_head(200, headers, DEFAULTS)
+    expected = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    assert head == b"HTTP/1.1 200 OK\r\n" + expected + DEFAULTS + b"\r\n"
+    assert conn.body_bytes(b"x" * 42) == b""
+    assert conn.end_bytes() == b""
+    assert conn.keep_alive
+    assert conn.start_next_cycle() is True
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses(status: int) -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.response_head(status, [(b"etag", b'"v1"')], DEFAULTS)
+    assert head == status_line(status) + b'etag: "v1"\r\n' + DEFAULTS + b"\r\n"
+    assert conn.body_bytes(b"ignored") == b""
+    assert conn.end_bytes() == b""
+    assert conn.start_next_cycle() is True
+
+
+def test_204_drops_framing_headers_from_the_app() -> None:
+    # RFC 9110 §8.6 and RFC 9112 §6.1: no Content-Length or Transfer-Encoding in a 204.
+    conn = Connection()
+    feed(conn, b"DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.response_head(
+        204, [(b"content-length", b"0"), (b"transfer-encoding", b"chunked")], DEFAULTS
+    )
+    assert head == b"HTTP/1.1 204 No Content\r\n" + DEFAULTS + b"\r\n"
+    assert conn.end_bytes() == b""
+    assert conn.start_next_cycle() is True
+
+
+def test_304_keeps_the_content_length_of_the_representation() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nIf-None-Match: *\r\n\r\n")
+    head = conn.response_head(304, [(b"content-length", b"1234")], DEFAULTS)
+    assert b"content-length: 1234" in head_lines(head)
+    assert conn.body_bytes(b"x") == b""
+    assert conn.end_bytes() == b""
+    assert conn.start_next_cycle() is True
+
+
+def test_app_server_header_replaces_the_default() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.response_head(
+        200, [(b"Server", b"custom/1.0"), (b"content-length", b"0")], DEFAULTS
+    )
+    assert head == (
+        b"HTTP/1.1 200 OK\r\nServer: custom/1.0\r\ncontent-length: 0\r\n"
+        b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
+    )
+
+
+def test_app_date_header_replaces_the_default() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.response_head(
+        200, [(b"Date", b"Mon, 01 Jan 2001 00:00:00 GMT"), (b"content-length", b"0")], DEFAULTS
+    )
+    assert head == (
+        b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\ncontent-length: 0\r\n"
+        b"server: aserve\r\n\r\n"
+    )
+
+
+def test_status_given_as_an_int_enum() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.response_head(HTTPStatus.NOT_FOUND, [(b"content-length", b"0")], DEFAULTS)
+    assert head.startswith(b"HTTP/1.1 404 Not Found\r\n")
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"identity, chunked", b"gzip"])
+def test_transfer_codings_other_than_chunked_get_501(coding: bytes) -> None:
+    conn = Connection()
+    events = feed(
+        conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + coding + b"\r\n\r\n0\r\n\r\n"
+    )
+    assert summary(events) == [("failure", 501, True)]
+
+
+def test_status_lines() -> None:
+    assert status_line(200) == b"HTTP/1.1 200 OK\r\n"
+    assert status_line(418) == b"HTTP/1.1 418 I'm a Teapot\r\n"
+    # RFC 9112 §4: the space before an empty reason phrase is required.
+    assert status_line(599) == b"HTTP/1.1 599 \r\n"
+    assert status_line(200, b"Fine") == b"HTTP/1.1 200 Fine\r\n"
+    assert status_line(404, b"Not Found") == b"HTTP/1.1 404 Not Found\r\n"
+    # 1xx are interim responses: as a final status they would leave the client waiting.
+    for bad in (0, 99, 100, 101, 199, 600, 1000):
+        with pytest.raises(AppProtocolError):
+            status_line(bad)
+    with pytest.raises(AppProtocolError):
+        status_line(200, b"OK\r\nX-Injected: 1")
+
+
+# -- Expect: 100-continue --------------------------------------------------------------------
+
+EXPECT_HEAD = b"PUT /big HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+
+
+def test_continue_is_sent_once() -> None:
+    conn = Connection()
+    request = only_request(feed(conn, EXPECT_HEAD))
+    assert request.expect_continue
+    assert conn.continue_bytes() == CONTINUE
+    assert conn.continue_bytes() == b""
+    assert summary(feed(conn, b"data")) == [("data", b"data"), ("end",)]
+    assert respond(conn, body=b"ok").endswith(b"\r\n\r\nok")
+    assert conn.start_next_cycle() is True
+
+
+def test_no_continue_after_the_response_started() -> None:
+    conn = Connection()
+    feed(conn, EXPECT_HEAD)
+    head = conn.response_head(417, [(b"content-length", b"0")], DEFAULTS)
+    assert conn.continue_bytes() == b""
+    # The client may still send the body it announced: the connection cannot be reused.
+    assert b"connection: close" in head_lines(head)
+    conn.end_bytes()
+    assert conn.start_next_cycle() is False
+
+
+def test_no_continue_once_the_body_arrived() -> None:
+    conn = Connection()
+    feed(conn, EXPECT_HEAD + b"data")
+    assert conn.continue_bytes() == b""
+
+
+def test_no_continue_for_http10() -> None:
+    conn = Connection()
+    request = only_request(
+        feed(conn, b"PUT / HTTP/1.0\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    )
+    assert not request.expect_continue
+    assert conn.continue_bytes() == b""
+
+
+def test_other_expectations_get_no_continue() -> None:
+    conn = Connection()
+    request = only_request(
+        feed(conn, b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nExpect: later\r\n\r\n")
+    )
+    assert not request.expect_continue
+    assert conn.continue_bytes() == b""
+
+
+# -- the app breaking the protocol -----------------------------------------------------------
+
+BAD_RESPONSE_HEADERS = [
+    (b"x-a", b"one\r\nx-injected: 1"),
+    (b"x-a", b"one\rtwo"),
+    (b"x-a", b"one\ntwo"),
+    (b"x-a", b"nul\x00"),
+    (b"x a", b"v"),
+    (b"x:a", b"v"),
+    (b"", b"v"),
+    (b"x-a\r\n", b"v"),
+    (b"x-\x00", b"v"),
+    (b"caf\xc3\xa9", b"v"),
+    (b"content-length", b"+5"),
+    (b"content-length", b"-1"),
+    (b"content-length", b"1_0"),
+    (b"content-length", b"five"),
+    (b"content-length", b""),
+    (b"transfer-encoding", b"gzip"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_RESPONSE_HEADERS, ids=repr)
+def test_invalid_response_header_is_refused(bad: tuple[bytes, bytes]) -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    with pytest.raises(AppProtocolError):
+        conn.response_head(200, [(b"x-ok", b"1"), bad], DEFAULTS)
+    # Nothing was produced and nothing changed: a valid response can still be sent.
+    assert not conn.response_started
+    assert conn.response_head(500, [(b"content-length", b"0")], DEFAULTS).startswith(
+        b"HTTP/1.1 500 Internal Server Error\r\n"
+    )
+
+
+def test_both_content_length_and_chunked_is_refused() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    with pytest.raises(AppProtocolError):
+        conn.response_head(
+            200, [(b"content-length", b"3"), (b"transfer-encoding", b"chunked")], DEFAULTS
+        )
+    assert not conn.response_started
+
+
+def test_body_longer_than_content_length() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    conn.response_head(200, [(b"content-length", b"5")], DEFAULTS)
+    assert conn.body_bytes(b"abc") == b"abc"
+    with pytest.raises(AppProtocolError):
+        conn.body_bytes(b"def")
+
+
+def test_body_shorter_than_content_length_closes() -> None:
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    conn.response_head(200, [(b"content-length", b"5")], DEFAULTS)
+    conn.body_bytes(b"abc")
+    assert conn.end_bytes() == b""
+    assert conn.keep_alive is False
+    assert conn.start_next_cycle() is False
+
+
+def test_response_calls_out_of_order() -> None:
+    conn = Connection()
+    with pytest.raises(AppProtocolError):
+        conn.response_head(200, [], DEFAULTS)
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    with pytest.raises(AppProtocolError):
+        conn.body_bytes(b"x")
+    with pytest.raises(AppProtocolError):
+        conn.end_bytes()
+    conn.response_head(200, [(b"content-length", b"0")], DEFAULTS)
+    with pytest.raises(AppProtocolError):
+        conn.response_head(200, [], DEFAULTS)
+    with pytest.raises(AppProtocolError):
+        conn.start_next_cycle()
+
+
+def test_error_response_bytes() -> None:
+    conn = Connection()
+    failed = failure(feed(conn, b"GET / HTTP/1.1\r\n\r\n"))
+    assert (failed.status, failed.respond) == (400, True)
+    assert conn.error_response(400, DEFAULTS, "missing Host") == (
+        b"HTTP/1.1 400 Bad Request\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: 13\r\n"
+        b"connection: close\r\n" + DEFAULTS + b"\r\nmissing Host\n"
+    )
+    assert not conn.keep_alive
+
+
+# -- the client breaking the protocol --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="cl-then-te",
+        ),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Length: 3\r\n\r\n0\r\n\r\n",
+            id="te-then-cl",
+        ),
+        pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="no-host"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", id="two-hosts"),
+        pytest.param(b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n", id="two-hosts-1.0"),
+        pytest.param(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", id="http2"),
+        pytest.param(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", id="h2-preface"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: v\r\n\r\n", id="space-in-name"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nName : v\r\n\r\n", id="space-before-colon"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\n", id="obs-fold"),
+        pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", id="cl-neg"),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            id="cl-twice",
+        ),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            id="chunked-not-last",
+        ),
+        # RFC 9112 §6.1: Transfer-Encoding in a 1.0 request is faulty framing (fixed here).
+        pytest.param(
+            b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n",
+            id="te-in-http10",
+        ),
+        # RFC 9112 §3.2.4: the asterisk-form belongs to OPTIONS only (fixed here).
+        pytest.param(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", id="asterisk-get"),
+    ],
+)
+def test_bad_request_gets_400(raw: bytes) -> None:
+    conn = Connection()
+    events = feed(conn, raw)
+    assert summary(events)[-1] == ("failure", 400, True)
+    assert not any(isinstance(e, Request) for e in events)
+    # A broken connection ignores whatever comes next.
+    assert feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n") == []
+
+
+def test_chunk_size_error_after_the_head() -> None:
+    conn = Connection()
+    events = feed(
+        conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5x\r\nhello\r\n"
+    )
+    assert summary(events)[0][:2] == ("request", b"POST")
+    assert summary(events)[-1] == ("failure", 400, True)
+
+
+def test_options_asterisk_is_accepted() -> None:
+    conn = Connection()
+    request = only_request(feed(conn, b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n"))
+    assert request.target == b"*"
+
+
+def test_host_may_be_missing_in_http10() -> None:
+    conn = Connection()
+    request = only_request(feed(conn, b"GET /old HTTP/1.0\r\nAccept: */*\r\n\r\n"))
+    assert (request.target, request.http_version) == (b"/old", "1.0")
+
+
+def test_empty_host_is_accepted() -> None:
+    # RFC 9112 §3.2: a client without an authority sends Host with an empty value.
+    conn = Connection()
+    request = only_request(feed(conn, b"GET / HTTP/1.1\r\nHost:\r\n\r\n"))
+    assert request.headers == [(b"host", b"")]
+
+
+def test_request_line_over_the_limit_gets_414() -> None:
+    limits = Limits(request_line=20)
+    assert only_request(
+        feed(Connection(limits), b"GET /" + b"a" * 19 + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    )
+    events = feed(Connection(limits), b"GET /" + b"a" * 20 + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert summary(events) == [("failure", 414, True)]
+    # Byte by byte: the target is refused before its end is seen.
+    conn = Connection(limits)
+    events = []
+    for byte in b"GET /" + b"a" * 40:
+        events += feed(conn, bytes([byte]))
+    assert summary(events) == [("failure", 414, True)]
+
+
+def test_too_many_fields_gets_431() -> None:
+    limits = Limits(fields=3)
+    ok = b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n"
+    assert only_request(feed(Connection(limits), ok))
+    events = feed(Connection(limits), b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n")
+    assert summary(events) == [("failure", 431, True)]
+
+
+def test_field_too_large_gets_431() -> None:
+    limits = Limits(field_size=16)
+    # name + value: 4 + 12 = 16 is the most allowed.
+    fits = b"GET / HTTP/1.1\r\nHost: h\r\nName: " + b"v" * 12 + b"\r\n\r\n"
+    assert only_request(feed(Connection(limits), fits))
+    events = feed(Connection(limits), fits.replace(b"v" * 12, b"v" * 13))
+    assert summary(events) == [("failure", 431, True)]
+
+
+def test_head_too_large_gets_431() -> None:
+    limits = Limits(head=64, field_size=40)
+    fields = b"".join(b"F%d: %s\r\n" % (i, b"x" * 20) for i in range(4))
+    events = feed(Connection(limits), b"GET / HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n")
+    assert summary(events) == [("failure", 431, True)]
+
+
+def test_endless_header_field_gets_431() -> None:
+    conn = Connection(Limits(head=1024, field_size=256))
+    events = feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nX-Endless: ")
+    for _ in range(10):
+        events += feed(conn, b"a" * 512)
+    assert summary(events) == [("failure", 431, True)]
+
+
+def test_endless_first_header_field_gets_431() -> None:
+    conn = Connection(Limits(head=1024, field_size=256))
+    events = feed(conn, b"GET / HTTP/1.1\r\nX-Endless: ")
+    for _ in range(10):
+        events += feed(conn, b"a" * 512)
+    assert summary(events) == [("failure", 431, True)]
+
+
+def test_garbage_after_a_request_waits_for_its_response() -> None:
+    conn = Connection()
+    events = feed(conn, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n\x16\x03\x01 not http\r\n\r\n")
+    assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/ok"), ("end",)]
+    assert conn.next_event() is None
+    assert conn.has_queued_request
+    assert respond(conn, body=b"fine").endswith(b"fine")
+    assert conn.start_next_cycle()
+    assert summary(pull(conn)) == [("failure", 400, True)]
+
+
+def test_garbage_in_the_same_feed_as_a_body() -> None:
+    conn = Connection()
+    events = feed(
+        conn, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nokGARBAGE GARBAGE\r\n\r\n"
+    )
+    assert summary(events)[1:] == [("data", b"ok"), ("end",)]
+    respond(conn)
+    assert conn.start_next_cycle()
+    assert summary(pull(conn)) == [("failure", 400, True)]
+
+
+# -- the app answering before it read the body -----------------------------------------------
+
+
+def test_unread_body_within_the_drain_limit_is_discarded() -> None:
+    conn = Connection(Limits(drain=10))
+    events = feed(conn, b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\nabc")
+    assert summary(events)[1:] == [("data", b"abc")]
+    respond(conn, body=b"early")
+    assert conn.start_next_cycle() is True
+    # The 9 bytes left of the body are dropped, not parsed as a request.
+    events = feed(conn, b"defghijklGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/b"), ("end",)]
+
+
+def test_unread_body_received_but_not_pulled_is_dropped() -> None:
+    conn = Connection(Limits(drain=0))
+    conn.receive_data(
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
+        b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    assert isinstance(conn.next_event(), Request)
+    respond(conn)
+    assert conn.start_next_cycle() is True
+    assert [s[:3] for s in summary(pull(conn))] == [("request", b"GET", b"/b"), ("end",)]
+
+
+def test_unread_body_over_the_drain_limit_ends_the_connection() -> None:
+    conn = Connection(Limits(drain=10))
+    feed(conn, b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
+    respond(conn, body=b"early")
+    assert conn.start_next_cycle() is True
+    events = feed(conn, b"x" * 5)
+    assert events == []
+    events = feed(conn, b"x" * 50)
+    # No second response may follow the first: the connection just ends.
+    assert summary(events) == [("failure", 413, False)]
+    assert conn.keep_alive is False
+
+
+def test_unread_chunked_body_is_discarded_too() -> None:
+    conn = Connection(Limits(drain=100))
+    feed(conn, b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    respond(conn)
+    assert conn.start_next_cycle()
+    events = feed(conn, b"4\r\ndefg\r\n0\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/b"), ("end",)]
+
+
+# -- Upgrade ---------------------------------------------------------------------------------
+
+H2C_UPGRADE = (
+    b"GET /u HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("piece", [0, 1, 5])
+def test_h2c_upgrade_is_answered_as_http11(piece: int) -> None:
+    conn = Connection()
+    raw = H2C_UPGRADE + b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n"
+    events: list[Event] = []
+    for start in range(0, len(raw), piece or len(raw)):
+        events += feed(conn, raw[start : start + (piece or len(raw))])
+    assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/u"), ("end",)]
+    # No 101: a plain response, and the connection goes on.
+    assert respond(conn, body=b"plain").startswith(b"HTTP/1.1 200 OK\r\n")
+    assert conn.start_next_cycle()
+    assert [s[:3] for s in summary(pull(conn))] == [("request", b"GET", b"/after"), ("end",)]
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 28\r\n", b"Transfer-Encoding: chunked\r\n"],
+    ids=["content-length", "chunked"],
+)
+def test_upgrade_request_with_a_body_is_refused(framing: bytes) -> None:
+    # httptools skips the body of an Upgrade request: parsed as the next request, it would be
+    # smuggled past whatever checked the first one. aserve refuses the request instead.
+    conn = Connection()
+    events = feed(
+        conn,
+        b"POST /u HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        + framing
+        + b"\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    assert summary(events) == [("failure", 400, True)]
+    assert feed(conn, b"GET /later HTTP/1.1\r\nHost: h\r\n\r\n") == []
+
+
+def test_connect_without_a_body_is_answered_and_parsing_goes_on() -> None:
+    conn = Connection()
+    events = feed(
+        conn,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+        b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    assert [s[:3] for s in summary(events)] == [
+        ("request", b"CONNECT", b"example.com:443"),
+        ("end",),
+    ]
+    respond(conn, status=405)
+    assert conn.start_next_cycle()
+    assert [s[:3] for s in summary(pull(conn))] == [("request", b"GET", b"/after"), ("end",)]
+
+
+def test_request_after_a_closing_response_is_never_released() -> None:
+    conn = Connection()
+    events = feed(conn, b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/a"), ("end",)]
+    respond(conn, body=b"bye")
+    assert conn.next_event() is None
+    assert conn.start_next_cycle() is False
+    assert conn.next_event() is None
+    assert conn.keep_alive is False
