@@ -27,8 +27,8 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
         if scheme_end != -1:
             slash = target.find(b"/", scheme_end + 3)
             target = target[slash:] if slash != -1 else b"/"
-    path, _, query = target.partition(b"?")
-    path = path.partition(b"#")[0]
+    # A fragment is never sent by a conforming client (RFC 9112 §3.2); drop a stray one.
+    path, _, query = target.partition(b"#")[0].partition(b"?")
     return path, query
 
 
@@ -74,7 +74,7 @@ class ASGIRunner:
 
 
 class _HTTPCycle:
-    __slots__ = ("body_done", "complete", "cycle", "loop", "started")
+    __slots__ = ("body_done", "complete", "cycle", "disconnect_seen", "loop", "started")
 
     def __init__(self, cycle: Cycle, loop: asyncio.AbstractEventLoop) -> None:
         self.cycle = cycle
@@ -82,6 +82,7 @@ class _HTTPCycle:
         self.started = False
         self.complete = False
         self.body_done = False
+        self.disconnect_seen = False
 
     async def run(self, app: ASGIApp, scope: Scope) -> None:
         cycle = self.cycle
@@ -97,11 +98,14 @@ class _HTTPCycle:
                 logger.exception("Exception in ASGI application")
             cycle.fail()
         else:
-            if not self.complete and not cycle.disconnected:
-                if not self.started:
+            if not self.complete:
+                if cycle.disconnected or self.disconnect_seen:
+                    pass  # the client left (or half-closed) and the app stopped: no app error
+                elif not self.started:
                     logger.error("ASGI app returned without starting a response")
                 else:
                     logger.error("ASGI app returned without completing its response")
+                # Also after a half-close, which leaves the transport open until this.
                 cycle.fail()
 
     async def receive(self) -> Message:
@@ -112,6 +116,7 @@ class _HTTPCycle:
         if self.body_done:
             # The body is over: wait for the client to leave or the response to end.
             await body.wait_disconnect()
+            self.disconnect_seen = not self.complete
             return _DISCONNECT
         data = body.take(from_thread=False)
         if not data and not body.complete:
@@ -209,7 +214,10 @@ class Lifespan:
         scope: Scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
         try:
             await self.app(scope, self._receive_message, self._send)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            # The loop is closing under an app still waiting in receive(): not its failure.
+            raise
+        except Exception as exc:
             if self._startup_done.is_set() and self._shutdown_done.is_set():
                 return
             if self.mode == "auto" and not self._received:
@@ -220,8 +228,6 @@ class Lifespan:
             else:
                 logger.error("Exception in ASGI lifespan", exc_info=exc)
                 self._failure = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, asyncio.CancelledError):
-                raise
         finally:
             self._startup_done.set()
             self._shutdown_done.set()

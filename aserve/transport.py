@@ -169,8 +169,8 @@ class RequestBody:
         self._wake(None)
 
     async def wait_disconnect(self) -> None:
-        """On the loop: wait until the client leaves or `wake()` is called."""
-        if self.disconnected:
+        """On the loop: wait until the client leaves (or half-closes) or `wake()` is called."""
+        if self.disconnected or self._protocol.half_closed:
             return
         future = self._protocol.state.loop.create_future()
         self._future = future
@@ -249,12 +249,12 @@ class Cycle:
         """Call `callback` on the loop once writing may go on (or the client is gone)."""
         self._protocol.add_drain_waiter(callback)
 
-    def send_start(self, status: int, headers: Headers) -> None:
+    def send_start(self, status: int, headers: Headers, reason: bytes | None = None) -> None:
         """Begin the response; the head is written with the first body bytes or `flush()`."""
         if self.done:
             return
         self._head = self._protocol.conn.response_head(
-            status, headers, self._protocol.state.default_headers
+            status, headers, self._protocol.state.default_headers, reason
         )
         self.status = status
 
@@ -293,6 +293,8 @@ class Cycle:
     def fail(self) -> None:
         """The app failed: a 500 if nothing was sent yet, else the connection is closed."""
         if self.done:
+            # It broke its protocol after the response: end the connection once idle.
+            self._protocol.shutdown()
             return
         self.done = True
         protocol = self._protocol
@@ -321,7 +323,7 @@ class HttpProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._draining = False
-        self._eof = False
+        self.half_closed = False
 
     # asyncio callbacks
 
@@ -348,12 +350,16 @@ class HttpProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # A half-closed client may still read the responses to what it sent.
-        self._eof = True
+        self.half_closed = True
         if self.cycle is None:
             return False
         if not self.cycle.body.complete:
-            # The body can never be completed now: the app must not wait for it.
-            self.cycle.body.disconnect()
+            # The body can never be completed: the request is truncated (RFC 9112 §8).
+            self._protocol_failure(ProtocolFailure(400, "request body incomplete"))
+        else:
+            # A close and a half-close look alike: a receive() waiting for the client to leave
+            # hears of it (a long poll ends), while responses still go out.
+            self.cycle.body.wake()
         return True
 
     def data_received(self, data: bytes) -> None:
@@ -435,7 +441,7 @@ class HttpProtocol(asyncio.Protocol):
         self._update_reading()
         self._process_events()
         if self.cycle is None and not self._closed:
-            if self._eof:
+            if self.half_closed:
                 self.close()  # the client half-closed and every request it sent is answered
             else:
                 self._set_idle_timer()
