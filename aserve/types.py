@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 Headers: TypeAlias = list[tuple[bytes, bytes]]
 
@@ -14,18 +15,23 @@ Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
-Environ: TypeAlias = dict[str, Any]
+# What sys.exc_info() returns, as start_response takes it.
+ExcInfo: TypeAlias = (
+    tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+)
+# The standard library's WSGI types (Python 3.11+), so apps typed with either check alike.
+Environ: TypeAlias = WSGIEnvironment
+WSGIApp: TypeAlias = WSGIApplication
 
-
-class StartResponse(Protocol):
-    def __call__(
-        self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: ExcInfo | None = None,
-        /,
-    ) -> Callable[[bytes], object]: ...
-
-
-WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
+__all__ = [
+    "ASGIApp",
+    "Environ",
+    "ExcInfo",
+    "Headers",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "StartResponse",
+    "WSGIApp",
+]

@@ -132,6 +132,7 @@ class _Response:
         "headers",
         "headers_sent",
         "loop",
+        "reason",
         "status",
     )
 
@@ -139,6 +140,7 @@ class _Response:
         self.cycle = cycle
         self.loop = loop
         self.status = 0
+        self.reason = b""
         self.headers: Headers = []
         self.headers_sent = False
         self._limit = limit
@@ -153,7 +155,7 @@ class _Response:
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], None]:
-        if exc_info is not None:
+        if exc_info is not None and exc_info[1] is not None:
             try:
                 if self.headers_sent:
                     # PEP 3333: too late to change the response; re-raise the app's error.
@@ -162,10 +164,11 @@ class _Response:
                 exc_info = None
         elif self.status:
             raise AppProtocolError("start_response() called twice without exc_info")
-        code, _, _ = status.partition(" ")
+        code, _, reason = status.partition(" ")
         if len(code) != 3 or not code.isdigit():
             raise AppProtocolError(f"invalid WSGI status {status!r}")
         try:
+            self.reason = reason.encode("latin-1")
             self.headers = [
                 (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers
             ]
@@ -221,7 +224,7 @@ class _Response:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
             if not cycle.response_started:
-                cycle.send_start(self.status, self.headers)
+                cycle.send_start(self.status, self.headers, self.reason)
             if end:
                 cycle.send_end(data)
             else:
@@ -303,7 +306,8 @@ class WSGIRunner:
         environ["REQUEST_METHOD"] = request.method.decode("ascii")
         environ["SCRIPT_NAME"] = cycle.root_path
         # PEP 3333: PATH_INFO is the percent-decoded bytes, as latin-1.
-        environ["PATH_INFO"] = _unquote_to_latin1(raw_path)
+        # The asterisk-form (OPTIONS *) and authority-form (CONNECT) have no path.
+        environ["PATH_INFO"] = _unquote_to_latin1(raw_path) if raw_path[:1] == b"/" else ""
         environ["QUERY_STRING"] = query.decode("latin-1")
         environ["SERVER_NAME"] = server[0]
         environ["SERVER_PORT"] = str(server[1])
