@@ -9,9 +9,8 @@ import socket
 import socketserver
 import time
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 from wsgiref import simple_server
-from wsgiref.types import WSGIApplication
 
 from aserve import __version__
 from aserve.config import Config
@@ -44,7 +43,7 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, simple_server.WSGIServer)
         self.server_name = address[0] if isinstance(address, tuple) else "localhost"
         self.server_port = address[1] if isinstance(address, tuple) else 0
         self.setup_environ()
-        self.set_app(cast("WSGIApplication", app))
+        self.set_app(app)
         self.access_log: logging.Logger | None = None
 
 
@@ -54,6 +53,9 @@ class WSGIRequestHandler(simple_server.WSGIRequestHandler):
     def setup(self) -> None:
         super().setup()
         self._started = time.perf_counter()
+        if not isinstance(self.client_address, tuple):
+            # A Unix socket peer has no address, but wsgiref and the access log index one.
+            self.client_address = ("", 0)
 
     def get_environ(self) -> dict[str, Any]:
         # Like Django's runserver: drop headers with underscores, which would be confused

@@ -59,7 +59,9 @@ def load(target: object, *, factory: bool = False, interface: Interface = "auto"
             f"{name} is neither an ASGI nor a WSGI app (its signature is {_signature(app)}); "
             "pass --interface if detection is wrong"
         )
-    if kind == "asgi":
+    if kind == "asgi" and not _is_async_callable(app):
+        # asgiref takes any sync callable for ASGI 2; a sync functools.wraps wrapper of an
+        # ASGI 3 coroutine function returns the coroutine itself and must stay single.
         app = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
     return LoadedApp(kind=kind, app=app, name=name)
 
@@ -74,7 +76,9 @@ def import_from_string(target: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
+        # Only the module itself or a parent package missing means "not found"; `shop`
+        # missing while importing `shopfront` is an error inside the user's code.
+        if exc.name is not None and f"{module_name}.".startswith(f"{exc.name}."):
             raise AppLoadError(f"module {module_name!r} not found") from exc
         raise AppLoadError(_import_failure(module_name, exc)) from exc
     except Exception as exc:
@@ -104,6 +108,11 @@ def detect_interface(app: Any) -> Kind | None:
         # (*args, **kwargs): a wrapper such as wsgiref.validate.validator; sync means WSGI.
         return "wsgi"
     return _CALL_ARITY.get(arity)
+
+
+def _is_async_callable(app: Any) -> bool:
+    call = app if inspect.isroutine(app) else type(app).__call__
+    return inspect.iscoroutinefunction(inspect.unwrap(call))
 
 
 def _positional_arity(obj: Any) -> int | None:

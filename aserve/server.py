@@ -171,23 +171,27 @@ class Server:
             )
         restore_signals = self._install_signal_handlers(loop)
         try:
+            # Bind before the app's startup: a port in use is then a one-line usage error,
+            # not a lifespan cancelled half-way with its traceback.
+            self.sockets = sockets or [bind_socket(config)]
             if lifespan is not None:
                 try:
                     await lifespan.startup()
                 except LifespanError as exc:
                     logger.error("Application startup failed: %s", exc)
+                    if sockets is None:
+                        for sock in self.sockets:
+                            sock.close()
                     self.exit_code = EXIT_LIFESPAN_FAILED
                     self.started.set()
                     return EXIT_LIFESPAN_FAILED
-            return await self._serve(runner, lifespan, sockets)
+            return await self._serve(runner, lifespan)
         finally:
             if isinstance(runner, WSGIRunner):
                 await asyncio.to_thread(runner.shutdown, 1.0)
             restore_signals()
 
-    async def _serve(
-        self, runner: AppRunner, lifespan: Lifespan | None, sockets: list[socket.socket] | None
-    ) -> int:
+    async def _serve(self, runner: AppRunner, lifespan: Lifespan | None) -> int:
         config = self.config
         loop = asyncio.get_running_loop()
         state = ServerState(
@@ -205,7 +209,6 @@ class Server:
             root_path=config.root_path,
             access_log=access_logger(config.access_log),
         )
-        self.sockets = sockets or [bind_socket(config)]
         servers = [
             await loop.create_server(lambda: HttpProtocol(state), sock=sock, backlog=config.backlog)
             for sock in self.sockets

@@ -1,0 +1,1 @@
+"""Small apps and a subprocess helper for the CLI, loader, signal and fallback tests."""

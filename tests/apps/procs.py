@@ -1,0 +1,118 @@
+"""Run `python -m aserve` as a child process and follow its log on stderr."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parents[2]
+LISTENING = r"on http://127\.0\.0\.1:(\d+); quit"
+
+
+def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """Run `python -m aserve ARGS` to completion from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "aserve", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class ServerProcess:
+    """`python -m aserve ARGS` in the background; stderr lines are collected as they come."""
+
+    def __init__(
+        self,
+        *args: str,
+        command: Sequence[str] | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
+        argv = [*(command or [sys.executable, "-m", "aserve"]), *args]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            pass_fds=pass_fds,
+        )
+        self.lines: list[str] = []
+        self._eof = False
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name="stderr-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    @property
+    def stderr(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """The first stderr line matching `pattern`, waiting for it to be printed."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if match := regex.search(line):
+                        return match
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if self._eof or remaining <= 0:
+                    why = "exited" if self._eof else "timed out"
+                    text = "".join(self.lines)
+                    raise AssertionError(f"{why} before printing {pattern!r}; stderr:\n{text}")
+                self._changed.wait(remaining)
+
+    def wait_listening(self) -> int:
+        """The TCP port from the start-up line."""
+        return int(self.wait_for(LISTENING).group(1))
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        """The exit code; all of stderr has been read when this returns."""
+        code = self.proc.wait(timeout)
+        self._reader.join(5.0)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5.0)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
