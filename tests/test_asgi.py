@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import hashlib
 import importlib
-import logging
 import os
 import socket
 import threading
@@ -24,7 +23,7 @@ import pytest
 from aserve.asgi import split_target
 from aserve.errors import ClientDisconnected
 from aserve.types import Message, Receive, Scope, Send
-from tests.conftest import ServeFactory, raw_exchange, running
+from tests.conftest import LogRecords, ServeFactory, raw_exchange, running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -33,37 +32,6 @@ urlpatterns: list[Any] = []
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-class Records(logging.Handler):
-    """Collects what aserve logs on 'aserve.error'."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    @property
-    def errors(self) -> list[logging.LogRecord]:
-        return [r for r in self.records if r.levelno >= logging.ERROR]
-
-    def messages(self) -> list[str]:
-        return [r.getMessage() for r in self.errors]
-
-
-@pytest.fixture
-def error_log() -> Iterator[Records]:
-    # aserve's logging set-up stops propagation at the 'aserve' logger, so pytest's caplog
-    # (a handler on the root logger) would see nothing: listen on 'aserve.error' itself.
-    logger = logging.getLogger("aserve.error")
-    handler = Records()
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 @dataclass
@@ -386,7 +354,7 @@ def test_receive_after_the_response_is_http_disconnect(serve: ServeFactory) -> N
 
 
 def test_long_poll_sees_disconnect_soon_after_the_client_closes(
-    serve: ServeFactory, error_log: Records
+    serve: ServeFactory, error_log: LogRecords
 ) -> None:
     seen: list[Message] = []
     waiting = threading.Event()
@@ -417,7 +385,7 @@ def test_long_poll_sees_disconnect_soon_after_the_client_closes(
 
 
 def test_half_close_in_the_middle_of_the_body_ends_the_request(
-    serve: ServeFactory, error_log: Records
+    serve: ServeFactory, error_log: LogRecords
 ) -> None:
     seen: list[Message] = []
 
@@ -575,7 +543,7 @@ async def _return_without_response(send: Send) -> None:
     ],
 )
 def test_failure_before_the_response_is_sent_gives_500(
-    serve: ServeFactory, error_log: Records, script: Script, logged: str
+    serve: ServeFactory, error_log: LogRecords, script: Script, logged: str
 ) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -623,7 +591,7 @@ async def _return_mid_body(send: Send) -> None:
     ids=["start-after-body", "raise", "return-mid-body"],
 )
 def test_failure_after_the_response_started_closes_the_connection(
-    serve: ServeFactory, error_log: Records, script: Script, logged: str
+    serve: ServeFactory, error_log: LogRecords, script: Script, logged: str
 ) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -641,7 +609,7 @@ def test_failure_after_the_response_started_closes_the_connection(
 
 
 def test_body_after_the_response_ended_is_refused_and_logged(
-    serve: ServeFactory, error_log: Records
+    serve: ServeFactory, error_log: LogRecords
 ) -> None:
     errors: list[BaseException] = []
 
@@ -758,7 +726,7 @@ def test_send_waits_while_the_client_does_not_read(serve: ServeFactory) -> None:
     assert worst <= bound
 
 
-def test_send_after_the_client_left_raises_oserror_quietly(error_log: Records) -> None:
+def test_send_after_the_client_left_raises_oserror_quietly(error_log: LogRecords) -> None:
     raised: list[BaseException] = []
     gave_up = threading.Event()
 
@@ -852,7 +820,7 @@ def stream_example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 
 def test_example_events_stream_until_the_client_leaves(
-    serve: ServeFactory, stream_example: ModuleType, error_log: Records
+    serve: ServeFactory, stream_example: ModuleType, error_log: LogRecords
 ) -> None:
     received: list[Message] = []
     finished = threading.Event()

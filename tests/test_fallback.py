@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import signal
 import socket
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 
 from tests.apps import wsgi_apps
 from tests.apps.procs import ServerProcess, run_cli
+from tests.conftest import http_get
 
 WSGI_APP = "tests.apps.wsgi_apps:app"
 
@@ -21,16 +21,6 @@ WSGI_APP = "tests.apps.wsgi_apps:app"
 def wsgiref_server() -> Iterator[tuple[ServerProcess, int]]:
     with ServerProcess("--server", "wsgiref", "--port", "0", WSGI_APP) as server:
         yield server, server.wait_listening()
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def raw_request(port: int, request: bytes) -> bytes:
@@ -50,8 +40,8 @@ def test_startup_line_names_wsgiref(wsgiref_server: tuple[ServerProcess, int]) -
 
 def test_serves_validated_app(wsgiref_server: tuple[ServerProcess, int]) -> None:
     server, port = wsgiref_server
-    assert get(port, "/") == (200, b"hello")
-    assert get(port, "/sleep/0") == (200, wsgi_apps.BODY)
+    assert http_get(port, "/") == (200, b"hello")
+    assert http_get(port, "/sleep/0") == (200, wsgi_apps.BODY)
     server.send_signal(signal.SIGTERM)
     assert server.wait() == 0
     # wsgiref.validate found nothing to complain about.
@@ -61,8 +51,8 @@ def test_serves_validated_app(wsgiref_server: tuple[ServerProcess, int]) -> None
 
 def test_writes_access_log_lines(wsgiref_server: tuple[ServerProcess, int]) -> None:
     server, port = wsgiref_server
-    assert get(port, "/") == (200, b"hello")
-    assert get(port, "/missing-is-fine?x=1") == (200, b"hello")
+    assert http_get(port, "/") == (200, b"hello")
+    assert http_get(port, "/missing-is-fine?x=1") == (200, b"hello")
     # wsgiref logs after the response is sent, from the request's thread: in either order.
     server.wait_for(r'INFO +127\.0\.0\.1:\d+ - "GET / HTTP/1\.1" 200 5 \d+\.\dms$')
     server.wait_for(r'"GET /missing-is-fine\?x=1 HTTP/1\.1" 200 5 ')
@@ -75,7 +65,7 @@ def test_no_access_log() -> None:
     args = ("--server", "wsgiref", "--port", "0", "--no-access-log", WSGI_APP)
     with ServerProcess(*args) as server:
         port = server.wait_listening()
-        assert get(port, "/") == (200, b"hello")
+        assert http_get(port, "/") == (200, b"hello")
         server.send_signal(signal.SIGTERM)
         assert server.wait() == 0
     assert '"GET /' not in server.stderr
@@ -85,7 +75,7 @@ def test_concurrent_requests_run_in_threads(wsgiref_server: tuple[ServerProcess,
     # Each /together request waits at a two-party barrier: both succeed only if they overlap.
     _, port = wsgiref_server
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda _: get(port, "/together"), range(2)))
+        results = list(pool.map(lambda _: http_get(port, "/together"), range(2)))
     assert results == [(200, b"together"), (200, b"together")]
 
 
@@ -113,7 +103,7 @@ def test_drops_headers_with_underscores(wsgiref_server: tuple[ServerProcess, int
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
 def test_signal_exits_zero(wsgiref_server: tuple[ServerProcess, int], sig: signal.Signals) -> None:
     server, port = wsgiref_server
-    assert get(port, "/") == (200, b"hello")
+    assert http_get(port, "/") == (200, b"hello")
     server.send_signal(sig)
     assert server.wait() == 0
     assert "aserve (wsgiref) stopped" in server.stderr

@@ -7,7 +7,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,32 +16,7 @@ from aserve import Server
 from aserve.errors import LifespanError
 from aserve.server import EXIT_LIFESPAN_FAILED
 from aserve.types import Receive, Scope, Send
-from tests.conftest import running
-
-
-class Records(logging.Handler):
-    """What aserve logs on 'aserve.error' (it stops propagation, so caplog would miss it)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def at(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
-@pytest.fixture
-def error_log() -> Iterator[Records]:
-    logger = logging.getLogger("aserve.error")
-    handler = Records()
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
+from tests.conftest import LogRecords, running
 
 
 async def ok(send: Send) -> None:
@@ -157,7 +131,7 @@ def test_shutdown_waits_for_the_request_in_progress() -> None:
 
 
 @pytest.mark.parametrize("mode", ["on", "auto"])
-def test_startup_failed_exits_with_code_3(mode: str, error_log: Records) -> None:
+def test_startup_failed_exits_with_code_3(mode: str, error_log: LogRecords) -> None:
     calls: list[str] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -195,7 +169,7 @@ async def no_lifespan(scope: Scope, receive: Receive, send: Send) -> None:
     await ok(send)
 
 
-def test_on_mode_requires_lifespan_support(error_log: Records) -> None:
+def test_on_mode_requires_lifespan_support(error_log: LogRecords) -> None:
     server = Server(no_lifespan, port=0, access_log=False, lifespan="on")
     assert run_in_thread(server) == 3
     errors = error_log.at(logging.ERROR)
@@ -203,7 +177,7 @@ def test_on_mode_requires_lifespan_support(error_log: Records) -> None:
     assert errors[-1] == "Application startup failed: ValueError: unsupported scope type lifespan"
 
 
-def test_auto_mode_serves_an_app_without_lifespan_support(error_log: Records) -> None:
+def test_auto_mode_serves_an_app_without_lifespan_support(error_log: LogRecords) -> None:
     calls: list[str] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -220,7 +194,7 @@ def test_auto_mode_serves_an_app_without_lifespan_support(error_log: Records) ->
 
 
 def test_auto_mode_app_that_received_then_raised_is_a_startup_failure(
-    error_log: Records,
+    error_log: LogRecords,
 ) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -271,14 +245,14 @@ def lifespan_app(on_shutdown: str) -> Any:
     return app
 
 
-def test_shutdown_failed_message_is_logged(error_log: Records) -> None:
+def test_shutdown_failed_message_is_logged(error_log: LogRecords) -> None:
     with running(lifespan_app("failed")) as server:
         assert httpx.get(server.url).text == "ok"
     assert server.exit_code == 0
     assert error_log.at(logging.ERROR) == ["Lifespan shutdown failed: flush failed"]
 
 
-def test_exception_during_shutdown_is_logged(error_log: Records) -> None:
+def test_exception_during_shutdown_is_logged(error_log: LogRecords) -> None:
     with running(lifespan_app("raise")) as server:
         assert httpx.get(server.url).text == "ok"
     errors = error_log.at(logging.ERROR)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import signal
 import socket
 import sys
@@ -20,16 +19,7 @@ from aserve.errors import ConfigError, LifespanError
 from aserve.types import Receive, Scope, Send
 from tests.apps import asgi_apps, loadable
 from tests.apps.procs import ServerProcess
-
-
-def get(port: int, path: str = "/") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+from tests.conftest import http_get
 
 
 def assert_closed(port: int) -> None:
@@ -43,8 +33,8 @@ def test_start_serves_and_stop_closes_the_port() -> None:
         port = server.port
         assert port > 0
         assert server.url == f"http://127.0.0.1:{port}"
-        assert get(port) == (200, b"hello")
-        assert get(port, "/sleep/0") == (200, asgi_apps.BODY)
+        assert http_get(port) == (200, b"hello")
+        assert http_get(port, "/sleep/0") == (200, asgi_apps.BODY)
     finally:
         began = time.monotonic()
         server.stop()
@@ -62,7 +52,7 @@ def test_start_serves_wsgi_by_import_string() -> None:
         assert server.loaded is not None
         assert server.loaded.kind == "wsgi"
         port = server.port
-        assert get(port) == (200, b"hello")
+        assert http_get(port) == (200, b"hello")
     finally:
         server.stop()
     assert_closed(port)
@@ -71,7 +61,7 @@ def test_start_serves_wsgi_by_import_string() -> None:
 def test_context_manager() -> None:
     with Server(loadable.wsgi_app, port=0, access_log=False) as server:
         port = server.port
-        assert get(port) == (200, b"ok")
+        assert http_get(port) == (200, b"ok")
     assert server.exit_code == 0
     assert_closed(port)
 
@@ -89,7 +79,7 @@ def test_stop_waits_for_in_flight_request() -> None:
 
     server = Server(app, port=0, access_log=False, timeout_graceful_shutdown=5).start()
     results: list[tuple[int, bytes]] = []
-    client = threading.Thread(target=lambda: results.append(get(server.port)))
+    client = threading.Thread(target=lambda: results.append(http_get(server.port)))
     client.start()
     assert in_flight.wait(5)
     server.stop()
@@ -117,7 +107,7 @@ def test_run_serves_until_sigterm() -> None:
     code = "import aserve; raise SystemExit(aserve.run('tests.apps.asgi_apps:app', port=0))"
     with ServerProcess("-c", code, command=[sys.executable]) as process:
         port = process.wait_listening()
-        assert get(port) == (200, b"hello")
+        assert http_get(port) == (200, b"hello")
         process.send_signal(signal.SIGTERM)
         assert process.wait() == 0
     assert "app: shutdown" in process.stderr
@@ -150,7 +140,7 @@ def test_server_with_config_serves() -> None:
 
     with Server(app, config) as server:
         # Like uvicorn: a proxy strips the prefix, the server adds it back to path.
-        assert get(server.port, "/x") == (200, b"/mount|/mount/x")
+        assert http_get(server.port, "/x") == (200, b"/mount|/mount/x")
 
 
 def test_start_raises_on_lifespan_startup_failure() -> None:
@@ -187,7 +177,7 @@ def test_background_server_leaves_signal_handlers_alone(custom_sigint: object) -
     server = Server(asgi_apps.app, port=0, access_log=False).start()
     try:
         assert signal.getsignal(signal.SIGINT) is custom_sigint
-        assert get(server.port) == (200, b"hello")
+        assert http_get(server.port) == (200, b"hello")
     finally:
         server.stop()
     assert signal.getsignal(signal.SIGINT) is custom_sigint
@@ -201,7 +191,7 @@ def test_run_on_main_thread_restores_signal_handlers(custom_sigint: object) -> N
 
     def client() -> None:
         if server.started.wait(10):
-            seen.append(get(server.port))
+            seen.append(http_get(server.port))
         server.stop()
 
     thread = threading.Thread(target=client)

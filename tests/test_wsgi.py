@@ -7,7 +7,6 @@ import contextvars
 import hashlib
 import importlib.util
 import json
-import logging
 import os
 import socket
 import sys
@@ -26,7 +25,7 @@ from wsgiref.validate import validator
 import pytest
 
 from aserve.transport import RequestBody
-from tests.conftest import raw_exchange, running
+from tests.conftest import LogRecords, raw_exchange, running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TEXT = ("Content-Type", "text/plain")
@@ -38,39 +37,6 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-class ErrorLog:
-    """caplog, hooked onto 'aserve.error' directly.
-
-    aserve's logging set-up turns off propagation above 'aserve', so records never reach the
-    root logger where caplog normally listens.
-    """
-
-    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
-        self.caplog = caplog
-
-    @property
-    def errors(self) -> list[logging.LogRecord]:
-        return [r for r in self.caplog.records if r.levelno >= logging.ERROR]
-
-    def wait_for_error(self, timeout: float = 5.0) -> logging.LogRecord:
-        """The first ERROR record; the app thread may log it after the client has its reply."""
-        deadline = time.monotonic() + timeout
-        while not self.errors:
-            assert time.monotonic() < deadline, "nothing logged at ERROR"
-            time.sleep(0.01)
-        return self.errors[0]
-
-
-@pytest.fixture
-def error_log(caplog: pytest.LogCaptureFixture) -> Iterator[ErrorLog]:
-    logger = logging.getLogger("aserve.error")
-    logger.addHandler(caplog.handler)
-    try:
-        yield ErrorLog(caplog)
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 @dataclass
@@ -606,7 +572,7 @@ def test_start_response_with_exc_info_before_headers_replaces_the_response() -> 
     assert "x-first" not in reply.names
 
 
-def test_start_response_with_exc_info_after_headers_reraises(error_log: ErrorLog) -> None:
+def test_start_response_with_exc_info_after_headers_reraises(error_log: LogRecords) -> None:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
         start_response("200 OK", [TEXT])
         yield b"partial"
@@ -626,7 +592,7 @@ def test_start_response_with_exc_info_after_headers_reraises(error_log: ErrorLog
     assert record.exc_info[0] is KeyError
 
 
-def test_start_response_twice_without_exc_info_is_an_error(error_log: ErrorLog) -> None:
+def test_start_response_twice_without_exc_info_is_an_error(error_log: LogRecords) -> None:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [TEXT])
         start_response("201 Created", [TEXT])
@@ -638,7 +604,7 @@ def test_start_response_twice_without_exc_info_is_an_error(error_log: ErrorLog) 
     assert "start_response" in str(error_log.wait_for_error().exc_info)
 
 
-def test_returning_without_start_response_is_an_error(error_log: ErrorLog) -> None:
+def test_returning_without_start_response_is_an_error(error_log: LogRecords) -> None:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return []
 
@@ -716,7 +682,7 @@ def test_empty_iterables_still_get_a_status_line_and_headers() -> None:
     ids=["complete", "raises-before-any-chunk", "raises-midway"],
 )
 def test_close_is_called_once(
-    fail_at: int | None, status: int, body: bytes, complete: bool, error_log: ErrorLog
+    fail_at: int | None, status: int, body: bytes, complete: bool, error_log: LogRecords
 ) -> None:
     bodies: list[TrackedBody] = []
 
@@ -743,7 +709,7 @@ def test_close_is_called_once(
     ids=["slow-generator", "blocked-by-backpressure"],
 )
 def test_close_is_called_when_the_client_disconnects(
-    chunk: bytes, pause: float, stall: float, error_log: ErrorLog
+    chunk: bytes, pause: float, stall: float, error_log: LogRecords
 ) -> None:
     bodies: list[TrackedBody] = []
 
@@ -777,7 +743,7 @@ def test_close_is_called_when_the_client_disconnects(
     assert error_log.errors == []
 
 
-def test_exception_before_start_response_is_a_500(error_log: ErrorLog) -> None:
+def test_exception_before_start_response_is_a_500(error_log: LogRecords) -> None:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         raise LookupError("no such thing")
 
@@ -793,7 +759,7 @@ def test_exception_before_start_response_is_a_500(error_log: ErrorLog) -> None:
     assert record.exc_info[0] is LookupError
 
 
-def test_exception_after_the_first_chunk_closes_the_connection(error_log: ErrorLog) -> None:
+def test_exception_after_the_first_chunk_closes_the_connection(error_log: LogRecords) -> None:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
         start_response("200 OK", [TEXT])
         yield b"first"
@@ -814,7 +780,9 @@ def test_exception_after_the_first_chunk_closes_the_connection(error_log: ErrorL
     "header",
     [("X-Bad", "a\r\nInjected: yes"), ("X-Bad", "line\nfeed"), ("Bad Name", "v")],
 )
-def test_invalid_header_from_the_app_is_a_500(header: tuple[str, str], error_log: ErrorLog) -> None:
+def test_invalid_header_from_the_app_is_a_500(
+    header: tuple[str, str], error_log: LogRecords
+) -> None:
     # Not wrapped in the validator: it would reject these headers before aserve saw them.
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [TEXT, header])
@@ -829,7 +797,7 @@ def test_invalid_header_from_the_app_is_a_500(header: tuple[str, str], error_log
 
 
 def test_body_longer_than_content_length_before_the_head_is_a_500(
-    error_log: ErrorLog,
+    error_log: LogRecords,
 ) -> None:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [TEXT, ("Content-Length", "5")])
@@ -842,7 +810,7 @@ def test_body_longer_than_content_length_before_the_head_is_a_500(
     assert "Content-Length" in record.getMessage()
 
 
-def test_body_longer_than_content_length_midway_is_cut_off(error_log: ErrorLog) -> None:
+def test_body_longer_than_content_length_midway_is_cut_off(error_log: LogRecords) -> None:
     go = threading.Event()
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
