@@ -87,8 +87,11 @@ class Server:
         self.sockets: list[socket.socket] = []
         self.exit_code: int | None = None
         self.started = threading.Event()
+        # Called on the loop once the sockets accept (the reload worker reports readiness).
+        self.on_ready: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._exit: asyncio.Event | None = None
+        # asyncio.Event binds to a loop only when first awaited (Python 3.10+).
+        self._exit = asyncio.Event()
         self._force = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -123,10 +126,7 @@ class Server:
 
     def stop(self, timeout: float | None = None) -> None:
         """Shut down gracefully (from any thread) and wait for the server to finish."""
-        loop, exit_event = self._loop, self._exit
-        if loop is not None and exit_event is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(exit_event.set)
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -152,13 +152,30 @@ class Server:
 
     # the server itself
 
-    async def serve(self, sockets: list[socket.socket] | None = None) -> int:
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown without waiting for it; from any thread."""
+        loop = self._loop
+        if loop is None:
+            self._exit.set()  # not serving yet: serve() will return at once
+        elif not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._exit.set)
+
+    async def serve(
+        self, sockets: list[socket.socket] | None = None, *, handle_signals: bool = True
+    ) -> int:
+        """Serve until stopped. `sockets` already listen (else one is bound from the config);
+        `handle_signals=False` leaves SIGINT/SIGTERM to the caller (the reload supervisor)."""
         config = self.config
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._exit = asyncio.Event()
         configure(config.log_level)
-        loaded = self.loaded = load(self.app, factory=config.factory, interface=config.interface)
+        if isinstance(self.app, LoadedApp):
+            loaded = self.loaded = self.app
+        else:
+            loaded = self.loaded = load(
+                self.app, factory=config.factory, interface=config.interface
+            )
         runner: AppRunner
         lifespan: Lifespan | None = None
         if loaded.kind == "asgi":
@@ -169,7 +186,7 @@ class Server:
             runner = WSGIRunner(
                 loaded.wsgi, loop, threads=config.threads, flow_buffer=config.flow_buffer
             )
-        restore_signals = self._install_signal_handlers(loop)
+        restore_signals = self._install_signal_handlers(loop) if handle_signals else (lambda: None)
         try:
             # Bind before the app's startup: a port in use is then a one-line usage error,
             # not a lifespan cancelled half-way with its traceback.
@@ -223,7 +240,8 @@ class Server:
             self._listening_on(),
         )
         self.started.set()
-        assert self._exit is not None
+        if self.on_ready is not None:
+            self.on_ready()
         await self._exit.wait()
 
         # Graceful shutdown: stop accepting, close idle connections, let the busy ones finish.
@@ -297,7 +315,6 @@ class Server:
         return restore
 
     def _on_signal(self, sig: int) -> None:
-        assert self._exit is not None
         if self._exit.is_set():
             logger.warning("Second %s: exiting now", signal.Signals(sig).name)
             self._force = True

@@ -1,77 +1,335 @@
-"""`--reload`: hold the listening socket, run the worker in a child process, restart it when
-watched files change. The supervisor never imports the application."""
+"""`--reload`: the supervisor holds the listening socket for its whole life, forks workers from
+a pre-warmed template process, restarts them on file changes with no request refused, and
+serves the error page while the app cannot start. It never imports the application.
+
+A restart starts the new worker first; once it accepts, the old one stops accepting and
+drains. Between workers, connections wait in the listen backlog.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import json
 import logging
-import multiprocessing
+import os
 import signal
 import socket
-from collections.abc import Sequence
-from multiprocessing.process import BaseProcess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from watchfiles import PythonFilter, awatch
+from watchfiles import awatch
 
 from aserve.config import Config
+from aserve.errorpage import error_app
+from aserve.loader import LoadedApp
 from aserve.logs import configure
-from aserve.server import Server, bind_socket
+from aserve.server import Server, bind_socket, loop_factory
+from aserve.watch import ReloadFilter
+from aserve.zygote import MAX_MESSAGE, decode
 
 logger = logging.getLogger("aserve.error")
 
+# What every worker imports before the app: the first template preloads these.
+BASE_PRELOAD = ["aserve.server", "aserve.zygote", "uvloop", "httptools", "asyncio"]
+# A worker that does not exit this long after its drain timeout is killed.
+KILL_GRACE = 1.0
 
-def _worker(app: str, config: Config, sock: socket.socket) -> None:
-    raise SystemExit(Server(app, config).run([sock]))
+
+class Worker:
+    """The supervisor's side of one worker's channel."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self.channel = channel
+        self.pid: int | None = None
+        self.modules: list[str] = []
+        self.failure: dict[str, Any] | None = None
+        self.stopping = False
+        self.exited = asyncio.Event()
+        self.started_at = time.perf_counter()
+
+    async def _next(self) -> dict[str, Any] | None:
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.sock_recv(self.channel, MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:
+            self.exited.set()
+            return None
+        return decode(data)
+
+    async def started(self) -> bool:
+        """True once the worker accepts; False when it failed (see `failure`) or died."""
+        while True:
+            message = await self._next()
+            if message is None:
+                return False
+            event = message.get("event")
+            if event == "hello":
+                self.pid = message["pid"]
+            elif event == "ready":
+                self.modules = message["modules"]
+                return True
+            elif event == "failed":
+                self.failure = message
+
+    async def wait_exit(self) -> None:
+        while not self.exited.is_set():
+            await self._next()
+
+    async def stop(self, timeout: float) -> None:
+        """Ask for a graceful stop; kill after `timeout` plus a grace period."""
+        self.stopping = True
+        if not self.exited.is_set():
+            with contextlib.suppress(OSError):
+                self.channel.send(json.dumps({"command": "stop"}).encode())
+            waiter = asyncio.ensure_future(self.wait_exit())
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout + KILL_GRACE)
+            except TimeoutError:
+                if self.pid is not None:
+                    logger.warning("Worker %d did not stop in time: killing it", self.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGKILL)
+                await waiter
+        self.channel.close()
+
+    def kill(self) -> None:
+        if self.pid is not None and not self.exited.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+class Template:
+    """The pre-warmed template process that forks workers."""
+
+    def __init__(self, process: asyncio.subprocess.Process, control: socket.socket) -> None:
+        self.process = process
+        self.control = control
+        self.preloaded: set[str] = set()
+        self.exit_codes: dict[int, int] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, preload: list[str], listen: socket.socket) -> Template:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aserve.zygote",
+            str(theirs.fileno()),
+            str(listen.fileno()),
+            pass_fds=(theirs.fileno(), listen.fileno()),
+            # Its own session: a terminal's Ctrl-C reaches the supervisor, which stops the
+            # workers in order, and not the template or workers behind its back.
+            start_new_session=True,
+        )
+        theirs.close()
+        ours.setblocking(False)
+        template = cls(process, ours)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(ours, json.dumps({"preload": preload}).encode())
+        ready = decode(await loop.sock_recv(ours, MAX_MESSAGE))
+        if ready.get("threads"):
+            logger.debug("The reload template runs threads: %s", ready["threads"])
+        template.preloaded = set(preload)
+        template._reader = asyncio.create_task(template._read())
+        return template
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await loop.sock_recv(self.control, MAX_MESSAGE)
+            except OSError:
+                return
+            if not data:
+                return
+            message = decode(data)
+            if message.get("event") == "exited":
+                self.exit_codes[message["pid"]] = message["code"]
+
+    def fork(self, request: dict[str, Any]) -> Worker:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            socket.send_fds(self.control, [json.dumps(request).encode()], [theirs.fileno()])
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return Worker(ours)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self.control.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 2.0)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
 
 
 class Supervisor:
     def __init__(self, app: str, config: Config) -> None:
         self.app = app
         self.config = config.replace(reload=False)
-        self.dirs: Sequence[str] = config.reload_dirs or ["."]
-        self._context = multiprocessing.get_context("spawn")
-        self._process: BaseProcess | None = None
+        self.roots = [Path(d).resolve() for d in (config.reload_dirs or ["."])]
+        self.filter = ReloadFilter(self.roots, config.reload_includes, config.reload_excludes)
+        self.worker: Worker | None = None
+        self.template: Template | None = None
+        self._error_server: Server | None = None
+        self._error_task: asyncio.Task[int] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stop = asyncio.Event()
+        self._force = False
 
     def run(self) -> int:
         configure(self.config.log_level)
+        for root in self.roots:
+            if not root.is_dir():
+                from aserve.errors import ConfigError
+
+                raise ConfigError(f"--reload-dir {root} is not a directory")
         sock = bind_socket(self.config)
+        sock.set_inheritable(True)
         try:
-            return asyncio.run(self._supervise(sock))
+            with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
+                return runner.run(self._supervise(sock))
         finally:
             sock.close()
 
-    def _spawn(self, sock: socket.socket) -> None:
-        process = self._context.Process(
-            target=_worker, args=(self.app, self.config, sock), name="aserve-worker"
-        )
-        process.start()
-        self._process = process
-
-    async def _stop_worker(self) -> None:
-        process = self._process
-        if process is None or not process.is_alive():
-            return
-        assert process.pid is not None
-        process.terminate()
-        deadline = self.config.timeout_graceful_shutdown + 1.0
-        await asyncio.to_thread(process.join, deadline)
-        if process.is_alive():
-            process.kill()
-            await asyncio.to_thread(process.join)
-
     async def _supervise(self, sock: socket.socket) -> int:
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        dirs = [str(Path(d).resolve()) for d in self.dirs]
-        logger.info("Watching %s for changes", ", ".join(dirs))
-        self._spawn(sock)
-        async for changes in awatch(*dirs, watch_filter=PythonFilter(), stop_event=stop):
-            names = sorted({Path(path).name for _, path in changes})
-            logger.info("Change in %s: restarting the worker", ", ".join(names))
-            await self._stop_worker()
-            self._spawn(sock)
-        await self._stop_worker()
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self.sock = sock
+        logger.info(
+            "aserve supervisor on %s, watching %s",
+            self.config.bind_description,
+            ", ".join(str(r) for r in self.roots),
+        )
+        self.template = await Template.start(BASE_PRELOAD, sock)
+        await self._restart()
+        async for changes in awatch(
+            *self.roots,
+            watch_filter=self.filter,
+            stop_event=self._stop,
+            step=max(1, int(self.config.reload_delay * 1000)),
+            debounce=1600,
+        ):
+            paths = sorted({_display(Path(path), self.roots) for _, path in changes})
+            more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+            logger.info("Changed: %s%s; restarting", ", ".join(paths[:3]), more)
+            await self._restart()
+        await self._shutdown()
         return 0
+
+    def _on_signal(self, sig: int) -> None:
+        if self._stop.is_set():
+            self._force = True
+            if self.worker is not None:
+                self.worker.kill()
+            return
+        logger.info("%s received: stopping", signal.Signals(sig).name)
+        self._stop.set()
+
+    def _request(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "config": dataclasses.asdict(self.config),
+            "roots": [str(r) for r in self.roots],
+        }
+
+    async def _restart(self) -> None:
+        assert self.template is not None
+        started = time.perf_counter()
+        new = self.template.fork(self._request())
+        if await new.started():
+            await self._hide_error()
+            old, self.worker = self.worker, new
+            self._spawn(self._watch(new))
+            if old is not None:
+                self._spawn(old.stop(self.config.timeout_graceful_shutdown))
+            elapsed = (time.perf_counter() - started) * 1e3
+            logger.info("Worker %s ready in %.0f ms", new.pid, elapsed)
+            if not set(new.modules) <= self.template.preloaded:
+                self._spawn(self._refresh_template(new.modules))
+            return
+        # The new code cannot run: stop the old worker and show why, until the next change.
+        if self.worker is not None:
+            old, self.worker = self.worker, None
+            await old.stop(self.config.timeout_graceful_shutdown)
+        failure = new.failure or {
+            "title": "The worker exited before serving",
+            "summary": f"exit code {self.template.exit_codes.get(new.pid or -1, 'unknown')}",
+            "details": "",
+        }
+        new.channel.close()
+        logger.error("%s: %s", failure["title"], failure["summary"])
+        await self._show_error(failure["title"], failure["summary"], failure["details"])
+
+    async def _watch(self, worker: Worker) -> None:
+        """A worker that dies while current is a crash: show it until the next change."""
+        await worker.wait_exit()
+        if worker is self.worker and not worker.stopping and not self._stop.is_set():
+            self.worker = None
+            await asyncio.sleep(0.05)  # let the template report the exit code
+            assert self.template is not None
+            code = self.template.exit_codes.get(worker.pid or -1, "unknown")
+            logger.error("Worker %s exited unexpectedly (code %s)", worker.pid, code)
+            await self._show_error(
+                "The worker exited unexpectedly",
+                f"exit code {code}; save a file to restart it",
+                "See the terminal running aserve for its output.",
+            )
+
+    async def _refresh_template(self, modules: list[str]) -> None:
+        """Replace the template with one that preloads what the app imports."""
+        template = await Template.start(sorted(set(BASE_PRELOAD) | set(modules)), self.sock)
+        old, self.template = self.template, template
+        if old is not None:
+            await old.close()
+
+    async def _show_error(self, title: str, summary: str, details: str) -> None:
+        await self._hide_error()
+        page = LoadedApp(kind="asgi", app=error_app(title, summary, details), name="error page")
+        server = Server(page, self.config.replace(lifespan="off"))
+        self._error_server = server
+        self._error_task = asyncio.create_task(
+            server.serve([self.sock.dup()], handle_signals=False)
+        )
+
+    async def _hide_error(self) -> None:
+        server, task = self._error_server, self._error_task
+        self._error_server = self._error_task = None
+        if server is not None and task is not None:
+            server.request_stop()
+            await task
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shutdown(self) -> None:
+        await self._hide_error()
+        if self.worker is not None:
+            worker, self.worker = self.worker, None
+            await worker.stop(0 if self._force else self.config.timeout_graceful_shutdown)
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.template is not None:
+            await self.template.close()
+        logger.info("aserve supervisor stopped")
+
+
+def _display(path: Path, roots: list[Path]) -> str:
+    for root in roots:
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)

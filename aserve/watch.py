@@ -1,0 +1,132 @@
+"""Which file changes restart the worker: the default set, `--reload-include/-exclude` globs
+relative to each watched directory, and directories never worth watching."""
+
+from __future__ import annotations
+
+import os
+from fnmatch import fnmatch
+from pathlib import Path, PurePath
+
+from watchfiles import Change, DefaultFilter
+
+# Source, templates and configuration; static assets (css, js, images) need no restart.
+DEFAULT_INCLUDES = (
+    "*.py",
+    "*.pyi",
+    "*.html",
+    "*.htm",
+    "*.txt",
+    "*.json",
+    "*.toml",
+    "*.yaml",
+    "*.yml",
+    "*.ini",
+    "*.cfg",
+    "*.env",
+    ".env",
+    "*.jinja",
+    "*.jinja2",
+    "*.j2",
+    "*.po",
+    "*.mo",
+)
+# Directories whose changes never restart anything; a virtual environment is also found by
+# its pyvenv.cfg, whatever its name.
+IGNORED_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "__pycache__",
+        "node_modules",
+        ".venv",
+        "venv",
+        ".tox",
+        ".nox",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".hypothesis",
+        ".idea",
+        ".vscode",
+        ".eggs",
+        "site-packages",
+    }
+)
+# Editor swap and backup files: vim (.swp, 4913), emacs (#x#, .#x), JetBrains, generic ~.
+IGNORED_FILES = ("*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", "4913", "*.tmp", ".DS_Store")
+
+
+class ReloadFilter(DefaultFilter):
+    """A watchfiles filter: include globs (default: `DEFAULT_INCLUDES`), exclude globs, and
+    the ignored directories. Globs without a slash match the file name; with one, the path
+    relative to the watched directory it is under (so `static/*` or `docs/**` work)."""
+
+    def __init__(
+        self,
+        roots: list[Path],
+        includes: list[str] | tuple[str, ...] = (),
+        excludes: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(ignore_dirs=(), ignore_entity_patterns=(), ignore_paths=())
+        self.roots = [root.resolve() for root in roots]
+        self.includes = tuple(includes) or DEFAULT_INCLUDES
+        self.excludes = tuple(excludes)
+        self._venv_dirs: dict[str, bool] = {}
+
+    def __call__(self, change: Change, path: str) -> bool:
+        return self.accepts(Path(path))
+
+    def accepts(self, path: Path) -> bool:
+        relative = self._relative(path)
+        parts = relative.parts
+        if any(part in IGNORED_DIRS for part in parts[:-1]):
+            return False
+        name = path.name
+        if any(fnmatch(name, pattern) for pattern in IGNORED_FILES):
+            return False
+        if any(_matches(relative, pattern) for pattern in self.excludes):
+            return False
+        if not any(_matches(relative, pattern) for pattern in self.includes):
+            return False
+        return not self._in_virtualenv(path)
+
+    def _relative(self, path: Path) -> PurePath:
+        for root in self.roots:
+            if path.is_relative_to(root):
+                return path.relative_to(root)
+        return path
+
+    def _in_virtualenv(self, path: Path) -> bool:
+        for root in self.roots:
+            if not path.is_relative_to(root):
+                continue
+            directory = path.parent
+            while directory != root and directory.is_relative_to(root):
+                key = str(directory)
+                found = self._venv_dirs.get(key)
+                if found is None:
+                    found = os.path.exists(os.path.join(key, "pyvenv.cfg"))
+                    self._venv_dirs[key] = found
+                if found:
+                    return True
+                directory = directory.parent
+        return False
+
+
+def _matches(relative: PurePath, pattern: str) -> bool:
+    """`pattern` against the file name, or (with a slash) the relative path or a prefix of it.
+
+    A pattern naming a directory (`static`, `static/`) excludes everything below it.
+    """
+    pattern = pattern.removeprefix("./")
+    if "/" not in pattern.rstrip("/"):
+        name = pattern.rstrip("/")
+        return fnmatch(relative.name, name) or any(fnmatch(p, name) for p in relative.parts[:-1])
+    text = relative.as_posix()
+    pattern = pattern.rstrip("/")
+    if fnmatch(text, pattern):
+        return True
+    # A directory pattern: any leading run of the path's parts.
+    parts = relative.parts
+    return any(fnmatch("/".join(parts[:i]), pattern) for i in range(1, len(parts)))
