@@ -22,7 +22,7 @@ from aserve.config import Config, LoopKind
 from aserve.errors import ConfigError, LifespanError
 from aserve.http11 import Limits
 from aserve.loader import LoadedApp, load
-from aserve.logs import access_logger, configure
+from aserve.logs import AccessLog, configure
 from aserve.transport import AppRunner, HttpProtocol, ServerState
 from aserve.wsgi import WSGIRunner
 
@@ -211,6 +211,7 @@ class Server:
     async def _serve(self, runner: AppRunner, lifespan: Lifespan | None) -> int:
         config = self.config
         loop = asyncio.get_running_loop()
+        access_log = AccessLog.create(config.access_log, loop)
         state = ServerState(
             loop,
             runner,
@@ -224,7 +225,7 @@ class Server:
             flow_buffer=config.flow_buffer,
             keep_alive_timeout=config.timeout_keep_alive,
             root_path=config.root_path,
-            access_log=access_logger(config.access_log),
+            access_log=access_log,
         )
         servers = [
             await loop.create_server(lambda: HttpProtocol(state), sock=sock, backlog=config.backlog)
@@ -267,6 +268,8 @@ class Server:
         date_timer[0].cancel()
         if lifespan is not None and not self._force:
             await lifespan.shutdown()
+        if access_log is not None:
+            access_log.flush()
         logger.info("aserve stopped")
         return EXIT_OK
 

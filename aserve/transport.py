@@ -23,6 +23,7 @@ from aserve.http11 import (
     ProtocolFailure,
     Request,
 )
+from aserve.logs import AccessLog
 from aserve.types import Headers
 
 logger = logging.getLogger("aserve.error")
@@ -58,7 +59,7 @@ class ServerState:
         flow_buffer: int,
         keep_alive_timeout: float,
         root_path: str,
-        access_log: logging.Logger | None,
+        access_log: AccessLog | None,
     ) -> None:
         self.loop = loop
         self.runner = runner
@@ -316,11 +317,13 @@ class HttpProtocol(asyncio.Protocol):
         self.cycle: Cycle | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
+        self._client_text = "-"
         self.write_paused = False
         self._drain_waiters: list[Callable[[], None]] = []
         self._read_paused = False
         self._pipeline_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
         self._closed = False
         self._draining = False
         self.half_closed = False
@@ -337,6 +340,7 @@ class HttpProtocol(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client = _address(transport.get_extra_info("peername"))
         self.server = _address(transport.get_extra_info("sockname"))
+        self._client_text = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
         self._set_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -363,8 +367,6 @@ class HttpProtocol(asyncio.Protocol):
         return True
 
     def data_received(self, data: bytes) -> None:
-        if self._timer is not None:
-            self._cancel_timer()
         self.conn.receive_data(data)
         self._process_events()
         if self.cycle is None and not self._closed:
@@ -398,7 +400,7 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._protocol_failure(event)
                 return
-        if conn.has_queued_request and not self._pipeline_paused:
+        if not self._pipeline_paused and conn.has_queued_request:
             self._pipeline_paused = True
             self._update_reading()
 
@@ -436,9 +438,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         # Reading paused for this request's body or for the pipeline resumes: unread body is
         # drained (http11 discards it) and queued requests go on.
-        self._read_paused = False
-        self._pipeline_paused = False
-        self._update_reading()
+        if self._read_paused or self._pipeline_paused:
+            self._read_paused = False
+            self._pipeline_paused = False
+            self._update_reading()
         self._process_events()
         if self.cycle is None and not self._closed:
             if self.half_closed:
@@ -451,16 +454,12 @@ class HttpProtocol(asyncio.Protocol):
         if log is None:
             return
         request = cycle.request
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
-        log.info(
-            '%s - "%s %s HTTP/%s" %d %d %.1fms',
-            client,
-            request.method.decode("ascii", "replace"),
-            request.target.decode("ascii", "replace"),
-            request.http_version,
-            cycle.status,
-            cycle.response_bytes,
-            (time.perf_counter() - cycle.started_at) * 1000.0,
+        log.write(
+            f"{self._client_text} - "
+            f'"{request.method.decode("ascii", "replace")} '
+            f'{request.target.decode("ascii", "replace")} HTTP/{request.http_version}" '
+            f"{cycle.status} {cycle.response_bytes} "
+            f"{(time.perf_counter() - cycle.started_at) * 1000.0:.1f}ms"
         )
 
     def body_wanted(self) -> None:
@@ -504,8 +503,26 @@ class HttpProtocol(asyncio.Protocol):
             transport.resume_reading()
 
     def _set_idle_timer(self) -> None:
-        self._cancel_timer()
-        self._timer = self.state.loop.call_later(self.state.keep_alive_timeout, self.close)
+        """Start (or restart) the keep-alive idle period.
+
+        The timer is lazy: restarting the period only records the time, and the one pending
+        timer re-arms itself for what is left when it fires, so a busy keep-alive connection
+        costs no timer handle per request.
+        """
+        loop = self.state.loop
+        self._idle_since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_later(self.state.keep_alive_timeout, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        self._timer = None
+        if self.cycle is not None or self._closed:
+            return  # busy: cycle_done starts the next idle period
+        left = self._idle_since + self.state.keep_alive_timeout - self.state.loop.time()
+        if left > 0:
+            self._timer = self.state.loop.call_later(left, self._idle_timeout)
+        else:
+            self.close()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
