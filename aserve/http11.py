@@ -239,8 +239,10 @@ class Connection:
     @property
     def has_queued_request(self) -> bool:
         """A pipelined request is parsed and waiting for the current response to finish."""
-        return self.response_pending and any(
-            type(e) in (Request, ProtocolFailure) for e in self._events
+        return (
+            bool(self._events)
+            and self.response_pending
+            and any(type(e) in (Request, ProtocolFailure) for e in self._events)
         )
 
     # httptools callbacks ----------------------------------------------------------------

@@ -184,10 +184,11 @@ class _Response:
         if data:
             self._emit(data, end=False)
 
-    def finish(self) -> None:
+    def finish(self, data: bytes = b"") -> None:
+        """End the response, with a last piece of body."""
         if not self.status:
             raise AppProtocolError("WSGI app returned without calling start_response()")
-        self._emit(b"", end=True)
+        self._emit(data, end=True)
 
     def _emit(self, data: bytes, end: bool) -> None:
         with self._lock:
@@ -339,12 +340,17 @@ class WSGIRunner:
         try:
             result = self.app(self.environ(cycle), response.start_response)
             try:
-                for chunk in result:
-                    if cycle.disconnected:
-                        break
-                    response.write(chunk)
-                if not cycle.disconnected:
-                    response.finish()
+                if type(result) in (list, tuple) or getattr(result, "streaming", None) is False:
+                    # The whole body exists already (a list, or a non-streaming Django
+                    # response): one hand-off to the loop and one write, not one per chunk.
+                    response.finish(b"".join(result))
+                else:
+                    for chunk in result:
+                        if cycle.disconnected:
+                            break
+                        response.write(chunk)
+                    if not cycle.disconnected:
+                        response.finish()
             finally:
                 _close(result)
         except Exception as exc:
