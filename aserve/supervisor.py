@@ -40,7 +40,11 @@ KILL_GRACE = 1.0
 
 
 class Worker:
-    """The supervisor's side of one worker's channel."""
+    """The supervisor's side of one worker's channel.
+
+    One coroutine at a time reads the channel (the loop keeps a single reader per file
+    descriptor): `started()` until the worker is ready, then the monitor task until EOF.
+    """
 
     def __init__(self, channel: socket.socket) -> None:
         self.channel = channel
@@ -50,6 +54,7 @@ class Worker:
         self.stopping = False
         self.exited = asyncio.Event()
         self.started_at = time.perf_counter()
+        self._monitor: asyncio.Task[None] | None = None
 
     async def _next(self) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
@@ -73,13 +78,17 @@ class Worker:
                 self.pid = message["pid"]
             elif event == "ready":
                 self.modules = message["modules"]
+                self._monitor = asyncio.create_task(self._read_until_exit())
                 return True
             elif event == "failed":
                 self.failure = message
 
-    async def wait_exit(self) -> None:
+    async def _read_until_exit(self) -> None:
         while not self.exited.is_set():
             await self._next()
+
+    async def wait_exit(self) -> None:
+        await self.exited.wait()
 
     async def stop(self, timeout: float) -> None:
         """Ask for a graceful stop; kill after `timeout` plus a grace period."""
@@ -87,15 +96,14 @@ class Worker:
         if not self.exited.is_set():
             with contextlib.suppress(OSError):
                 self.channel.send(json.dumps({"command": "stop"}).encode())
-            waiter = asyncio.ensure_future(self.wait_exit())
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), timeout + KILL_GRACE)
+                await asyncio.wait_for(self.exited.wait(), timeout + KILL_GRACE)
             except TimeoutError:
                 if self.pid is not None:
                     logger.warning("Worker %d did not stop in time: killing it", self.pid)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(self.pid, signal.SIGKILL)
-                await waiter
+                await self.exited.wait()
         self.channel.close()
 
     def kill(self) -> None:
@@ -196,6 +204,9 @@ class Supervisor:
                 raise ConfigError(f"--reload-dir {root} is not a directory")
         sock = bind_socket(self.config)
         sock.set_inheritable(True)
+        if self.config.uds is None and self.config.fd is None and self.config.port == 0:
+            # Log (and tell the workers) the port the kernel picked, not 0.
+            self.config = self.config.replace(port=sock.getsockname()[1])
         try:
             with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
                 return runner.run(self._supervise(sock))
