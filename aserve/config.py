@@ -51,6 +51,26 @@ class Config:
     timeout_keep_alive: float = setting(
         5.0, "Close keep-alive connections idle for this many seconds.", metavar="SECONDS"
     )
+    # A client sends a request head in one write, so 10 s is ample even over a slow link, and it
+    # bounds how long a slowloris connection (a head trickled a byte at a time) lives: h2o's
+    # http1-request-timeout is 10 s; nginx's client_header_timeout 60 s and Apache's
+    # mod_reqtimeout header=20-40 are laxer; gunicorn and uvicorn have none (uvicorn stops its
+    # keep-alive timer at the first byte, so a trickled head is never cut off).
+    timeout_request_head: float = setting(
+        10.0,
+        "A request head must be complete this many seconds after its first byte (after the "
+        "connection opens, for the first request); then 408 and close.",
+        metavar="SECONDS",
+    )
+    # The longest silence while the app waits for body bytes: h2o's http1-request-io-timeout is
+    # 30 s, nginx's client_body_timeout 60 s, Apache's mod_reqtimeout body=20 (extended by
+    # data received); gunicorn and uvicorn have none. 30 s outlasts any stall of a live client.
+    timeout_request_body: float = setting(
+        30.0,
+        "While the app waits for request body bytes, close (408 if no response started) after "
+        "this many seconds without one.",
+        metavar="SECONDS",
+    )
     timeout_graceful_shutdown: float = setting(
         5.0,
         "On SIGTERM/SIGINT, wait this long for in-flight requests before cancelling them.",
@@ -70,6 +90,34 @@ class Config:
     )
     limit_request_head: int = setting(
         65536, "Largest request head (line and fields) in bytes; larger gets 431.", metavar="BYTES"
+    )
+    # Bodies stream to the app and never sit in memory, so this bounds what an app may be made
+    # to consume, not aserve's memory: 1 GiB is h2o's limit-request-body and Apache's
+    # LimitRequestBody (since 2.4.54), far above any upload tried on a development server;
+    # nginx's 1 MiB client_max_body_size would refuse ordinary file uploads.
+    limit_request_body: int = setting(
+        1 << 30,
+        "Largest request body in bytes (0: no limit); a larger Content-Length gets 413 before "
+        "the app runs, a chunked body is cut off with 413 when it passes the limit.",
+        metavar="BYTES",
+    )
+    # gunicorn's worker_connections is 1000, h2o's max-connections 1024, nginx's
+    # worker_connections 512. 1000 stays under the usual 1024 soft RLIMIT_NOFILE, so at the
+    # limit clients get a 503 rather than connections failing to be accepted (EMFILE).
+    limit_concurrency: int = setting(
+        1000,
+        "Most open connections (0: no limit). At the limit a new connection closes the one idle "
+        "longest (between requests or in an unfinished head); if every connection has a "
+        "request in the app, the new one gets 503 and is closed.",
+        metavar="N",
+    )
+    # Depth 16 is the deepest pipelining in common use (the TechEmpower plaintext test); 32
+    # leaves room while bounding the Request objects one 256 KiB read of tiny requests makes.
+    limit_pipeline: int = setting(
+        32,
+        "Most requests parsed ahead of the one being answered; beyond it the connection answers "
+        "those and closes (clients retry the rest).",
+        metavar="N",
     )
     # 64 KiB matches asyncio's default transport high-water mark: enough to keep a socket busy,
     # small enough that a slow consumer bounds memory per connection.
@@ -117,6 +165,12 @@ class Config:
         if self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, not {self.threads}")
         for name in ("timeout_keep_alive", "timeout_graceful_shutdown"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} cannot be negative")
+        for name in ("timeout_request_head", "timeout_request_body"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be more than 0")
+        for name in ("limit_request_body", "limit_concurrency", "limit_pipeline"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} cannot be negative")
         for name in (

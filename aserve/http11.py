@@ -19,11 +19,18 @@ from aserve.types import Headers
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """Byte and count limits on what a client may send; `config.Config` explains each number.
+
+    `body` 0 means no limit on the request body.
+    """
+
     request_line: int = 8190
     fields: int = 100
     field_size: int = 8190
     head: int = 65536
     drain: int = 262144
+    body: int = 1 << 30
+    pipeline: int = 32
 
 
 class Request:
@@ -148,7 +155,12 @@ class Connection:
         self._host_count = 0
         self._expect = False
         self._has_body = False
+        self._declared_length = b""
+        self._body_size = 0
         self._unsupported_coding: bytes | None = None
+        self._head_started = False
+        # Requests parsed and not yet handed out by `next_event()`.
+        self._queued = 0
         self._discarding = False
         self._discard_left = 0
         # The request being answered and the state of its response.
@@ -201,6 +213,35 @@ class Connection:
                 self._head_bytes += len(data)
                 if self._head_bytes > self.limits.head + self.limits.field_size:
                     self._fail_head_too_large()
+        if self._queued > self.limits.pipeline + (self.request is None):
+            self._refuse_pipeline_overflow()
+
+    def _refuse_pipeline_overflow(self) -> None:
+        """Keep the requests within `Limits.pipeline` and end the connection after them.
+
+        httptools parses everything one read holds, and a read of tiny pipelined requests can
+        make thousands of Request objects: those beyond the limit are dropped at once, and the
+        connection closes without answering them, which RFC 9112 §9.3.2 tells clients to retry.
+        """
+        allowed = self.limits.pipeline + (self.request is None)
+        events = self._events
+        kept: deque[Event] = deque()
+        requests = 0
+        for event in events:
+            if isinstance(event, Request):
+                requests += 1
+                if requests > allowed:
+                    break
+            kept.append(event)
+        self._events = kept
+        self._queued = allowed
+        self._broken = True
+        kept.append(ProtocolFailure(503, "too many pipelined requests", respond=False))
+
+    @property
+    def head_in_progress(self) -> bool:
+        """Part of a request head has arrived and the rest has not."""
+        return self._head_started and not self._broken
 
     def _fail_head_too_large(self) -> None:
         # on_url refuses a target over its limit as it arrives, so the excess is in the fields
@@ -226,6 +267,7 @@ class Connection:
                 # keep-alive the next request must not overwrite.
                 return None
             events.popleft()
+            self._queued -= 1
             self._begin_cycle(event)
             return event
         if isinstance(event, ProtocolFailure) and self.request is not None and self._request_done:
@@ -249,6 +291,7 @@ class Connection:
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._head_started = True
         self._fresh_head = True
         self._head_bytes = 0
         self._url = b""
@@ -257,6 +300,8 @@ class Connection:
         self._host_count = 0
         self._expect = False
         self._has_body = False
+        self._declared_length = b""
+        self._body_size = 0
         self._unsupported_coding = None
 
     def on_url(self, url: bytes) -> None:
@@ -289,10 +334,12 @@ class Connection:
             self._has_body = True
         elif name == b"content-length" and value not in (b"0", b""):
             self._has_body = True
+            self._declared_length = value
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_started = False
         self._fresh_head = False
         parser = self._parser
         version = parser.get_http_version()
@@ -316,6 +363,11 @@ class Connection:
             # httptools skips the body of an Upgrade (or CONNECT) request and would parse it as
             # the next request, a smuggling vector; aserve switches to no protocol: refuse it.
             raise ProtocolError("request body with Upgrade or CONNECT is not supported", 400)
+        limit = self.limits.body
+        if limit and self._declared_length and int(self._declared_length) > limit:
+            # Refused before the app runs; llhttp has already checked that it is 1*DIGIT.
+            raise ProtocolError("request body larger than the limit", 413)
+        self._queued += 1
         self._events.append(
             Request(
                 parser.get_method(),
@@ -348,6 +400,12 @@ class Connection:
                 self._events.append(ProtocolFailure(413, "unread body too large", False))
                 raise ProtocolError("unread body too large", 413)
             return
+        limit = self.limits.body
+        if limit:
+            # A chunked body has no declared length: count it as it arrives.
+            self._body_size += len(body)
+            if self._body_size > limit:
+                raise ProtocolError("request body larger than the limit", 413)
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:

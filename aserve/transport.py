@@ -28,6 +28,10 @@ from aserve.types import Headers
 
 logger = logging.getLogger("aserve.error")
 
+# After an error response to a client that may still be sending, how long to keep reading and
+# discarding before closing (RFC 9112 §9.6): 2 s is Apache's SECONDS_TO_LINGER.
+LINGER = 2.0
+
 
 class AppRunner(Protocol):
     """Serves one request: answers through `cycle.send_*` (on the loop) and finally `send_end`."""
@@ -40,11 +44,16 @@ class ServerState:
 
     __slots__ = (
         "access_log",
+        "body_timeout",
         "connections",
         "default_headers",
         "flow_buffer",
+        "head_timeout",
+        "idle",
         "keep_alive_timeout",
+        "limit_concurrency",
         "limits",
+        "lingering",
         "loop",
         "root_path",
         "runner",
@@ -60,17 +69,44 @@ class ServerState:
         keep_alive_timeout: float,
         root_path: str,
         access_log: AccessLog | None,
+        head_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        limit_concurrency: int = 0,
     ) -> None:
         self.loop = loop
         self.runner = runner
         self.limits = limits
         self.flow_buffer = flow_buffer
         self.keep_alive_timeout = keep_alive_timeout
+        self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
+        self.limit_concurrency = limit_concurrency
         self.root_path = root_path
         self.access_log = access_log
         self.connections: set[HttpProtocol] = set()
+        # Connections with no request in the app, longest idle first (kept with a limit only).
+        self.idle: dict[HttpProtocol, None] = {}
+        # Connections in `connections` that only wait to close after a final response (see
+        # `HttpProtocol._linger`): shutdown closes them, the connection limit ignores them.
+        self.lingering = 0
         # Date and Server lines, refreshed once a second by the server.
         self.default_headers = b"server: aserve\r\n"
+
+    def admit(self) -> bool:
+        """Whether a new connection may be served under `limit_concurrency`.
+
+        Idle connections count less than busy ones: at the limit, the connection idle longest
+        (between requests, or still sending a request head) is closed to make room; only when
+        every connection has a request in the app is the new one refused.
+        """
+        limit = self.limit_concurrency
+        if not limit or len(self.connections) - self.lingering < limit:
+            return True
+        oldest = next(iter(self.idle), None)
+        if oldest is None:
+            return False
+        oldest.evict()
+        return True
 
 
 class RequestBody:
@@ -304,7 +340,7 @@ class Cycle:
             self._head = b""
             protocol.write(protocol.conn.error_response(500, protocol.state.default_headers))
         protocol.log_access(self)
-        protocol.close()
+        protocol.end_after(self)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -322,8 +358,16 @@ class HttpProtocol(asyncio.Protocol):
         self._drain_waiters: list[Callable[[], None]] = []
         self._read_paused = False
         self._pipeline_paused = False
+        # One lazy timer serves every deadline (see `_deadline`); it fires at `_timer_at`.
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._idle_since = 0.0
+        # When the request head being received began to count (None: no head under way).
+        self._head_since: float | None = None
+        # Since when the app has been waiting for request body bytes (None: it is not).
+        self._body_wait_since: float | None = None
+        self._linger_until = 0.0
+        self._lingering = False
         self._closed = False
         self._draining = False
         self.half_closed = False
@@ -333,7 +377,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        self.state.connections.add(self)
+        state = self.state
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # Responses are written whole; Nagle would only delay the last segment.
@@ -341,10 +385,25 @@ class HttpProtocol(asyncio.Protocol):
         self.client = _address(transport.get_extra_info("peername"))
         self.server = _address(transport.get_extra_info("sockname"))
         self._client_text = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
-        self._set_idle_timer()
+        if not state.admit():
+            self._reject()
+            return
+        state.connections.add(self)
+        if state.limit_concurrency:
+            state.idle[self] = None
+        # The first request head counts from the connection: a client that connects and sends
+        # nothing is gone after the shorter of the keep-alive and head timeouts.
+        now = state.loop.time()
+        self._idle_since = self._head_since = now
+        self._arm(now + min(state.keep_alive_timeout, state.head_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state.connections.discard(self)
+        state = self.state
+        state.connections.discard(self)
+        state.idle.pop(self, None)
+        if self._lingering:
+            self._lingering = False
+            state.lingering -= 1
         self._cancel_timer()
         self._closed = True
         cycle = self.cycle
@@ -367,11 +426,21 @@ class HttpProtocol(asyncio.Protocol):
         return True
 
     def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+        if self._lingering:
+            return  # read only so that closing does not reset the connection (see `_linger`)
+        conn = self.conn
+        conn.receive_data(data)
         self._process_events()
-        if self.cycle is None and not self._closed:
-            # Between requests, or in a request head that has not finished arriving.
-            self._set_idle_timer()
+        if (
+            self.cycle is None
+            and self._head_since is None
+            and not self._closed
+            and conn.head_in_progress
+        ):
+            # A request head began: it must be complete in time, however slowly it trickles
+            # in; its bytes never restart the keep-alive period.
+            self._head_since = now = self.state.loop.time()
+            self._arm(now + self.state.head_timeout)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -390,12 +459,15 @@ class HttpProtocol(asyncio.Protocol):
                 break
             if isinstance(event, Data):
                 cycle = self.cycle
-                if cycle is not None and cycle.body.feed(event.data, self.state.flow_buffer):
-                    self._pause_reading()
+                if cycle is not None:
+                    self._body_wait_since = None
+                    if cycle.body.feed(event.data, self.state.flow_buffer):
+                        self._pause_reading()
             elif isinstance(event, Request):
                 self._start_cycle(event)
             elif isinstance(event, EndOfMessage):
                 if self.cycle is not None:
+                    self._body_wait_since = None
                     self.cycle.body.finish()
             else:
                 self._protocol_failure(event)
@@ -407,7 +479,11 @@ class HttpProtocol(asyncio.Protocol):
     def _start_cycle(self, request: Request) -> None:
         cycle = Cycle(self, request)
         self.cycle = cycle
-        self.state.runner.handle(cycle)
+        self._head_since = None
+        state = self.state
+        if state.limit_concurrency:
+            state.idle.pop(self, None)
+        state.runner.handle(cycle)
 
     def _protocol_failure(self, failure: ProtocolFailure) -> None:
         cycle = self.cycle
@@ -419,7 +495,11 @@ class HttpProtocol(asyncio.Protocol):
             self.write(
                 self.conn.error_response(failure.status, self.state.default_headers, failure.reason)
             )
-        self.close()
+            if cycle is not None:
+                cycle.status = failure.status
+                self.log_access(cycle)
+        # The client may still be sending (a body over the limit, more pipelined requests).
+        self._linger()
 
     # called through Cycle
 
@@ -434,7 +514,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.cycle = None
         if self._draining or not self.conn.start_next_cycle():
-            self.close()
+            self.end_after(cycle)
             return
         # Reading paused for this request's body or for the pipeline resumes: unread body is
         # drained (http11 discards it) and queued requests go on.
@@ -447,7 +527,7 @@ class HttpProtocol(asyncio.Protocol):
             if self.half_closed:
                 self.close()  # the client half-closed and every request it sent is answered
             else:
-                self._set_idle_timer()
+                self._become_idle()
 
     def log_access(self, cycle: Cycle) -> None:
         log = self.state.access_log
@@ -470,9 +550,18 @@ class HttpProtocol(asyncio.Protocol):
         interim = self.conn.continue_bytes()
         if interim:
             self.write(interim)
-        if self._read_paused and not cycle.body.paused:
+        body = cycle.body
+        if self._read_paused and not body.paused:
             self._read_paused = False
             self._update_reading()
+        if (
+            self._body_wait_since is None
+            and not body.has_data
+            and not body.complete
+            and not body.disconnected
+        ):
+            self._body_wait_since = now = self.state.loop.time()
+            self._arm(now + self.state.body_timeout)
 
     def add_drain_waiter(self, callback: Callable[[], None]) -> None:
         if not self.write_paused or self._closed:
@@ -502,27 +591,75 @@ class HttpProtocol(asyncio.Protocol):
         elif not transport.is_reading():
             transport.resume_reading()
 
-    def _set_idle_timer(self) -> None:
-        """Start (or restart) the keep-alive idle period.
-
-        The timer is lazy: restarting the period only records the time, and the one pending
-        timer re-arms itself for what is left when it fires, so a busy keep-alive connection
-        costs no timer handle per request.
-        """
-        loop = self.state.loop
-        self._idle_since = loop.time()
-        if self._timer is None:
-            self._timer = loop.call_later(self.state.keep_alive_timeout, self._idle_timeout)
-
-    def _idle_timeout(self) -> None:
-        self._timer = None
-        if self.cycle is not None or self._closed:
-            return  # busy: cycle_done starts the next idle period
-        left = self._idle_since + self.state.keep_alive_timeout - self.state.loop.time()
-        if left > 0:
-            self._timer = self.state.loop.call_later(left, self._idle_timeout)
+    def _become_idle(self) -> None:
+        """Between requests: the keep-alive period starts (or the head timeout, when part of
+        the next request head came in with the last request)."""
+        state = self.state
+        now = state.loop.time()
+        self._idle_since = now
+        self._body_wait_since = None
+        if state.limit_concurrency:
+            state.idle[self] = None
+        if self.conn.head_in_progress:
+            self._head_since = now
+            self._arm(now + state.head_timeout)
         else:
-            self.close()
+            self._head_since = None
+            self._arm(now + state.keep_alive_timeout)
+
+    def _deadline(self) -> tuple[float, Callable[[], None]] | None:
+        """When the connection's current wait runs out, and what to do then."""
+        if self._lingering:
+            return self._linger_until, self.close
+        if self._closed:
+            return None
+        state = self.state
+        cycle = self.cycle
+        if cycle is None:
+            idle_end = self._idle_since + state.keep_alive_timeout
+            head_since = self._head_since
+            if head_since is None:
+                return idle_end, self.close
+            head_end = head_since + state.head_timeout
+            if self.conn.head_in_progress:
+                return head_end, self._head_timed_out
+            return min(idle_end, head_end), self.close
+        if self._body_wait_since is not None:
+            return self._body_wait_since + state.body_timeout, self._body_timed_out
+        return None
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the timer fires by `deadline`.
+
+        The timer is lazy: a later deadline only changes what `_deadline` computes, and the
+        pending timer re-arms itself for what is left when it fires, so a busy keep-alive
+        connection costs no timer handle per request.
+        """
+        timer = self._timer
+        if timer is not None:
+            if deadline >= self._timer_at:
+                return
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.state.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        due = self._deadline()
+        if due is None:
+            return  # nothing is being waited for; the next wait arms the timer again
+        deadline, expire = due
+        if deadline > self.state.loop.time():
+            self._arm(deadline)
+        else:
+            expire()
+
+    def _head_timed_out(self) -> None:
+        self._protocol_failure(ProtocolFailure(408, "request head not received in time"))
+
+    def _body_timed_out(self) -> None:
+        # The app sees the client gone (http.disconnect, ClientDisconnected).
+        self._protocol_failure(ProtocolFailure(408, "request body not received in time"))
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -541,10 +678,83 @@ class HttpProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         self._closed = True
+        state = self.state
+        if self._lingering:
+            self._lingering = False
+            state.lingering -= 1
         self._cancel_timer()
+        state.idle.pop(self, None)
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
+
+    def end_after(self, cycle: Cycle) -> None:
+        """Close after the response to `cycle`; linger if the client may still be sending the
+        body the app left unread."""
+        body = cycle.body
+        if body.complete or body.disconnected:
+            self.close()
+        else:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after a final response without a reset destroying it (RFC 9112 §9.6).
+
+        Closing with unread bytes in the kernel's receive buffer sends a TCP reset, which can
+        discard the response before the client reads it. So only the writing side is shut;
+        what the client still sends is read and dropped until it closes too, or `LINGER` runs
+        out. Not when the client has half-closed already, nor during shutdown.
+        """
+        transport = self.transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or self._lingering
+            or self.half_closed
+            or self._draining
+        ):
+            self.close()
+            return
+        try:
+            half_close = transport.can_write_eof()
+        except NotImplementedError:  # a transport that predates write_eof
+            half_close = False
+        if not half_close:
+            self.close()
+            return
+        self._closed = True
+        self._lingering = True
+        state = self.state
+        state.lingering += 1
+        state.idle.pop(self, None)
+        transport.write_eof()
+        if not transport.is_reading():
+            transport.resume_reading()
+        self._linger_until = state.loop.time() + LINGER
+        self._arm(self._linger_until)
+
+    def _reject(self) -> None:
+        """Over the connection limit with every connection busy: 503, then close."""
+        state = self.state
+        state.connections.add(self)  # closed at shutdown like the others
+        self.write(
+            self.conn.error_response(
+                503, state.default_headers, "too many connections; try again shortly"
+            )
+        )
+        self._linger()
+
+    def evict(self) -> None:
+        """Close this idle connection to make room for a new one (see `ServerState.admit`)."""
+        state = self.state
+        state.connections.discard(self)  # no longer counted, though closing takes a tick
+        if self.conn.head_in_progress:
+            self.write(
+                self.conn.error_response(
+                    503, state.default_headers, "too many connections; try again shortly"
+                )
+            )
+        self.close()
 
     def abort(self) -> None:
         self._closed = True

@@ -909,3 +909,173 @@ def test_request_after_a_closing_response_is_never_released() -> None:
     assert conn.start_next_cycle() is False
     assert conn.next_event() is None
     assert conn.keep_alive is False
+
+
+# -- request body limit ------------------------------------------------------------------------
+
+
+def test_content_length_over_the_body_limit_gets_413_before_any_request() -> None:
+    head = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+    fits = feed(Connection(Limits(body=10)), head % 10)
+    assert [s[:3] for s in summary(fits)] == [("request", b"POST", b"/up")]
+    conn = Connection(Limits(body=10))
+    # Refused on the head alone: the app never sees the request, the body is never read.
+    assert summary(feed(conn, head % 11)) == [("failure", 413, True)]
+    assert feed(conn, b"x" * 11 + b"GET / HTTP/1.1\r\nHost: h\r\n\r\n") == []
+
+
+def test_pipelined_request_over_the_body_limit_waits_for_the_one_before() -> None:
+    conn = Connection(Limits(body=4))
+    events = feed(
+        conn,
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+    )
+    assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/a"), ("end",)]
+    respond(conn)
+    assert conn.start_next_cycle()
+    assert summary(pull(conn)) == [("failure", 413, True)]
+
+
+def test_chunked_body_is_cut_off_when_it_passes_the_limit() -> None:
+    conn = Connection(Limits(body=10))
+    events = feed(
+        conn, b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n"
+    )
+    assert summary(events)[1:] == [("data", b"abcdef")]
+    # 6 + 5 > 10: no byte of the chunk that passes the limit is handed out.
+    events = feed(conn, b"5\r\nghijk\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert summary(events) == [("failure", 413, True)]
+
+
+def test_chunked_body_exactly_at_the_limit_is_accepted() -> None:
+    conn = Connection(Limits(body=10))
+    events = feed(
+        conn,
+        b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n",
+    )
+    assert summary(events)[1:] == [("data", b"abcdefghij"), ("end",)]
+
+
+def test_body_limit_counts_each_request_on_its_own() -> None:
+    conn = Connection(Limits(body=3))
+    chunked = (
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    for _ in range(3):
+        assert summary(feed(conn, chunked))[1:] == [("data", b"abc"), ("end",)]
+        respond(conn)
+        assert conn.start_next_cycle()
+
+
+def test_body_limit_zero_means_no_limit() -> None:
+    conn = Connection(Limits(body=0))
+    events = feed(conn, b"PUT /big HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999\r\n\r\n")
+    assert [s[:3] for s in summary(events)] == [("request", b"PUT", b"/big")]
+
+
+# -- pending pipelined requests ----------------------------------------------------------------
+
+
+def tiny_get(path: bytes) -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path
+
+
+def answer_released(conn: Connection, events: list[Event]) -> list[Summary]:
+    """Answer every request as it is released; the events seen, in order."""
+    seen = summary(events)
+    while conn.request is not None:
+        respond(conn)
+        if not conn.start_next_cycle():
+            break
+        seen += summary(pull(conn))
+    return seen
+
+
+def test_pipelined_requests_within_the_limit_are_all_answered() -> None:
+    conn = Connection(Limits(pipeline=3))
+    events = feed(conn, b"".join(tiny_get(b"/%d" % i) for i in range(4)))
+    seen = answer_released(conn, events)
+    assert [s[2] for s in seen if s[0] == "request"] == [b"/0", b"/1", b"/2", b"/3"]
+    assert not any(s[0] == "failure" for s in seen)
+
+
+def test_requests_beyond_the_pipeline_limit_end_the_connection_unanswered() -> None:
+    conn = Connection(Limits(pipeline=3))
+    events = feed(conn, b"".join(tiny_get(b"/%d" % i) for i in range(10)))
+    seen = answer_released(conn, events)
+    # The one answered first, three parsed ahead of it, then a close without a response
+    # (RFC 9112 §9.3.2: the client retries what went unanswered).
+    assert [s[2] for s in seen if s[0] == "request"] == [b"/0", b"/1", b"/2", b"/3"]
+    assert seen[-1] == ("failure", 503, False)
+    assert feed(conn, tiny_get(b"/later")) == []
+
+
+def test_pipeline_limit_counts_requests_behind_the_one_in_progress() -> None:
+    conn = Connection(Limits(pipeline=2))
+    assert [s[2] for s in summary(feed(conn, tiny_get(b"/a"))) if s[0] == "request"] == [b"/a"]
+    # /a is being answered: two more may wait, the third is one too many.
+    assert feed(conn, tiny_get(b"/b") + tiny_get(b"/c")) == []
+    assert not conn._broken
+    assert feed(conn, tiny_get(b"/d")) == []
+    seen = answer_released(conn, [])
+    assert [s[2] for s in seen if s[0] == "request"] == [b"/b", b"/c"]
+    assert seen[-1] == ("failure", 503, False)
+
+
+def test_requests_kept_under_the_pipeline_limit_keep_their_bodies() -> None:
+    conn = Connection(Limits(pipeline=1))
+    post = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
+    events = feed(conn, tiny_get(b"/a") + post + tiny_get(b"/c"))
+    seen = answer_released(conn, events)
+    assert [s[:3] if s[0] == "request" else s for s in seen] == [
+        ("request", b"GET", b"/a"),
+        ("end",),
+        ("request", b"POST", b"/p"),
+        ("data", b"xyz"),
+        ("end",),
+        ("failure", 503, False),
+    ]
+
+
+def test_pipeline_limit_zero_allows_no_request_ahead() -> None:
+    conn = Connection(Limits(pipeline=0))
+    seen = answer_released(conn, feed(conn, tiny_get(b"/a") + tiny_get(b"/b")))
+    assert [s[2] for s in seen if s[0] == "request"] == [b"/a"]
+    assert seen[-1] == ("failure", 503, False)
+
+
+# -- head progress (what the transport's head timeout watches) -----------------------------------
+
+
+def test_head_in_progress_from_its_first_byte_to_its_end() -> None:
+    conn = Connection()
+    assert not conn.head_in_progress
+    # Empty lines before a request are skipped (RFC 9112 §2.2): they start no head.
+    conn.receive_data(b"\r\n")
+    assert not conn.head_in_progress
+    conn.receive_data(b"G")
+    assert conn.head_in_progress
+    conn.receive_data(b"ET / HTTP/1.1\r\nHost: h\r\n")
+    assert conn.head_in_progress
+    conn.receive_data(b"\r\n")
+    assert not conn.head_in_progress
+    assert isinstance(conn.next_event(), Request)
+
+
+def test_head_in_progress_ignores_body_bytes_and_trailers() -> None:
+    conn = Connection()
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab")
+    assert not conn.head_in_progress
+    conn.receive_data(b"c\r\n0\r\nX-Trailer: 1")
+    assert not conn.head_in_progress
+    conn.receive_data(b"\r\n\r\nGET /next HT")
+    assert conn.head_in_progress
+
+
+def test_no_head_in_progress_once_the_connection_failed() -> None:
+    conn = Connection()
+    conn.receive_data(b"GET / HTTP/1.1\r\nBad Name: x\r\n")
+    assert summary(pull(conn)) == [("failure", 400, True)]
+    assert not conn.head_in_progress

@@ -29,6 +29,10 @@ def clean_loggers() -> Iterator[None]:
     root = logging.getLogger("aserve")
     access = logging.getLogger(ACCESS)
     saved = (list(root.handlers), root.propagate, root.level, list(access.handlers))
+    # Start from a process where nobody configured logging, whatever ran before.
+    root.handlers.clear()
+    root.propagate = True
+    access.handlers.clear()
     yield
     root.handlers[:] = saved[0]
     root.propagate = saved[1]
