@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -224,17 +226,35 @@ class Supervisor:
             ", ".join(str(r) for r in self.roots),
         )
         self.template = await Template.start(BASE_PRELOAD, sock)
-        await self._restart()
-        async for changes in awatch(
+        feed = awatch(
             *self.roots,
             watch_filter=self.filter,
             stop_event=self._stop,
             step=max(1, int(self.config.reload_delay * 1000)),
             debounce=1600,
-        ):
-            paths = sorted({_display(Path(path), self.roots) for _, path in changes})
+        )
+        # Watch before the first worker starts, or a save just after "ready" is missed;
+        # watchfiles keeps collecting changes between iterations, also during a restart.
+        pending = asyncio.ensure_future(anext(feed))
+        await asyncio.sleep(0)
+        restarted_at = time.time()
+        await self._restart()
+        while True:
+            try:
+                changes = await pending
+            except StopAsyncIteration:
+                break
+            pending = asyncio.ensure_future(anext(feed))
+            changed = [path for _, path in changes]
+            if _older_than(changed, restarted_at):
+                logger.debug("Already loaded by the current worker: %s", ", ".join(changed))
+                continue
+            paths = sorted({_display(Path(path), self.roots) for path in changed})
             more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
             logger.info("Changed: %s%s; restarting", ", ".join(paths[:3]), more)
+            await _settle(changed, self.config.reload_delay)
+            _forget_bytecode(changed)
+            restarted_at = time.time()
             await self._restart()
         await self._shutdown()
         return 0
@@ -337,6 +357,53 @@ class Supervisor:
         if self.template is not None:
             await self.template.close()
         logger.info("aserve supervisor stopped")
+
+
+async def _settle(paths: list[str], quiet: float) -> None:
+    """Wait (at most a second) until none of `paths` was written in the last `quiet` seconds.
+
+    watchfiles yields once the set of changed paths stops growing: for a file written again
+    and again (a formatter, a save in several writes) that is after the first write. The
+    inode change time, unlike mtime, cannot be set back by `cp -p`, `tar` or `rsync`.
+    """
+    deadline = time.time() + 1.0
+    while True:
+        newest = 0.0
+        for path in paths:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.stat(path).st_ctime)
+        wait = min(newest + quiet, deadline) - time.time()
+        if wait <= 0:
+            return
+        await asyncio.sleep(wait)
+
+
+def _older_than(paths: list[str], started: float) -> bool:
+    """Whether every path last changed before the worker started at `started` did: the tail
+    of a burst that `_settle` waited out, which needs no second restart.
+
+    The kernel stamps change times with a coarse clock (a tick, up to 10 ms, behind), hence
+    the margin; a path gone, or a clock stepped back, restarts as usual.
+    """
+    if not 0 <= time.time() - started < 5.0:
+        return False
+    for path in paths:
+        try:
+            if os.stat(path).st_ctime >= started - 0.02:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _forget_bytecode(paths: Iterable[str]) -> None:
+    """Delete the cached bytecode of changed modules. Python trusts a .pyc whose recorded source
+    mtime (whole seconds) and size match: a same-size edit within a second of the previous one
+    would otherwise import the old code."""
+    for path in paths:
+        if path.endswith(".py"):
+            with contextlib.suppress(OSError, ValueError):
+                os.unlink(importlib.util.cache_from_source(path))
 
 
 def _display(path: Path, roots: list[Path]) -> str:

@@ -75,7 +75,21 @@ class ReloadFilter(DefaultFilter):
         self._venv_dirs: dict[str, bool] = {}
 
     def __call__(self, change: Change, path: str) -> bool:
+        if change == Change.added and os.path.isdir(path):
+            # A directory created or moved in with its files (`git switch`, `mv`, startapp):
+            # inotify watches it only once it exists, too late to report what is inside.
+            return self.contains_accepted(Path(path))
         return self.accepts(Path(path))
+
+    def contains_accepted(self, directory: Path) -> bool:
+        """Whether a file below `directory` would restart the worker."""
+        if any(part in IGNORED_DIRS for part in self._relative(directory).parts):
+            return False
+        for parent, dirs, files in os.walk(directory):
+            dirs[:] = [d for d in dirs if d not in IGNORED_DIRS]
+            if any(self.accepts(Path(parent, name)) for name in files):
+                return True
+        return False
 
     def accepts(self, path: Path) -> bool:
         relative = self._relative(path)
@@ -85,9 +99,10 @@ class ReloadFilter(DefaultFilter):
         name = path.name
         if any(fnmatch(name, pattern) for pattern in IGNORED_FILES):
             return False
-        if any(_matches(relative, pattern) for pattern in self.excludes):
+        # An absolute glob (uvicorn's workaround for its relative ones) matches the full path.
+        if any(_matches(path if os.path.isabs(p) else relative, p) for p in self.excludes):
             return False
-        if not any(_matches(relative, pattern) for pattern in self.includes):
+        if not any(_matches(path if os.path.isabs(p) else relative, p) for p in self.includes):
             return False
         return not self._in_virtualenv(path)
 
@@ -120,6 +135,9 @@ def _matches(relative: PurePath, pattern: str) -> bool:
     A pattern naming a directory (`static`, `static/`) excludes everything below it.
     """
     pattern = pattern.removeprefix("./")
+    # `**/` is zero or more directories (gitignore, pathlib); fnmatch's `*` needs at least one.
+    if pattern.startswith("**/") and _matches(relative, pattern[3:]):
+        return True
     if "/" not in pattern.rstrip("/"):
         name = pattern.rstrip("/")
         return fnmatch(relative.name, name) or any(fnmatch(p, name) for p in relative.parts[:-1])
@@ -129,4 +147,4 @@ def _matches(relative: PurePath, pattern: str) -> bool:
         return True
     # A directory pattern: any leading run of the path's parts.
     parts = relative.parts
-    return any(fnmatch("/".join(parts[:i]), pattern) for i in range(1, len(parts)))
+    return any(fnmatch(PurePath(*parts[:i]).as_posix(), pattern) for i in range(1, len(parts)))
