@@ -33,6 +33,11 @@ logger = logging.getLogger("aserve.error")
 LINGER = 2.0
 
 
+# How long a connection that had sent no complete request when shutdown began may take to
+# send it: a client connects and sends at once, so a second is ample; an idle pre-connection
+# (browsers open spare ones) then delays the exit by at most this much.
+SHUTDOWN_GRACE = 1.0
+
 class AppRunner(Protocol):
     """Serves one request: answers through `cycle.send_*` (on the loop) and finally `send_end`."""
 
@@ -367,6 +372,9 @@ class HttpProtocol(asyncio.Protocol):
         # Since when the app has been waiting for request body bytes (None: it is not).
         self._body_wait_since: float | None = None
         self._linger_until = 0.0
+        # Whether a request was ever started here; until then shutdown waits for one.
+        self._served = False
+        self._drain_until = 0.0
         self._lingering = False
         self._closed = False
         self._draining = False
@@ -479,6 +487,9 @@ class HttpProtocol(asyncio.Protocol):
     def _start_cycle(self, request: Request) -> None:
         cycle = Cycle(self, request)
         self.cycle = cycle
+        self._served = True
+        if self._draining:
+            self.conn.keep_alive = False  # the server is stopping: this response ends it
         self._head_since = None
         state = self.state
         if state.limit_concurrency:
@@ -616,6 +627,8 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         cycle = self.cycle
         if cycle is None:
+            if self._draining:
+                return self._drain_until, self.close
             idle_end = self._idle_since + state.keep_alive_timeout
             head_since = self._head_since
             if head_since is None:
@@ -667,9 +680,20 @@ class HttpProtocol(asyncio.Protocol):
             self._timer = None
 
     def shutdown(self) -> None:
-        """Server shutdown: close now when idle, else after the response in progress."""
+        """Server shutdown: close now when idle, else after the response in progress.
+
+        A connection that has not sent its first request yet, or is part-way through a head,
+        is not idle: its client connected before the shutdown and expects an answer (a reload
+        swaps workers under it). It gets `SHUTDOWN_GRACE` for the request to arrive, which is
+        then answered with `Connection: close`.
+        """
         if self.cycle is None:
-            self.close()
+            if self._served and not self.conn.head_in_progress:
+                self.close()
+                return
+            self._draining = True
+            self._drain_until = self.state.loop.time() + SHUTDOWN_GRACE
+            self._arm(self._drain_until)
             return
         self._draining = True
         if not self.cycle.response_started:

@@ -370,6 +370,47 @@ async def test_shutdown_closes_an_idle_connection_at_once() -> None:
     assert h.transport.closed
 
 
+async def test_shutdown_waits_for_the_first_request_of_a_new_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Connected just before the shutdown (a reload swapping workers): its request is answered.
+    monkeypatch.setattr("aserve.transport.SHUTDOWN_GRACE", 0.2)
+    h = Harness()
+    h.protocol.shutdown()
+    assert not h.transport.closed
+    h.feed(get())
+    h.runner.answer(0)
+    assert h.transport.data == ok_response(b"ok", b"connection: close\r\n")
+    assert h.transport.closed
+
+
+async def test_shutdown_waits_for_a_head_in_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("aserve.transport.SHUTDOWN_GRACE", 0.2)
+    h = Harness()
+    h.feed(get())
+    h.runner.answer(0)
+    request = get(b"/second")
+    h.feed(request[:10])
+    h.protocol.shutdown()
+    assert not h.transport.closed
+    h.feed(request[10:])
+    assert len(h.cycles) == 2
+    h.runner.answer(1)
+    assert h.transport.closed
+
+
+async def test_shutdown_closes_a_silent_new_connection_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("aserve.transport.SHUTDOWN_GRACE", 0.05)
+    h = Harness()
+    h.protocol.shutdown()
+    assert not h.transport.closed
+    await asyncio.sleep(0.15)
+    assert h.transport.closed
+    assert h.transport.data == b""
+
+
 async def test_shutdown_closes_a_busy_connection_after_its_response() -> None:
     h = Harness()
     h.feed(get())
