@@ -178,32 +178,37 @@ class Connection:
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; events become available from `next_event()`."""
-        if self._broken or not data:
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # No protocol switch is offered: answer the request as plain HTTP/1.1 and parse
-            # what follows it as the next request (RFC 9110 §7.8 lets a server ignore Upgrade).
-            offset = exc.args[0] if exc.args else len(data)
-            self._parser = httptools.HttpRequestParser(self)
-            self.receive_data(data[offset:])
-            return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if self._broken:
+        while data and not self._broken:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                # No protocol switch is offered: answer the request as plain HTTP/1.1 and parse
+                # what follows as the next request (RFC 9110 §7.8 lets a server ignore
+                # Upgrade). A loop, not recursion: one read may hold many such requests.
+                offset = exc.args[0] if exc.args else len(data)
+                self._parser = httptools.HttpRequestParser(self)
+                data = data[offset:]
+                continue
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if self._broken:
+                    return
+                if isinstance(cause, ProtocolError):
+                    self._fail(cause.status, str(cause))
+                else:
+                    self._fail(400, f"invalid request: {cause or exc}")
                 return
-            if isinstance(cause, ProtocolError):
-                self._fail(cause.status, str(cause))
-            else:
-                self._fail(400, f"invalid request: {cause or exc}")
+            except httptools.HttpParserInvalidMethodError:
+                self._fail(400, "invalid request method")
+                return
+            except httptools.HttpParserError as exc:
+                self._fail(400, f"invalid request: {exc}")
+                return
+            self._check_fed(data)
             return
-        except httptools.HttpParserInvalidMethodError:
-            self._fail(400, "invalid request method")
-            return
-        except httptools.HttpParserError as exc:
-            self._fail(400, f"invalid request: {exc}")
-            return
+
+    def _check_fed(self, data: bytes) -> None:
+        """Limits that only the bytes fed can tell, after the parser took `data`."""
         if self._in_head or self._in_trailers:
             # httptools keeps a partial field in memory without bound: cap the head by bytes
             # fed too. The feed that began this head may hold the previous body, so skip it.
@@ -253,7 +258,9 @@ class Connection:
 
     def _fail(self, status: int, reason: str) -> None:
         self._broken = True
-        self._events.append(ProtocolFailure(status, reason))
+        # In a body drained after its response, a failure ends the connection silently: a
+        # second response to the same request would desynchronise the client.
+        self._events.append(ProtocolFailure(status, reason, respond=not self._discarding))
 
     def next_event(self) -> Event | None:
         """The next event, or None when nothing is ready (or a pipelined request must wait)."""
@@ -322,13 +329,20 @@ class Connection:
             # A trailer field: RFC 9110 §6.5.1 forbids merging it into the header section.
             return
         name = name.lower()
-        # RFC 9112 §5: OWS around a field value is not part of it (httptools keeps the trailing).
-        value = value.rstrip(b" \t")
+        if name != b"transfer-encoding":
+            # RFC 9112 §5: OWS around a field value is not part of it (httptools keeps the
+            # trailing).
+            value = value.rstrip(b" \t")
         if name == b"host":
             self._host_count += 1
         elif name == b"expect":
             self._expect = value.lower() == b"100-continue"
         elif name == b"transfer-encoding":
+            if b"\t" in value:
+                # llhttp skips only spaces around codings and would fail the body later, after
+                # the app had the request: refuse the request itself.
+                raise ProtocolError("tab in Transfer-Encoding", 400)
+            value = value.rstrip(b" ")
             if value.lower() != b"chunked":
                 self._unsupported_coding = value
             self._has_body = True
