@@ -38,6 +38,7 @@ LINGER = 2.0
 # (browsers open spare ones) then delays the exit by at most this much.
 SHUTDOWN_GRACE = 1.0
 
+
 class AppRunner(Protocol):
     """Serves one request: answers through `cycle.send_*` (on the loop) and finally `send_end`."""
 
