@@ -1,0 +1,275 @@
+"""The servers the benchmark can run: aserve, its peers and the canned-response ceiling; which
+are installed; and the command line that starts each on one app with the same settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aserve.bench.apps import A2WSGI_TARGET
+
+Interface = Literal["asgi", "wsgi"]
+HOST = "127.0.0.1"
+# A peer's thread pool where it has one: waitress's default, and gunicorn's advice of 2-4
+# threads per core for one core.
+PEER_THREADS = 4
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """What a server is asked to serve: an import string, its interface, and a short name
+    (`hello-wsgi`, `django`, ...) that peers restricted to some apps check."""
+
+    name: str
+    app: str
+    interface: Interface
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where and how hard a server will be loaded, which some command lines need."""
+
+    port: int
+    connections: int
+
+
+Builder = Callable[[AppSpec, Launch], list[str]]
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    description: str
+    interfaces: frozenset[Interface]
+    modules: tuple[str, ...]
+    build: Builder
+    install: str
+    # Serve only these apps (the ceiling answers hellos, runserver serves its own project).
+    only: frozenset[str] | None = None
+    # Extra environment variables of the server process.
+    env: Callable[[AppSpec], dict[str, str]] = field(default=lambda spec: {})
+
+    def supports(self, spec: AppSpec) -> bool:
+        if self.only is not None:
+            return spec.name in self.only
+        return spec.interface in self.interfaces
+
+    def command(self, spec: AppSpec, launch: Launch) -> list[str]:
+        return self.build(spec, launch)
+
+
+def _python(*args: str) -> list[str]:
+    # The harness's own interpreter, so every server runs the same Python and packages.
+    return [sys.executable, *args]
+
+
+def _aserve(spec: AppSpec, launch: Launch) -> list[str]:
+    return _python(
+        "-m", "aserve", spec.app, "--interface", spec.interface,
+        "--host", HOST, "--port", str(launch.port), "--no-access-log",
+    )  # fmt: skip
+
+
+def _aserve_logged(spec: AppSpec, launch: Launch) -> list[str]:
+    command = _aserve(spec, launch)
+    command[command.index("--no-access-log")] = "--access-log"
+    return command
+
+
+def _aserve_wsgiref(spec: AppSpec, launch: Launch) -> list[str]:
+    return [*_aserve(spec, launch), "--server", "wsgiref"]
+
+
+def _ceiling(spec: AppSpec, launch: Launch) -> list[str]:
+    return _python("-m", "aserve.bench.ceiling", "--host", HOST, "--port", str(launch.port))
+
+
+def _uvicorn_options(launch: Launch) -> list[str]:
+    return [
+        "--host", HOST, "--port", str(launch.port), "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _uvicorn(spec: AppSpec, launch: Launch) -> list[str]:
+    return _python("-m", "uvicorn", spec.app, *_uvicorn_options(launch))
+
+
+def _a2wsgi(spec: AppSpec, launch: Launch) -> list[str]:
+    return _python(
+        "-m", "uvicorn", "aserve.bench.apps:a2wsgi_factory", "--factory",
+        *_uvicorn_options(launch),
+    )  # fmt: skip
+
+
+def _gunicorn(spec: AppSpec, launch: Launch) -> list[str]:
+    return _python(
+        "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1",
+        "--threads", str(PEER_THREADS), "--bind", f"{HOST}:{launch.port}",
+        "--backlog", "2048", "--worker-connections", str(max(1000, 2 * launch.connections)),
+        "--log-level", "warning", spec.app,
+    )  # fmt: skip
+
+
+def _waitress(spec: AppSpec, launch: Launch) -> list[str]:
+    # Its default connection limit (100) and select() (1024 descriptors) would refuse the
+    # 1000-connection scenario; both are raised so that it measures speed, not a setting.
+    return _python(
+        "-m", "waitress", f"--threads={PEER_THREADS}", f"--listen={HOST}:{launch.port}",
+        f"--connection-limit={max(100, 2 * launch.connections)}", "--asyncore-use-poll",
+        "--backlog=2048", spec.app,
+    )  # fmt: skip
+
+
+def _granian(spec: AppSpec, launch: Launch) -> list[str]:
+    loop = ["--loop", "uvloop"] if spec.interface == "asgi" else []
+    return _python(
+        "-m", "granian", "--interface", spec.interface, "--host", HOST, "--port",
+        str(launch.port), "--workers", "1", "--no-ws", "--backlog", "2048",
+        "--log-level", "warning", *loop, spec.app,
+    )  # fmt: skip
+
+
+def _hypercorn(spec: AppSpec, launch: Launch) -> list[str]:
+    return _python(
+        "-m", "hypercorn", "--bind", f"{HOST}:{launch.port}", "--workers", "1",
+        "--worker-class", "uvloop", "--backlog", "2048", "--log-level", "warning",
+        f"{spec.interface}:{spec.app}",
+    )  # fmt: skip
+
+
+def _runserver(spec: AppSpec, launch: Launch) -> list[str]:
+    return _python(
+        "-c",
+        "from aserve.bench.django_app import runserver; runserver()",
+        f"{HOST}:{launch.port}",
+    )
+
+
+BOTH: frozenset[Interface] = frozenset(("asgi", "wsgi"))
+WSGI: frozenset[Interface] = frozenset(("wsgi",))
+ASGI: frozenset[Interface] = frozenset(("asgi",))
+CEILING = "ceiling"
+ASERVE = "aserve"
+
+PEERS: tuple[Peer, ...] = (
+    Peer(
+        CEILING,
+        "canned response on uvloop + httptools: no app, the physical limit",
+        BOTH,
+        ("uvloop", "httptools"),
+        _ceiling,
+        "pip install uvloop httptools",
+        only=frozenset(("hello-wsgi", "hello-asgi", "user")),
+    ),
+    Peer(ASERVE, "aserve, --no-access-log", BOTH, (), _aserve, "pip install aserve"),
+    Peer(
+        "aserve+log",
+        "aserve with its access log on (its default; to a file)",
+        BOTH,
+        (),
+        _aserve_logged,
+        "pip install aserve",
+    ),
+    Peer(
+        "aserve-wsgiref",
+        "aserve --server wsgiref (thread per connection, as runserver)",
+        WSGI,
+        (),
+        _aserve_wsgiref,
+        "pip install aserve",
+    ),
+    Peer(
+        "uvicorn",
+        "uvicorn, httptools + uvloop, 1 process, --no-access-log",
+        ASGI,
+        ("uvicorn", "uvloop", "httptools"),
+        _uvicorn,
+        "pip install 'uvicorn[standard]'",
+    ),
+    Peer(
+        "uvicorn+a2wsgi",
+        "uvicorn as above, a2wsgi's WSGIMiddleware around the WSGI app",
+        WSGI,
+        ("uvicorn", "uvloop", "httptools", "a2wsgi"),
+        _a2wsgi,
+        "pip install 'uvicorn[standard]' a2wsgi",
+        env=lambda spec: {A2WSGI_TARGET: spec.app},
+    ),
+    Peer(
+        "gunicorn",
+        f"gunicorn, gthread worker, 1 process, {PEER_THREADS} threads",
+        WSGI,
+        ("gunicorn",),
+        _gunicorn,
+        "pip install gunicorn",
+    ),
+    Peer(
+        "waitress",
+        f"waitress, {PEER_THREADS} threads (its default)",
+        WSGI,
+        ("waitress",),
+        _waitress,
+        "pip install waitress",
+    ),
+    Peer(
+        "granian",
+        "granian, 1 worker (Rust HTTP; uvloop for ASGI)",
+        BOTH,
+        ("granian",),
+        _granian,
+        "pip install granian",
+    ),
+    Peer(
+        "hypercorn",
+        "hypercorn, 1 worker, uvloop (buffers WSGI request bodies, 16 MiB at most)",
+        BOTH,
+        ("hypercorn", "uvloop"),
+        _hypercorn,
+        "pip install hypercorn",
+    ),
+    Peer(
+        "runserver",
+        "Django's manage.py runserver --noreload (threaded)",
+        WSGI,
+        ("django",),
+        _runserver,
+        "pip install django",
+        only=frozenset(("django",)),
+    ),
+)
+BY_NAME = {peer.name: peer for peer in PEERS}
+
+
+def module_installed(name: str) -> bool:
+    """Importable by this interpreter, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Discovery:
+    available: list[Peer]
+    # Each peer that is not installed, with the command that would install it.
+    missing: list[tuple[Peer, str]]
+
+
+def discover(
+    names: Sequence[str] | None = None, installed: Callable[[str], bool] = module_installed
+) -> Discovery:
+    """Which of `names` (default: every peer) can run here."""
+    chosen = [BY_NAME[name] for name in names] if names is not None else list(PEERS)
+    available: list[Peer] = []
+    missing: list[tuple[Peer, str]] = []
+    for peer in chosen:
+        absent = [module for module in peer.modules if not installed(module)]
+        if absent:
+            missing.append((peer, f"{', '.join(absent)} not installed ({peer.install})"))
+        else:
+            available.append(peer)
+    return Discovery(available, missing)
