@@ -10,15 +10,15 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 
 import pytest
+
+from tests.apps.procs import ServerProcess
 
 # The supervisor's first line: "aserve supervisor on http://127.0.0.1:PORT, watching DIR".
 SUPERVISOR_ON = r"aserve supervisor on http://127\.0\.0\.1:(\d+), watching "
@@ -155,63 +155,30 @@ def wait_gone(pids: set[int], timeout: float = WAIT) -> set[int]:
     return left
 
 
-class Reloader:
+class Reloader(ServerProcess):
     """`python -m aserve APP --reload --port 0` run in `project`; stderr lines collected."""
 
     def __init__(self, project: Path, *args: str, app: str = "app:app") -> None:
         # Bytecode caching on, as for a user: the test runner's environment turns it off.
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        command = [sys.executable, "-m", "aserve", app, "--reload", "--port", "0"]
-        command += ["--no-access-log", "--timeout-graceful-shutdown", "2", *args]
-        self.proc = subprocess.Popen(
-            command,
+        super().__init__(
+            app,
+            "--reload",
+            "--port",
+            "0",
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "2",
+            *args,
             cwd=project,
             env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
         )
-        self.lines: list[str] = []
         self.descendants: set[int] = set()
-        self._eof = False
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.port = int(self.wait_for(SUPERVISOR_ON).group(1))
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
+        self.port = int(self.wait_for(SUPERVISOR_ON, timeout=WAIT).group(1))
 
     @property
     def log(self) -> str:
-        with self._changed:
-            return "".join(self.lines)
-
-    def matches(self, pattern: str) -> list[re.Match[str]]:
-        with self._changed:
-            return [m for line in self.lines if (m := re.search(pattern, line))]
-
-    def wait_for(self, pattern: str, count: int = 1, timeout: float = WAIT) -> re.Match[str]:
-        """The `count`-th line matching `pattern`, waiting for it to be printed."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = [m for line in self.lines if (m := re.search(pattern, line))]
-                if len(found) >= count:
-                    return found[count - 1]
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    why = "exited" if self._eof else "timed out"
-                    raise AssertionError(f"{why} before {pattern!r} x{count}:\n{self.log}")
-                self._changed.wait(remaining)
+        return self.stderr
 
     def wait_ready(self, count: int = 1) -> int:
         """The pid of the `count`-th worker to get ready."""
@@ -229,11 +196,6 @@ class Reloader:
         for template in templates:
             self.descendants |= children(template)
 
-    def wait(self, timeout: float = WAIT) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5.0)
-        return code
-
     def close(self) -> None:
         if self.proc.poll() is None:
             self.track()
@@ -249,17 +211,6 @@ class Reloader:
         # Never leave a worker or template behind for the next test, whatever happened.
         for pid in wait_gone(self.descendants, 5.0):
             os.kill(pid, signal.SIGKILL)
-
-    def __enter__(self) -> Reloader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @pytest.fixture

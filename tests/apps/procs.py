@@ -7,9 +7,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = r"on http://127\.0\.0\.1:(\d+); quit"
@@ -35,11 +36,14 @@ class ServerProcess:
         *args: str,
         command: Sequence[str] | None = None,
         pass_fds: Sequence[int] = (),
+        cwd: Path = ROOT,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         argv = [*(command or [sys.executable, "-m", "aserve"]), *args]
         self.proc = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -48,7 +52,8 @@ class ServerProcess:
         )
         self.lines: list[str] = []
         self._eof = False
-        self._changed = threading.Condition()
+        # Reentrant: wait_for holds it while matches() takes it again.
+        self._changed = threading.Condition(threading.RLock())
         self._reader = threading.Thread(target=self._read, name="stderr-reader", daemon=True)
         self._reader.start()
 
@@ -67,22 +72,27 @@ class ServerProcess:
         with self._changed:
             return "".join(self.lines)
 
-    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        """The first stderr line matching `pattern`, waiting for it to be printed."""
+    def matches(self, pattern: str) -> list[re.Match[str]]:
+        """Every stderr line so far that matches `pattern`."""
         regex = re.compile(pattern)
+        with self._changed:
+            return [m for line in self.lines if (m := regex.search(line))]
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 15.0) -> re.Match[str]:
+        """The `count`-th stderr line matching `pattern`, waiting for it to be printed."""
         deadline = time.monotonic() + timeout
-        seen = 0
         with self._changed:
             while True:
-                for line in self.lines[seen:]:
-                    if match := regex.search(line):
-                        return match
-                seen = len(self.lines)
+                found = self.matches(pattern)
+                if len(found) >= count:
+                    return found[count - 1]
                 remaining = deadline - time.monotonic()
                 if self._eof or remaining <= 0:
                     why = "exited" if self._eof else "timed out"
                     text = "".join(self.lines)
-                    raise AssertionError(f"{why} before printing {pattern!r}; stderr:\n{text}")
+                    raise AssertionError(
+                        f"{why} before printing {pattern!r} x{count}; stderr:\n{text}"
+                    )
                 self._changed.wait(remaining)
 
     def wait_listening(self) -> int:
@@ -106,7 +116,7 @@ class ServerProcess:
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
