@@ -13,9 +13,6 @@ import contextlib
 import json
 import os
 import resource
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import soak  # benchmarks/soak.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -226,52 +225,9 @@ def server_figures(pid: int) -> dict[str, int]:
 def server(
     interface: str, cpu: int | None, extra: list[str], log_path: Path
 ) -> Iterator[tuple[int, int]]:
-    """aserve serving the apps of benchmarks/soak.py (their /hello) on a socket bound here."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((HOST, 0))
-    listener.listen(4096)
-    port = listener.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "aserve",
-        f"benchmarks.soak:{interface}_app",
-        "--fd",
-        str(listener.fileno()),
-        "--interface",
-        interface,
-        "--no-access-log",
-        *extra,
-    ]
-    if cpu is not None and shutil.which("taskset"):
-        command = ["taskset", "-c", str(cpu), *command]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=log, stderr=log, pass_fds=(listener.fileno(),)
-        )
-    listener.close()
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"the server exited with code {process.returncode}")
-            # The socket is bound here, so a connect succeeds before the server runs: ask.
-            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1) as sock:
-                sock.sendall(b"GET /hello HTTP/1.1\r\nHost: ready\r\nConnection: close\r\n\r\n")
-                if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not accept within 20 s")
-            time.sleep(0.1)
-        yield process.pid, port
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    """aserve serving the apps of benchmarks/soak.py (their /hello): (pid, port)."""
+    with log_path.open("wb") as log, soak.server(interface, cpu, log, extra) as ready:
+        yield ready
 
 
 def start_trickler(args: argparse.Namespace, port: int) -> subprocess.Popen[str]:

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -189,8 +189,16 @@ async def sample(pid: int, port: int, label: str, seconds: float, requests: int)
 
 
 @contextlib.contextmanager
-def server(interface: str, cpu: int | None, log: IO[bytes]) -> Iterator[tuple[int, int]]:
-    """An aserve process serving this module's app on a socket bound here: (pid, port)."""
+def server(
+    interface: str,
+    cpu: int | None,
+    log: IO[bytes],
+    extra: Sequence[str] = ("--timeout-graceful-shutdown", "5"),
+) -> Iterator[tuple[int, int]]:
+    """An aserve process serving this module's app on a socket bound here: (pid, port).
+
+    `extra` are more aserve options; benchmarks/slowloris.py serves the same apps through it.
+    """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((HOST, 0))
     listener.listen(2048)
@@ -205,8 +213,7 @@ def server(interface: str, cpu: int | None, log: IO[bytes]) -> Iterator[tuple[in
         "--interface",
         interface,
         "--no-access-log",
-        "--timeout-graceful-shutdown",
-        "5",
+        *extra,
     ]
     if cpu is not None and shutil.which("taskset"):
         command = ["taskset", "-c", str(cpu), *command]
