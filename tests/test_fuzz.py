@@ -28,6 +28,7 @@ from aserve.http11 import (
     ProtocolFailure,
     Request,
 )
+from tests.http11_events import Summary, summary
 
 _LONG_RUN = int(os.environ.get("ASERVE_FUZZ_EXAMPLES", "0") or "0")
 FUZZ = settings(
@@ -43,7 +44,6 @@ DEFAULTS = b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\nserver: aserve\r\n"
 
 Respond = Literal["at_end", "at_request"]
 ResponseKind = Literal["length", "chunked", "empty"]
-Summary = tuple[object, ...]
 
 # -- the grammar the strictness checks hold every reported request to (RFC 9110, 9112) -------
 
@@ -140,32 +140,7 @@ class Drive:
 
     def summary(self) -> list[Summary]:
         """Comparable tuples; adjacent Data pieces are joined (their split is free)."""
-        out: list[Summary] = []
-        for event in self.events:
-            if isinstance(event, Request):
-                out.append(
-                    (
-                        "request",
-                        event.method,
-                        event.target,
-                        event.http_version,
-                        tuple(event.headers),
-                        event.keep_alive,
-                        event.expect_continue,
-                    )
-                )
-            elif isinstance(event, Data):
-                if out and out[-1][0] == "data":
-                    previous = out[-1][1]
-                    assert isinstance(previous, bytes)
-                    out[-1] = ("data", previous + event.data)
-                else:
-                    out.append(("data", event.data))
-            elif isinstance(event, EndOfMessage):
-                out.append(("end",))
-            else:
-                out.append(("failure", event.status, event.respond))
-        return out
+        return summary(self.events)
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -19,56 +19,12 @@ from aserve.http11 import (
     status_line,
 )
 from aserve.types import Headers
+from tests.http11_events import Summary, feed, pull, summary
 
 DEFAULTS = b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\nserver: aserve\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-Summary = tuple[object, ...]
-
-
 # -- helpers -------------------------------------------------------------------------------
-
-
-def pull(conn: Connection) -> list[Event]:
-    """Every event ready now."""
-    events: list[Event] = []
-    while (event := conn.next_event()) is not None:
-        events.append(event)
-    return events
-
-
-def feed(conn: Connection, data: bytes) -> list[Event]:
-    conn.receive_data(data)
-    return pull(conn)
-
-
-def summary(events: list[Event]) -> list[Summary]:
-    """Comparable tuples for events; adjacent Data pieces are joined (their split is free)."""
-    out: list[Summary] = []
-    for event in events:
-        if isinstance(event, Request):
-            out.append(
-                (
-                    "request",
-                    event.method,
-                    event.target,
-                    event.http_version,
-                    tuple(event.headers),
-                    event.keep_alive,
-                    event.expect_continue,
-                )
-            )
-        elif isinstance(event, Data):
-            previous = out[-1] if out else ()
-            if previous[:1] == ("data",) and isinstance(previous[1], bytes):
-                out[-1] = ("data", previous[1] + event.data)
-            else:
-                out.append(("data", event.data))
-        elif isinstance(event, EndOfMessage):
-            out.append(("end",))
-        else:
-            out.append(("failure", event.status, event.respond))
-    return out
 
 
 def only_request(events: list[Event]) -> Request:
