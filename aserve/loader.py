@@ -100,8 +100,7 @@ def detect_interface(app: Any) -> Kind | None:
         # A class as the app: ASGI 2 instantiates it with (scope), WSGI with (environ, start).
         arity = _positional_arity(app)
         return _CLASS_ARITY.get(arity) if arity is not None else None
-    call = app if inspect.isroutine(app) else type(app).__call__
-    if inspect.iscoroutinefunction(inspect.unwrap(call)) or inspect.iscoroutinefunction(app):
+    if _is_async_callable(app) or inspect.iscoroutinefunction(app):
         return "asgi"
     arity = _positional_arity(app)
     if arity is None:
@@ -111,6 +110,7 @@ def detect_interface(app: Any) -> Kind | None:
 
 
 def _is_async_callable(app: Any) -> bool:
+    """The function or `__call__` behind `app`, unwrapped, is a coroutine function."""
     call = app if inspect.isroutine(app) else type(app).__call__
     return inspect.iscoroutinefunction(inspect.unwrap(call))
 

@@ -27,6 +27,7 @@ from watchfiles import awatch
 
 from aserve.config import Config
 from aserve.errorpage import error_app
+from aserve.errors import ConfigError
 from aserve.loader import LoadedApp
 from aserve.logs import configure
 from aserve.server import Server, bind_socket, loop_factory
@@ -201,8 +202,6 @@ class Supervisor:
         configure(self.config.log_level)
         for root in self.roots:
             if not root.is_dir():
-                from aserve.errors import ConfigError
-
                 raise ConfigError(f"--reload-dir {root} is not a directory")
         sock = bind_socket(self.config)
         sock.set_inheritable(True)
