@@ -327,7 +327,7 @@ class Supervisor:
     async def _show_error(self, title: str, summary: str, details: str) -> None:
         await self._hide_error()
         page = LoadedApp(kind="asgi", app=error_app(title, summary, details), name="error page")
-        server = Server(page, self.config.replace(lifespan="off"))
+        server = Server(page, self.config.replace(lifespan="off", tune_gc=False))
         self._error_server = server
         self._error_task = asyncio.create_task(
             server.serve([self.sock.dup()], handle_signals=False)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import json
+import os
 import sys
 import threading
 import time
@@ -35,6 +38,15 @@ def _app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[by
     if path == "/headers":
         lines = sorted(f"{key}={value}" for key, value in environ.items() if key[:5] == "HTTP_")
         return _respond(start_response, "\n".join(lines).encode("latin-1"))
+    if path == "/runtime":
+        # How the process and the thread serving this request are set up.
+        state = {
+            "gc_threshold": list(gc.get_threshold()),
+            "gc_frozen": gc.get_freeze_count(),
+            "gc_enabled": gc.isenabled(),
+            "sched_batch": os.sched_getscheduler(0) == os.SCHED_BATCH,
+        }
+        return _respond(start_response, json.dumps(state).encode())
     return _respond(start_response, b"hello")
 
 
