@@ -108,6 +108,13 @@ _PHRASES = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _PHRASES.items()}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
+# Response field names that response_head() treats specially; every other field is copied.
+_SPECIAL_FIELDS = frozenset((*_FRAMING_FIELDS, b"connection", b"server", b"date"))
+# Response fields already validated and formatted, by (name, value), for the fields copied as
+# they are: apps send the same few over and over (Content-Type, Vary...), and one dict lookup
+# costs a fifth of the checks. Bounded: once full, new fields are only checked.
+_KNOWN_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_KNOWN_LINES_MAX = 4096
 
 
 def status_line(status: int, reason: bytes | None = None) -> bytes:
@@ -268,7 +275,7 @@ class Connection:
         if not events:
             return None
         event = events[0]
-        if isinstance(event, Request):
+        if type(event) is Request:
             if self.request is not None:
                 # Still in the previous cycle until `start_next_cycle()`, whose verdict on
                 # keep-alive the next request must not overwrite.
@@ -277,7 +284,7 @@ class Connection:
             self._queued -= 1
             self._begin_cycle(event)
             return event
-        if isinstance(event, ProtocolFailure) and self.request is not None and self._request_done:
+        if type(event) is ProtocolFailure and self.request is not None and self._request_done:
             # The failure is in a later pipelined message: answer the current request first.
             return None
         events.popleft()
@@ -287,12 +294,10 @@ class Connection:
 
     @property
     def has_queued_request(self) -> bool:
-        """A pipelined request is parsed and waiting for the current response to finish."""
-        return (
-            bool(self._events)
-            and self.response_pending
-            and any(type(e) in (Request, ProtocolFailure) for e in self._events)
-        )
+        """A pipelined request (or a failure) is parsed and waits for the current response."""
+        # A failure is always the last event queued (parsing stops there), so while `_broken`
+        # with events left, it is among them.
+        return self.response_pending and (self._queued > 0 or self._broken) and bool(self._events)
 
     # httptools callbacks ----------------------------------------------------------------
 
@@ -475,12 +480,26 @@ class Connection:
         replaced: list[bytes] = []
         lines = [status_line(status, reason)]
         append = lines.append
+        cache = _KNOWN_LINES
         for name, value in headers:
+            try:
+                line = cache.get((name, value))
+            except TypeError:  # unhashable (a bytearray): checked like a new field below
+                line = None
+            if line is not None:
+                append(line)
+                continue
             if _TOKEN.fullmatch(name) is None:
                 raise AppProtocolError(f"invalid response header name {name!r}")
             if _FORBIDDEN_IN_VALUE.search(value) is not None:
                 raise AppProtocolError(f"invalid response header value {value!r}")
-            lname = name.lower()
+            lname = bytes(name).lower()
+            if lname not in _SPECIAL_FIELDS:
+                line = b"%s: %s\r\n" % (name, value)
+                if type(name) is bytes and type(value) is bytes and len(cache) < _KNOWN_LINES_MAX:
+                    cache[name, value] = line
+                append(line)
+                continue
             if lname in _FRAMING_FIELDS and not (status >= 200 and status != 204):
                 # RFC 9110 §8.6, RFC 9112 §6.1: never in a 1xx or 204 response.
                 continue

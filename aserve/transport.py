@@ -466,20 +466,20 @@ class HttpProtocol(asyncio.Protocol):
             event = conn.next_event()
             if event is None:
                 break
-            if isinstance(event, Data):
+            if type(event) is Request:
+                self._start_cycle(event)
+            elif type(event) is Data:
                 cycle = self.cycle
                 if cycle is not None:
                     self._body_wait_since = None
                     if cycle.body.feed(event.data, self.state.flow_buffer):
                         self._pause_reading()
-            elif isinstance(event, Request):
-                self._start_cycle(event)
-            elif isinstance(event, EndOfMessage):
+            elif type(event) is EndOfMessage:
                 if self.cycle is not None:
                     self._body_wait_since = None
                     self.cycle.body.finish()
             else:
-                self._protocol_failure(event)
+                self._protocol_failure(cast(ProtocolFailure, event))
                 return
         if not self._pipeline_paused and conn.has_queued_request:
             self._pipeline_paused = True

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 from http import HTTPStatus
+from typing import cast
 
 import pytest
 
+from aserve import http11
 from aserve.errors import AppProtocolError
 from aserve.http11 import (
     Connection,
@@ -534,6 +536,45 @@ def test_invalid_response_header_is_refused(bad: tuple[bytes, bytes]) -> None:
     assert conn.response_head(500, [(b"content-length", b"0")], DEFAULTS).startswith(
         b"HTTP/1.1 500 Internal Server Error\r\n"
     )
+
+
+def test_repeated_fields_are_validated_every_time_they_differ() -> None:
+    # Valid fields are remembered (see _KNOWN_LINES); a field that differs only in its value
+    # or in the case of its name is a new field and is checked afresh.
+    for _ in range(3):
+        conn = Connection()
+        feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        head = conn.response_head(200, [(b"X-Seen", b"v"), (b"content-length", b"0")], DEFAULTS)
+        assert b"\r\nX-Seen: v\r\n" in head
+    for bad in [(b"X-Seen", b"v\r\nx-injected: 1"), (b"X-Seen ", b"v"), (b"X-Seen", b"v\x00")]:
+        conn = Connection()
+        feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        with pytest.raises(AppProtocolError):
+            conn.response_head(200, [bad], DEFAULTS)
+
+
+def test_bytearray_and_memo_overflow_fields_are_still_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http11, "_KNOWN_LINES", {})
+    monkeypatch.setattr(http11, "_KNOWN_LINES_MAX", 1)
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    fields = [
+        (bytearray(b"x-array"), bytearray(b"1")),  # unhashable: never remembered
+        (b"x-first", b"1"),  # fills the memo
+        (b"x-second", b"2"),  # beyond it: checked and sent, not remembered
+        (b"content-length", b"0"),
+    ]
+    head = conn.response_head(200, cast(Headers, fields), DEFAULTS)
+    assert b"\r\nx-array: 1\r\nx-first: 1\r\nx-second: 2\r\n" in head
+    assert http11._KNOWN_LINES == {(b"x-first", b"1"): b"x-first: 1\r\n"}
+    conn = Connection()
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    with pytest.raises(AppProtocolError):
+        conn.response_head(200, [(b"x-second", b"2\n")], DEFAULTS)
+    with pytest.raises(AppProtocolError):
+        conn.response_head(200, cast(Headers, [(bytearray(b"x array"), b"1")]), DEFAULTS)
 
 
 def test_both_content_length_and_chunked_is_refused() -> None:
