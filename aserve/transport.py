@@ -184,24 +184,30 @@ class RequestBody:
 
     def take(self, *, from_thread: bool) -> bytes:
         """Everything buffered (b"" when nothing is); asks for more from the socket."""
+        chunks = self.take_chunks(from_thread=from_thread)
+        if not chunks:
+            return b""
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def take_chunks(self, *, from_thread: bool) -> list[bytes]:
+        """Everything buffered, as received (no bytes joined); asks for more from the socket."""
         with self._lock:
             if self._size:
-                chunks = self._chunks
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
+                chunks = list(self._chunks)
+                self._chunks.clear()
                 self._size = 0
             else:
-                data = b""
+                chunks = []
             resume = self.paused
             self.paused = False
             more_wanted = not (self.complete or self.disconnected)
-        if resume or (not data and more_wanted):
+        if resume or (not chunks and more_wanted):
             protocol = self._protocol
             if from_thread:
                 protocol.state.loop.call_soon_threadsafe(protocol.body_wanted)
             else:
                 protocol.body_wanted()
-        return data
+        return chunks
 
     @property
     def has_data(self) -> bool:

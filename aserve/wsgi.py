@@ -47,23 +47,28 @@ class InputStream:
     """`wsgi.input`: reads the request body from the socket as the app asks for it.
 
     At most the flow-control buffer is held in memory: the loop stops reading the socket
-    until the app has taken what is buffered.
+    until the app has taken what is buffered. Bytes are kept as received (a list of chunks
+    and an offset into the first), so a read copies each byte once: a read that matches a
+    chunk returns it as it is, and no buffer is grown or shifted.
     """
 
     def __init__(self, body: RequestBody) -> None:
         self._body = body
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._offset = 0  # into self._chunks[0]
+        self._size = 0  # bytes buffered, from the offset on
         self._eof = False
 
     def _fill(self) -> bool:
-        """Append more body to the buffer; False at the end of the body."""
+        """Buffer more of the body; False at the end of the body."""
         if self._eof:
             return False
         body = self._body
         while True:
-            data = body.take(from_thread=True)
-            if data:
-                self._buf += data
+            chunks = body.take_chunks(from_thread=True)
+            if chunks:
+                self._chunks += chunks
+                self._size += sum(map(len, chunks))
                 return True
             if body.complete:
                 self._eof = True
@@ -73,31 +78,77 @@ class InputStream:
             body.wait_blocking()
 
     def _pop(self, size: int) -> bytes:
-        buf = self._buf
-        data = bytes(buf[:size])
-        del buf[:size]
-        return data
+        """The next `size` buffered bytes (all of them if fewer are buffered)."""
+        chunks = self._chunks
+        if not chunks or size <= 0:
+            return b""
+        offset = self._offset
+        first = chunks[0]
+        available = len(first) - offset
+        if size < available:
+            self._offset = offset + size
+            self._size -= size
+            return first[offset : offset + size]
+        if size == available or len(chunks) == 1:
+            del chunks[0]
+            self._offset = 0
+            self._size -= available
+            return first[offset:] if offset else first
+        pieces = [first[offset:] if offset else first]
+        taken = available
+        index = 1
+        while index < len(chunks) and taken + len(chunks[index]) <= size:
+            pieces.append(chunks[index])
+            taken += len(chunks[index])
+            index += 1
+        self._offset = 0
+        if taken < size and index < len(chunks):
+            part = size - taken
+            pieces.append(chunks[index][:part])
+            self._offset = part
+            taken = size
+        del chunks[:index]
+        self._size -= taken
+        return b"".join(pieces)
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             while self._fill():
                 pass
-            return self._pop(len(self._buf))
-        while len(self._buf) < size and self._fill():
+            return self._pop(self._size)
+        while self._size < size and self._fill():
             pass
         return self._pop(size)
+
+    def _find_newline(self, start: int) -> int:
+        """Position of the first LF at or after `start` in the buffered bytes, or -1."""
+        skip = start
+        position = 0
+        offset = self._offset
+        for chunk in self._chunks:
+            length = len(chunk) - offset
+            if skip < length:
+                found = chunk.find(b"\n", offset + skip)
+                if found != -1:
+                    return position + found - offset
+                skip = 0
+            else:
+                skip -= length
+            position += length
+            offset = 0
+        return -1
 
     def readline(self, size: int | None = -1) -> bytes:
         limit = -1 if size is None else size
         start = 0
         while True:
-            end = self._buf.find(b"\n", start)
+            end = self._find_newline(start)
             if end != -1:
                 end += 1
                 break
-            start = len(self._buf)
+            start = self._size
             if 0 <= limit <= start or not self._fill():
-                end = len(self._buf)
+                end = self._size
                 break
         if 0 <= limit < end:
             end = limit
