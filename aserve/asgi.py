@@ -37,6 +37,48 @@ def decode_path(raw_path: bytes) -> str:
     return unquote(text) if "%" in text else text
 
 
+# Request targets seen lately, parsed: a development server sees the same few URLs over and
+# over. Bounded: emptied when full.
+_TARGETS: dict[bytes, tuple[bytes, bytes, str]] = {}
+_TARGETS_MAX = 1024
+
+
+def parse_target(target: bytes) -> tuple[bytes, bytes, str]:
+    """Raw path, query string and decoded path of a request target."""
+    parsed = _TARGETS.get(target)
+    if parsed is None:
+        raw_path, query = split_target(target)
+        parsed = (raw_path, query, decode_path(raw_path))
+        if len(_TARGETS) >= _TARGETS_MAX:
+            _TARGETS.clear()
+        _TARGETS[target] = parsed
+    return parsed
+
+
+class _HeadFlusher:
+    """Writes, once per loop iteration, the response heads still waiting for body bytes.
+
+    A head is held back so that it goes out in one write with the body the app sends next;
+    if the app awaits something else first, the head must not wait for it.
+    """
+
+    __slots__ = ("loop", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[Cycle] = []
+
+    def add(self, cycle: Cycle) -> None:
+        if not self.pending:
+            self.loop.call_soon(self._flush)
+        self.pending.append(cycle)
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for cycle in pending:
+            cycle.flush()
+
+
 class ASGIRunner:
     """Runs each request of an ASGI 3 app as a task in a fresh context."""
 
@@ -46,10 +88,11 @@ class ASGIRunner:
         self.state: dict[str, Any] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._context = contextvars.copy_context()
+        self._flusher = _HeadFlusher(loop)
 
     def handle(self, cycle: Cycle) -> None:
         request = cycle.request
-        raw_path, query = split_target(request.target)
+        raw_path, query, path = parse_target(request.target)
         root_path = cycle.root_path
         scope: Scope = {
             "type": "http",
@@ -60,25 +103,25 @@ class ASGIRunner:
             "scheme": cycle.scheme,
             "method": request.method.decode("ascii"),
             "root_path": root_path,
-            "path": root_path + decode_path(raw_path),
+            "path": root_path + path if root_path else path,
             "raw_path": root_path.encode("latin-1") + raw_path if root_path else raw_path,
             "query_string": query,
             "headers": request.headers,
             "state": self.state.copy(),
         }
         task = self.loop.create_task(
-            _HTTPCycle(cycle, self.loop).run(self.app, scope), context=self._context.copy()
+            _HTTPCycle(cycle, self._flusher).run(self.app, scope), context=self._context.copy()
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
 
 class _HTTPCycle:
-    __slots__ = ("body_done", "complete", "cycle", "disconnect_seen", "loop", "started")
+    __slots__ = ("body_done", "complete", "cycle", "disconnect_seen", "flusher", "started")
 
-    def __init__(self, cycle: Cycle, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, cycle: Cycle, flusher: _HeadFlusher) -> None:
         self.cycle = cycle
-        self.loop = loop
+        self.flusher = flusher
         self.started = False
         self.complete = False
         self.body_done = False
@@ -160,12 +203,12 @@ class _HTTPCycle:
                 raise AppProtocolError(f"invalid http.response.start: {exc}") from exc
             self.started = True
             # Coalesce the head with the body the app sends next; flush it if none comes soon.
-            self.loop.call_soon(cycle.flush)
+            self.flusher.add(cycle)
         else:
             raise AppProtocolError(f"unexpected ASGI message type {kind!r}")
 
     async def _drain(self) -> None:
-        future: asyncio.Future[None] = self.loop.create_future()
+        future: asyncio.Future[None] = self.flusher.loop.create_future()
 
         def writable() -> None:
             if not future.done():

@@ -115,6 +115,8 @@ _SPECIAL_FIELDS = frozenset((*_FRAMING_FIELDS, b"connection", b"server", b"date"
 # costs a fifth of the checks. Bounded: once full, new fields are only checked.
 _KNOWN_LINES: dict[tuple[bytes, bytes], bytes] = {}
 _KNOWN_LINES_MAX = 4096
+# Content-Length as apps spell it: its value differs per response, so it is never memoised.
+_LENGTH_NAMES = frozenset((b"content-length", b"Content-Length", b"Content-length"))
 
 
 def status_line(status: int, reason: bytes | None = None) -> bytes:
@@ -488,6 +490,17 @@ class Connection:
                 line = None
             if line is not None:
                 append(line)
+                continue
+            # Content-Length of ASCII digits only: nothing else to check.
+            if (
+                type(name) is bytes
+                and name in _LENGTH_NAMES
+                and type(value) is bytes
+                and value.isdigit()
+            ):
+                if status >= 200 and status != 204:  # else dropped, see below
+                    content_length = int(value)
+                    append(b"%s: %s\r\n" % (name, value))
                 continue
             if _TOKEN.fullmatch(name) is None:
                 raise AppProtocolError(f"invalid response header name {name!r}")

@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from aserve.asgi import split_target
+from aserve import asgi
+from aserve.asgi import parse_target, split_target
 from aserve.errors import ClientDisconnected
 from aserve.types import Message, Receive, Scope, Send
 from tests.conftest import LogRecords, ServeFactory, raw_exchange, running
@@ -468,6 +469,28 @@ def test_streaming_body_reaches_the_client_before_the_app_finishes(serve: ServeF
         assert reader.until(b"0\r\n\r\n") == b"6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n"
 
 
+def test_head_goes_out_while_the_app_awaits_before_its_body(serve: ServeFactory) -> None:
+    # The head waits to share a write with the body, but not for whatever the app awaits.
+    body_now = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await wait_for(body_now)
+        await send({"type": "http.response.body", "body": b"late"})
+
+    server = serve(app)
+    with connect(server.port) as (sock, reader):
+        for _ in range(2):  # and again on the same connection
+            sock.sendall(request())
+            head = reader.until(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            body_now.set()
+            assert reader.until(b"0\r\n\r\n") == b"4\r\nlate\r\n0\r\n\r\n"
+            body_now.clear()
+
+
 def test_head_response_has_headers_but_no_body(serve: ServeFactory) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -889,3 +912,14 @@ def test_example_upload_reports_size_and_sha256(
 )
 def test_split_target(target: bytes, expected: tuple[bytes, bytes]) -> None:
     assert split_target(target) == expected
+
+
+def test_parsed_targets_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asgi, "_TARGETS", {})
+    monkeypatch.setattr(asgi, "_TARGETS_MAX", 2)
+    assert parse_target(b"/caf%C3%A9?x=%20") == (b"/caf%C3%A9", b"x=%20", "/caf\u00e9")
+    assert parse_target(b"/caf%C3%A9?x=%20") is parse_target(b"/caf%C3%A9?x=%20")
+    parse_target(b"/b")
+    assert len(asgi._TARGETS) == 2
+    assert parse_target(b"http://h/c?d") == (b"/c", b"d", "/c")  # the memo was full: emptied
+    assert list(asgi._TARGETS) == [b"http://h/c?d"]
