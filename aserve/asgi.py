@@ -39,19 +39,19 @@ def decode_path(raw_path: bytes) -> str:
 
 # Request targets seen lately, parsed: a development server sees the same few URLs over and
 # over. Bounded: emptied when full.
-_TARGETS: dict[bytes, tuple[bytes, bytes, str]] = {}
-_TARGETS_MAX = 1024
+TargetMemo = dict[bytes, tuple[bytes, bytes, str]]
+TARGET_MEMO_MAX = 1024
 
 
-def parse_target(target: bytes) -> tuple[bytes, bytes, str]:
+def parse_target(target: bytes, memo: TargetMemo) -> tuple[bytes, bytes, str]:
     """Raw path, query string and decoded path of a request target."""
-    parsed = _TARGETS.get(target)
+    parsed = memo.get(target)
     if parsed is None:
         raw_path, query = split_target(target)
         parsed = (raw_path, query, decode_path(raw_path))
-        if len(_TARGETS) >= _TARGETS_MAX:
-            _TARGETS.clear()
-        _TARGETS[target] = parsed
+        if len(memo) >= TARGET_MEMO_MAX:
+            memo.clear()
+        memo[target] = parsed
     return parsed
 
 
@@ -89,10 +89,11 @@ class ASGIRunner:
         self.tasks: set[asyncio.Task[None]] = set()
         self._context = contextvars.copy_context()
         self._flusher = _HeadFlusher(loop)
+        self._targets: TargetMemo = {}
 
     def handle(self, cycle: Cycle) -> None:
         request = cycle.request
-        raw_path, query, path = parse_target(request.target)
+        raw_path, query, path = parse_target(request.target, self._targets)
         root_path = cycle.root_path
         scope: Scope = {
             "type": "http",

@@ -113,8 +113,8 @@ _SPECIAL_FIELDS = frozenset((*_FRAMING_FIELDS, b"connection", b"server", b"date"
 # Response fields already validated and formatted, by (name, value), for the fields copied as
 # they are: apps send the same few over and over (Content-Type, Vary...), and one dict lookup
 # costs a fifth of the checks. Bounded: once full, new fields are only checked.
-_KNOWN_LINES: dict[tuple[bytes, bytes], bytes] = {}
-_KNOWN_LINES_MAX = 4096
+FieldMemo = dict[tuple[bytes, bytes], bytes]
+FIELD_MEMO_MAX = 4096
 # Content-Length as apps spell it: its value differs per response, so it is never memoised.
 _LENGTH_NAMES = frozenset((b"content-length", b"Content-Length", b"Content-length"))
 
@@ -148,8 +148,10 @@ class Connection:
     None at it; `start_next_cycle()` after the response releases it.
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, field_memo: FieldMemo | None = None) -> None:
         self.limits = limits or Limits()
+        # See FieldMemo: a server shares one among its connections.
+        self._field_memo: FieldMemo = {} if field_memo is None else field_memo
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[Event] = deque()
         self._broken = False
@@ -482,7 +484,7 @@ class Connection:
         replaced: list[bytes] = []
         lines = [status_line(status, reason)]
         append = lines.append
-        cache = _KNOWN_LINES
+        cache = self._field_memo
         for name, value in headers:
             try:
                 line = cache.get((name, value))
@@ -509,7 +511,7 @@ class Connection:
             lname = bytes(name).lower()
             if lname not in _SPECIAL_FIELDS:
                 line = b"%s: %s\r\n" % (name, value)
-                if type(name) is bytes and type(value) is bytes and len(cache) < _KNOWN_LINES_MAX:
+                if type(name) is bytes and type(value) is bytes and len(cache) < FIELD_MEMO_MAX:
                     cache[name, value] = line
                 append(line)
                 continue

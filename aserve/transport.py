@@ -19,6 +19,7 @@ from aserve.http11 import (
     Connection,
     Data,
     EndOfMessage,
+    FieldMemo,
     Limits,
     ProtocolFailure,
     Request,
@@ -53,6 +54,7 @@ class ServerState:
         "body_timeout",
         "connections",
         "default_headers",
+        "field_memo",
         "flow_buffer",
         "head_timeout",
         "idle",
@@ -97,6 +99,8 @@ class ServerState:
         self.lingering = 0
         # Date and Server lines, refreshed once a second by the server.
         self.default_headers = b"server: aserve\r\n"
+        # Response fields its connections have validated (see http11.FieldMemo).
+        self.field_memo: FieldMemo = {}
 
     def admit(self) -> bool:
         """Whether a new connection may be served under `limit_concurrency`.
@@ -360,7 +364,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.conn = Connection(state.limits)
+        self.conn = Connection(state.limits, state.field_memo)
         self.transport: asyncio.Transport | None = None
         self.cycle: Cycle | None = None
         self.client: tuple[str, int] | None = None

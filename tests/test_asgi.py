@@ -915,11 +915,11 @@ def test_split_target(target: bytes, expected: tuple[bytes, bytes]) -> None:
 
 
 def test_parsed_targets_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(asgi, "_TARGETS", {})
-    monkeypatch.setattr(asgi, "_TARGETS_MAX", 2)
-    assert parse_target(b"/caf%C3%A9?x=%20") == (b"/caf%C3%A9", b"x=%20", "/caf\u00e9")
-    assert parse_target(b"/caf%C3%A9?x=%20") is parse_target(b"/caf%C3%A9?x=%20")
-    parse_target(b"/b")
-    assert len(asgi._TARGETS) == 2
-    assert parse_target(b"http://h/c?d") == (b"/c", b"d", "/c")  # the memo was full: emptied
-    assert list(asgi._TARGETS) == [b"http://h/c?d"]
+    monkeypatch.setattr(asgi, "TARGET_MEMO_MAX", 2)
+    memo: asgi.TargetMemo = {}
+    assert parse_target(b"/caf%C3%A9?x=%20", memo) == (b"/caf%C3%A9", b"x=%20", "/caf\u00e9")
+    assert parse_target(b"/caf%C3%A9?x=%20", memo) is parse_target(b"/caf%C3%A9?x=%20", memo)
+    parse_target(b"/b", memo)
+    assert len(memo) == 2
+    assert parse_target(b"http://h/c?d", memo) == (b"/c", b"d", "/c")  # full: emptied first
+    assert list(memo) == [b"http://h/c?d"]

@@ -539,15 +539,17 @@ def test_invalid_response_header_is_refused(bad: tuple[bytes, bytes]) -> None:
 
 
 def test_repeated_fields_are_validated_every_time_they_differ() -> None:
-    # Valid fields are remembered (see _KNOWN_LINES); a field that differs only in its value
-    # or in the case of its name is a new field and is checked afresh.
+    # Valid fields are remembered (see FieldMemo), here across connections as in a server; a
+    # field that differs only in its value or in the case of its name is checked afresh.
+    memo: http11.FieldMemo = {}
     for _ in range(3):
-        conn = Connection()
+        conn = Connection(field_memo=memo)
         feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         head = conn.response_head(200, [(b"X-Seen", b"v"), (b"content-length", b"0")], DEFAULTS)
         assert b"\r\nX-Seen: v\r\n" in head
+    assert memo == {(b"X-Seen", b"v"): b"X-Seen: v\r\n"}
     for bad in [(b"X-Seen", b"v\r\nx-injected: 1"), (b"X-Seen ", b"v"), (b"X-Seen", b"v\x00")]:
-        conn = Connection()
+        conn = Connection(field_memo=memo)
         feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         with pytest.raises(AppProtocolError):
             conn.response_head(200, [bad], DEFAULTS)
@@ -556,9 +558,9 @@ def test_repeated_fields_are_validated_every_time_they_differ() -> None:
 def test_bytearray_and_memo_overflow_fields_are_still_checked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(http11, "_KNOWN_LINES", {})
-    monkeypatch.setattr(http11, "_KNOWN_LINES_MAX", 1)
-    conn = Connection()
+    monkeypatch.setattr(http11, "FIELD_MEMO_MAX", 1)
+    memo: http11.FieldMemo = {}
+    conn = Connection(field_memo=memo)
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     fields = [
         (bytearray(b"x-array"), bytearray(b"1")),  # unhashable: never remembered
@@ -568,8 +570,8 @@ def test_bytearray_and_memo_overflow_fields_are_still_checked(
     ]
     head = conn.response_head(200, cast(Headers, fields), DEFAULTS)
     assert b"\r\nx-array: 1\r\nx-first: 1\r\nx-second: 2\r\n" in head
-    assert http11._KNOWN_LINES == {(b"x-first", b"1"): b"x-first: 1\r\n"}
-    conn = Connection()
+    assert memo == {(b"x-first", b"1"): b"x-first: 1\r\n"}
+    conn = Connection(field_memo=memo)
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     with pytest.raises(AppProtocolError):
         conn.response_head(200, [(b"x-second", b"2\n")], DEFAULTS)
