@@ -1,0 +1,100 @@
+"""The ASGI request path in one process, without sockets: HttpProtocol fed GET requests on
+50 keep-alive connections, answered by the hello app, the response writes discarded.
+
+    python benchmarks/hotpath.py 200000              # microseconds per request
+    valgrind --tool=callgrind python benchmarks/hotpath.py 5000    # then 25000: the difference
+                                                     # of the two totals / 20000 = instructions
+                                                     # per request, repeatable on a busy machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any, cast
+
+import uvloop
+
+from aserve.asgi import ASGIRunner
+from aserve.bench.apps import hello_asgi
+from aserve.http11 import Limits
+from aserve.transport import HttpProtocol, ServerState
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+class NullTransport:
+    """Just enough of asyncio.Transport for HttpProtocol; counts the writes."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.closing = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closing = True
+
+
+async def run(requests: int, connections: int) -> float:
+    """Microseconds per request."""
+    loop = asyncio.get_running_loop()
+    state = ServerState(
+        loop,
+        ASGIRunner(hello_asgi, loop),
+        limits=Limits(),
+        flow_buffer=65536,
+        keep_alive_timeout=5.0,
+        root_path="",
+        access_log=None,
+    )
+    pairs = []
+    for _ in range(connections):
+        protocol, transport = HttpProtocol(state), NullTransport()
+        protocol.connection_made(cast(asyncio.Transport, transport))
+        pairs.append((protocol, transport))
+    rounds = max(1, requests // connections)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for protocol, _ in pairs:
+            protocol.data_received(REQUEST)
+        await asyncio.sleep(0)  # the request tasks run
+        await asyncio.sleep(0)  # the head flusher runs
+    elapsed = time.perf_counter() - started
+    answered = sum(transport.writes for _, transport in pairs)
+    if answered != rounds * connections:
+        raise SystemExit(f"{answered} responses to {rounds * connections} requests")
+    return elapsed / answered * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("requests", type=int, nargs="?", default=200_000)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    per_request = uvloop.run(run(args.requests, args.connections))
+    print(f"{per_request:.2f} us per request")
+
+
+if __name__ == "__main__":
+    main()
