@@ -131,13 +131,13 @@ class Config:
         "Unread request body read and discarded after a response to keep the connection.",
         metavar="BYTES",
     )
-    # With hundreds of requests in flight, Python's young-generation threshold (700 allocations)
-    # promotes live request objects to the older generations and makes full collections of the
-    # whole heap frequent: at 1000 connections that cost aserve ~15% of its requests/s.
+    # With hundreds of requests in flight, full collections walk the whole heap (modules, the
+    # app) over and over, and Python's young-generation threshold (700 allocations) promotes
+    # live request objects: at 1000 connections that cost aserve ~15% of its requests/s.
     tune_gc: bool = setting(
         True,
         "Once the app is loaded, exempt what exists then from garbage collection (gc.freeze) "
-        "and collect the young generation every 50,000 allocations instead of 700, unless the "
+        "and collect the young generation every 5,000 allocations instead of 700, unless the "
         "app set the collector up itself. Only when aserve runs on the main thread.",
     )
     reload: bool = setting(False, "Restart the worker when files change (development).")
