@@ -112,9 +112,11 @@ _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 _SPECIAL_FIELDS = frozenset((*_FRAMING_FIELDS, b"connection", b"server", b"date"))
 # Response fields already validated and formatted, by (name, value), for the fields copied as
 # they are: apps send the same few over and over (Content-Type, Vary...), and one dict lookup
-# costs a fifth of the checks. Bounded: once full, new fields are only checked.
+# costs a fifth of the checks. Bounded: once full, new fields are only checked; and long
+# values (cookies, tokens), which rarely repeat, are never kept: at most ~1.2 MiB.
 FieldMemo = dict[tuple[bytes, bytes], bytes]
 FIELD_MEMO_MAX = 4096
+FIELD_MEMO_VALUE_MAX = 256
 # Content-Length as apps spell it: its value differs per response, so it is never memoised.
 _LENGTH_NAMES = frozenset((b"content-length", b"Content-Length", b"Content-length"))
 
@@ -511,7 +513,12 @@ class Connection:
             lname = bytes(name).lower()
             if lname not in _SPECIAL_FIELDS:
                 line = b"%s: %s\r\n" % (name, value)
-                if type(name) is bytes and type(value) is bytes and len(cache) < FIELD_MEMO_MAX:
+                if (
+                    type(name) is bytes
+                    and type(value) is bytes
+                    and len(value) <= FIELD_MEMO_VALUE_MAX
+                    and len(cache) < FIELD_MEMO_MAX
+                ):
                     cache[name, value] = line
                 append(line)
                 continue

@@ -555,7 +555,7 @@ def test_repeated_fields_are_validated_every_time_they_differ() -> None:
             conn.response_head(200, [bad], DEFAULTS)
 
 
-def test_bytearray_and_memo_overflow_fields_are_still_checked(
+def test_unremembered_fields_are_still_checked_and_sent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(http11, "FIELD_MEMO_MAX", 1)
@@ -564,12 +564,14 @@ def test_bytearray_and_memo_overflow_fields_are_still_checked(
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     fields = [
         (bytearray(b"x-array"), bytearray(b"1")),  # unhashable: never remembered
+        (b"x-long", b"v" * (http11.FIELD_MEMO_VALUE_MAX + 1)),  # too long to be remembered
         (b"x-first", b"1"),  # fills the memo
         (b"x-second", b"2"),  # beyond it: checked and sent, not remembered
         (b"content-length", b"0"),
     ]
     head = conn.response_head(200, cast(Headers, fields), DEFAULTS)
-    assert b"\r\nx-array: 1\r\nx-first: 1\r\nx-second: 2\r\n" in head
+    assert b"\r\nx-array: 1\r\nx-long: vvv" in head
+    assert b"\r\nx-first: 1\r\nx-second: 2\r\n" in head
     assert memo == {(b"x-first", b"1"): b"x-first: 1\r\n"}
     conn = Connection(field_memo=memo)
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
