@@ -16,7 +16,7 @@ from typing import IO
 from urllib.parse import unquote_to_bytes
 
 from aserve import __version__
-from aserve.asgi import split_target
+from aserve.asgi import TARGET_MEMO_MAX, split_target
 from aserve.errors import AppProtocolError, ClientDisconnected
 from aserve.transport import Cycle, RequestBody
 from aserve.types import Environ, ExcInfo, Headers, WSGIApp
@@ -318,6 +318,8 @@ class WSGIRunner:
         self._queue: SimpleQueue[Cycle | None] = SimpleQueue()
         self._context = contextvars.copy_context()
         self._keys: dict[bytes, str | None] = {}
+        # PATH_INFO and QUERY_STRING by request target (see asgi.TargetMemo).
+        self._targets: dict[bytes, tuple[str, str]] = {}
         self._base: Environ = {
             "wsgi.version": (1, 0),
             "wsgi.errors": errors if errors is not None else sys.stderr,
@@ -355,15 +357,17 @@ class WSGIRunner:
 
     def environ(self, cycle: Cycle) -> Environ:
         request = cycle.request
-        raw_path, query = split_target(request.target)
+        target = self._targets.get(request.target)
+        if target is None:
+            target = _environ_target(request.target)
+            if len(self._targets) >= TARGET_MEMO_MAX:
+                self._targets.clear()
+            self._targets[request.target] = target
         server = cycle.server or ("localhost", 0)
         environ = self._base.copy()
         environ["REQUEST_METHOD"] = request.method.decode("ascii")
         environ["SCRIPT_NAME"] = cycle.root_path
-        # PEP 3333: PATH_INFO is the percent-decoded bytes, as latin-1.
-        # The asterisk-form (OPTIONS *) and authority-form (CONNECT) have no path.
-        environ["PATH_INFO"] = _unquote_to_latin1(raw_path) if raw_path[:1] == b"/" else ""
-        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["PATH_INFO"], environ["QUERY_STRING"] = target
         environ["SERVER_NAME"] = server[0]
         environ["SERVER_PORT"] = str(server[1])
         environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version
@@ -456,6 +460,15 @@ def _environ_key(name: bytes) -> str | None:
     if name == b"content-length":
         return "CONTENT_LENGTH"
     return "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+
+
+def _environ_target(target: bytes) -> tuple[str, str]:
+    """PATH_INFO and QUERY_STRING of a request target."""
+    raw_path, query = split_target(target)
+    # PEP 3333: PATH_INFO is the percent-decoded bytes, as latin-1.
+    # The asterisk-form (OPTIONS *) and authority-form (CONNECT) have no path.
+    path = _unquote_to_latin1(raw_path) if raw_path[:1] == b"/" else ""
+    return path, query.decode("latin-1")
 
 
 def _unquote_to_latin1(raw: bytes) -> str:

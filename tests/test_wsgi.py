@@ -24,6 +24,7 @@ from wsgiref.validate import validator
 
 import pytest
 
+import aserve.wsgi
 from aserve.transport import RequestBody
 from tests.conftest import LogRecords, raw_exchange, running
 
@@ -329,6 +330,24 @@ def test_path_info_is_latin1_of_the_decoded_bytes(target: str, path_info: str) -
     env = json.loads(reply.body)
     assert env["PATH_INFO"] == path_info
     assert env["QUERY_STRING"] == "keep=%2F"
+
+
+def test_repeated_and_many_targets_keep_their_own_path_and_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PATH_INFO and QUERY_STRING are remembered per target, in a memo emptied when full.
+    monkeypatch.setattr(aserve.wsgi, "TARGET_MEMO_MAX", 2)
+    targets = ["/a?x=1", "/caf%C3%A9?y", "/a?x=1", "/b", "/c?z=%20", "/a?x=1", "/caf%C3%A9?y"]
+    expected = {
+        "/a?x=1": ("/a", "x=1"),
+        "/caf%C3%A9?y": ("/caf\xc3\xa9", "y"),
+        "/b": ("/b", ""),
+        "/c?z=%20": ("/c", "z=%20"),
+    }
+    with running(environ_app) as server:
+        for target in targets:
+            env = json.loads(fetch(server.port, "GET", target).body)
+            assert (env["PATH_INFO"], env["QUERY_STRING"]) == expected[target], target
 
 
 def test_request_headers_become_http_variables() -> None:
