@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aserve.config import LifespanMode
@@ -41,18 +42,30 @@ def decode_path(raw_path: bytes) -> str:
 # over. Bounded: emptied when full.
 TargetMemo = dict[bytes, tuple[bytes, bytes, str]]
 TARGET_MEMO_MAX = 1024
+_Parsed = TypeVar("_Parsed")
 
 
-def parse_target(target: bytes, memo: TargetMemo) -> tuple[bytes, bytes, str]:
-    """Raw path, query string and decoded path of a request target."""
+def remember_target(
+    memo: dict[bytes, _Parsed], target: bytes, parse: Callable[[bytes], _Parsed]
+) -> _Parsed:
+    """`parse(target)`, from `memo` when the target was seen before (ASGI scope, WSGI environ)."""
     parsed = memo.get(target)
     if parsed is None:
-        raw_path, query = split_target(target)
-        parsed = (raw_path, query, decode_path(raw_path))
+        parsed = parse(target)
         if len(memo) >= TARGET_MEMO_MAX:
             memo.clear()
         memo[target] = parsed
     return parsed
+
+
+def _parse_target(target: bytes) -> tuple[bytes, bytes, str]:
+    raw_path, query = split_target(target)
+    return raw_path, query, decode_path(raw_path)
+
+
+def parse_target(target: bytes, memo: TargetMemo) -> tuple[bytes, bytes, str]:
+    """Raw path, query string and decoded path of a request target."""
+    return remember_target(memo, target, _parse_target)
 
 
 class _HeadFlusher:
@@ -209,7 +222,7 @@ class _HTTPCycle:
             raise AppProtocolError(f"unexpected ASGI message type {kind!r}")
 
     async def _drain(self) -> None:
-        future: asyncio.Future[None] = self.flusher.loop.create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def writable() -> None:
             if not future.done():

@@ -16,7 +16,7 @@ from typing import IO
 from urllib.parse import unquote_to_bytes
 
 from aserve import __version__
-from aserve.asgi import TARGET_MEMO_MAX, split_target
+from aserve.asgi import remember_target, split_target
 from aserve.errors import AppProtocolError, ClientDisconnected
 from aserve.transport import Cycle, RequestBody
 from aserve.types import Environ, ExcInfo, Headers, WSGIApp
@@ -357,12 +357,7 @@ class WSGIRunner:
 
     def environ(self, cycle: Cycle) -> Environ:
         request = cycle.request
-        target = self._targets.get(request.target)
-        if target is None:
-            target = _environ_target(request.target)
-            if len(self._targets) >= TARGET_MEMO_MAX:
-                self._targets.clear()
-            self._targets[request.target] = target
+        target = remember_target(self._targets, request.target, _environ_target)
         server = cycle.server or ("localhost", 0)
         environ = self._base.copy()
         environ["REQUEST_METHOD"] = request.method.decode("ascii")
