@@ -7,7 +7,7 @@
 Each variant is `LABEL=[NAME=VALUE ...] COMMAND`; `{port}` in COMMAND is replaced by a free
 port, else `--host 127.0.0.1 --port PORT` is appended. The server runs on CPU 0 and wrk on
 CPU 1. The figure that moves least on a shared machine is the server's CPU time per request
-(user + system of every thread of the process started, not of processes it forks), read from
+(user + system of every thread of the server and of the worker processes it forks), read from
 /proc; context switches per request show hand-offs between threads.
 Run from a directory other than the checkout when comparing checkouts with PYTHONPATH:
 `python -m` puts the current directory first on sys.path.
@@ -16,17 +16,19 @@ Run from a directory other than the checkout when comparing checkouts with PYTHO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aserve.bench.runner import free_port, wait_accepting
+from aserve.bench.system import pinned, process_tree, tree_cpu_s
 
 
 @dataclass
@@ -55,38 +57,20 @@ def parse_variant(spec: str) -> Variant:
     return Variant(label, env, words)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"nothing listens on port {port} after {timeout:.0f} s") from None
-            time.sleep(0.05)
-
-
-def process_counters(pid: int) -> tuple[int, int]:
-    """CPU clock ticks (user + system) and context switches of every thread of `pid`."""
-    ticks = switches = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(stat[11]) + int(stat[12])
-        for line in (task / "status").read_text().splitlines():
-            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                switches += int(line.split()[1])
-    return ticks, switches
+def switches(pid: int) -> int:
+    """Context switches, voluntary or not, of every thread of `pid` and its descendants."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{member}/task").iterdir():
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")):
+                        total += int(line.split()[1])
+    return total
 
 
 def wrk(url: str, connections: int, seconds: float) -> str:
-    command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url]
+    command = pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url])
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
@@ -96,18 +80,18 @@ def measure(variant: Variant, args: argparse.Namespace) -> None:
     if not any("{port}" in word for word in variant.argv):
         argv += ["--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(
-        ["taskset", "-c", "0", *argv],
+        pinned(0, argv),
         env={**os.environ, **variant.env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_listening(port)
+        wait_accepting(port, server)
         url = f"http://127.0.0.1:{port}{args.path}"
         wrk(url, args.connections, 1.0)  # warm-up
-        ticks0, switches0 = process_counters(server.pid)
+        cpu0, switches0 = tree_cpu_s(server.pid), switches(server.pid)
         output = wrk(url, args.connections, args.duration)
-        ticks1, switches1 = process_counters(server.pid)
+        cpu1, switches1 = tree_cpu_s(server.pid), switches(server.pid)
     finally:
         server.terminate()
         server.wait(10)
@@ -116,9 +100,8 @@ def measure(variant: Variant, args: argparse.Namespace) -> None:
         raise SystemExit(f"{variant.label}: no rate in wrk's output:\n{output}")
     rate = float(found.group(1))
     requests = rate * args.duration
-    tick = os.sysconf("SC_CLK_TCK")
     variant.rates.append(rate)
-    variant.cpu_us.append((ticks1 - ticks0) / tick / requests * 1e6)
+    variant.cpu_us.append((cpu1 - cpu0) / requests * 1e6)
     variant.switches.append((switches1 - switches0) / requests)
     errors = re.search(r"Socket errors:.*|Non-2xx.*", output)
     print(
@@ -136,8 +119,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--path", default="/", help="request target, e.g. /?size=1048576")
     args = parser.parse_args()
-    if shutil.which("wrk") is None or shutil.which("taskset") is None:
-        parser.error("needs wrk and taskset (apt-get install wrk util-linux)")
+    if shutil.which("wrk") is None:
+        parser.error("needs wrk (apt-get install wrk)")
     variants: list[Variant] = args.variants
     for index in range(args.rounds):
         print(f"round {index + 1}/{args.rounds}", flush=True)

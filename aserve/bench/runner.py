@@ -76,7 +76,8 @@ def _tail(log: IO[bytes], limit: int = 1500) -> str:
     return f"; its output ends:\n{text}" if text else ""
 
 
-def _wait_accepting(port: int, process: subprocess.Popen[bytes]) -> None:
+def wait_accepting(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Return once `port` accepts; ServerFailed if `process` exits or does not in time."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if process.poll() is not None:
@@ -154,7 +155,7 @@ def serving(
         start_new_session=True,
     )
     try:
-        _wait_accepting(port, process)
+        wait_accepting(port, process)
         check(port, scenario)
         yield Started(port, process.pid)
     except ServerFailed as exc:
