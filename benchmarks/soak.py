@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 from wsgiref.validate import validator
 
+from aserve.bench.apps import answer_lifespan
 from aserve.types import Environ, Message, Receive, Scope, Send, StartResponse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,13 +103,8 @@ wsgi_app = validator(_wsgi_app)
 
 async def asgi_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     path = scope["path"]
     if path == "/hello":
         await _start(send, 200, [(b"content-type", b"text/plain"), (b"content-length", b"13")])

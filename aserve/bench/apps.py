@@ -27,16 +27,21 @@ def hello_wsgi(environ: Environ, start_response: StartResponse) -> Iterable[byte
     return [BODY]
 
 
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """Complete the lifespan protocol, so that no server logs a fallback at startup."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def hello_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        # Answer the lifespan protocol so no server logs a fallback at startup.
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     start: Message = {"type": "http.response.start", "status": 200, "headers": _HELLO_ASGI_HEADERS}
     await send(start)
     await send({"type": "http.response.body", "body": BODY})
