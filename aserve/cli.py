@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app, config = parse(argv)
     try:
         if config.reload:
-            from aserve.supervisor import Supervisor
+            from aserve.reload.supervisor import Supervisor
 
             return Supervisor(app, config).run()
         if config.server == "wsgiref":

@@ -19,14 +19,14 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from aserve import __version__
-from aserve.asgi import ASGIRunner, Lifespan
 from aserve.config import Config, LoopKind
 from aserve.errors import ConfigError, LifespanError
-from aserve.http11 import Limits
 from aserve.loader import LoadedApp, load
 from aserve.logs import AccessLog, configure
-from aserve.transport import AppRunner, HttpProtocol, ServerState
-from aserve.wsgi import WSGIRunner
+from aserve.net.connection import AppRunner, HttpProtocol, ServerState
+from aserve.protocols.http11 import Limits
+from aserve.runners.asgi import ASGIRunner, Lifespan
+from aserve.runners.wsgi import WSGIRunner
 
 logger = logging.getLogger("aserve.error")
 

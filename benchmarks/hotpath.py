@@ -16,10 +16,10 @@ from typing import Any, cast
 
 import uvloop
 
-from aserve.asgi import ASGIRunner
 from aserve.bench.apps import hello_asgi
-from aserve.http11 import Limits
-from aserve.transport import HttpProtocol, ServerState
+from aserve.net.connection import HttpProtocol, ServerState
+from aserve.protocols.http11 import Limits
+from aserve.runners.asgi import ASGIRunner
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 

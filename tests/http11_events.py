@@ -3,7 +3,7 @@ byte-level and fuzz tests."""
 
 from __future__ import annotations
 
-from aserve.http11 import Connection, Data, EndOfMessage, Event, Request
+from aserve.protocols.http11 import Connection, Data, EndOfMessage, Event, Request
 
 Summary = tuple[object, ...]
 

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from aserve import asgi
-from aserve.asgi import parse_target, split_target
 from aserve.errors import ClientDisconnected
+from aserve.runners import asgi
+from aserve.runners.asgi import parse_target, split_target
 from aserve.types import Message, Receive, Scope, Send
 from tests.conftest import LogRecords, ServeFactory, raw_exchange, running
 

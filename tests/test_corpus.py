@@ -61,7 +61,15 @@ from wsgiref.validate import validator
 import pytest
 
 from aserve import Server
-from aserve.http11 import Connection, Data, EndOfMessage, Event, Limits, ProtocolFailure, Request
+from aserve.protocols.http11 import (
+    Connection,
+    Data,
+    EndOfMessage,
+    Event,
+    Limits,
+    ProtocolFailure,
+    Request,
+)
 from aserve.types import Receive, Scope, Send
 from tests.conftest import running
 

@@ -1,5 +1,5 @@
-"""Hypothesis fuzzing of `aserve.http11.Connection`, in-process: generated, mutated and random
-requests, fed whole and in random splits, answered the way the transport answers them.
+"""Hypothesis fuzzing of `aserve.protocols.http11.Connection`, in-process: generated, mutated
+and random requests, fed whole and in random splits, answered the way the transport answers them.
 
 The suite runs a fixed, derandomized set of examples; ASERVE_FUZZ_EXAMPLES=20000 runs that many
 freshly random examples per test instead (for a long local session).
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aserve.http11 import (
+from aserve.protocols.http11 import (
     Connection,
     Data,
     EndOfMessage,

@@ -1,4 +1,4 @@
-"""Byte-in/byte-out tests of `aserve.http11.Connection`: no sockets, no event loop."""
+"""Byte-in/byte-out tests of `aserve.protocols.http11.Connection`: no sockets, no event loop."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import cast
 
 import pytest
 
-from aserve import http11
 from aserve.errors import AppProtocolError
-from aserve.http11 import (
+from aserve.protocols import http11
+from aserve.protocols.http11 import (
     Connection,
     Data,
     EndOfMessage,

@@ -1,5 +1,5 @@
 """What aserve changes in a process it owns: the garbage collector's set-up and the scheduling
-policy of the WSGI pool threads (see `aserve.server.tune_gc` and `aserve.wsgi`)."""
+policy of the WSGI pool threads (see `aserve.server.tune_gc` and `aserve.runners.wsgi`)."""
 
 from __future__ import annotations
 

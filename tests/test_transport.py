@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from aserve.http11 import Limits
-from aserve.transport import Cycle, HttpProtocol, ServerState
+from aserve.net.connection import Cycle, HttpProtocol, ServerState
+from aserve.protocols.http11 import Limits
 
 CLIENT = ("127.0.0.1", 50123)
 SERVER = ("127.0.0.1", 8000)
@@ -374,7 +374,7 @@ async def test_shutdown_waits_for_the_first_request_of_a_new_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Connected just before the shutdown (a reload swapping workers): its request is answered.
-    monkeypatch.setattr("aserve.transport.SHUTDOWN_GRACE", 0.2)
+    monkeypatch.setattr("aserve.net.connection.SHUTDOWN_GRACE", 0.2)
     h = Harness()
     h.protocol.shutdown()
     assert not h.transport.closed
@@ -385,7 +385,7 @@ async def test_shutdown_waits_for_the_first_request_of_a_new_connection(
 
 
 async def test_shutdown_waits_for_a_head_in_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("aserve.transport.SHUTDOWN_GRACE", 0.2)
+    monkeypatch.setattr("aserve.net.connection.SHUTDOWN_GRACE", 0.2)
     h = Harness()
     h.feed(get())
     h.runner.answer(0)
@@ -402,7 +402,7 @@ async def test_shutdown_waits_for_a_head_in_progress(monkeypatch: pytest.MonkeyP
 async def test_shutdown_closes_a_silent_new_connection_after_the_grace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("aserve.transport.SHUTDOWN_GRACE", 0.05)
+    monkeypatch.setattr("aserve.net.connection.SHUTDOWN_GRACE", 0.05)
     h = Harness()
     h.protocol.shutdown()
     assert not h.transport.closed

@@ -1,4 +1,4 @@
-"""aserve.watch.ReloadFilter: which changed paths restart the worker (default set, ignored
+"""aserve.reload.filter.ReloadFilter: which changed paths restart the worker (default set, ignored
 directories and editor files, --reload-include/--reload-exclude globs, several roots)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from watchfiles import Change
 
-from aserve.watch import ReloadFilter
+from aserve.reload.filter import ReloadFilter
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`wsgi.input` (aserve.wsgi.InputStream) reads like a file over the body as it arrives.
+"""`wsgi.input` (aserve.runners.wsgi.InputStream) reads like a file over the body as it arrives.
 
 The body is fed in arbitrary chunks; any sequence of read(n), read(), readline(n),
 readlines() and iteration must return exactly what `io.BytesIO` returns over the same bytes.
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aserve.errors import ClientDisconnected
-from aserve.transport import RequestBody
-from aserve.wsgi import InputStream
+from aserve.net.connection import RequestBody
+from aserve.runners.wsgi import InputStream
 
 
 class TrickleBody:

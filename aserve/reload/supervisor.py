@@ -26,18 +26,18 @@ from typing import Any
 from watchfiles import awatch
 
 from aserve.config import Config
-from aserve.errorpage import error_app
 from aserve.errors import ConfigError
 from aserve.loader import LoadedApp
 from aserve.logs import configure
+from aserve.reload.errorpage import error_app
+from aserve.reload.filter import ReloadFilter
+from aserve.reload.template import MAX_MESSAGE, decode
 from aserve.server import Server, bind_socket, loop_factory
-from aserve.watch import ReloadFilter
-from aserve.zygote import MAX_MESSAGE, decode
 
 logger = logging.getLogger("aserve.error")
 
 # What every worker imports before the app: the first template preloads these.
-BASE_PRELOAD = ["aserve.server", "aserve.zygote", "uvloop", "httptools", "asyncio"]
+BASE_PRELOAD = ["aserve.server", "aserve.reload.template", "uvloop", "httptools", "asyncio"]
 # A worker that does not exit this long after its drain timeout is killed.
 KILL_GRACE = 1.0
 
@@ -131,7 +131,7 @@ class Template:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "aserve.zygote",
+            "aserve.reload.template",
             str(theirs.fileno()),
             str(listen.fileno()),
             pass_fds=(theirs.fileno(), listen.fileno()),

@@ -15,7 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from aserve.http11 import (
+from aserve.logs import AccessLog
+from aserve.protocols.http11 import (
     Connection,
     Data,
     EndOfMessage,
@@ -24,7 +25,6 @@ from aserve.http11 import (
     ProtocolFailure,
     Request,
 )
-from aserve.logs import AccessLog
 from aserve.types import Headers
 
 logger = logging.getLogger("aserve.error")

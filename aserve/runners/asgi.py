@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 from aserve.config import LifespanMode
 from aserve.errors import AppProtocolError, ClientDisconnected, LifespanError
-from aserve.transport import Cycle
+from aserve.net.connection import Cycle
 from aserve.types import ASGIApp, Headers, Message, Scope
 
 logger = logging.getLogger("aserve.error")

@@ -16,9 +16,9 @@ from typing import IO
 from urllib.parse import unquote_to_bytes
 
 from aserve import __version__
-from aserve.asgi import remember_target, split_target
 from aserve.errors import AppProtocolError, ClientDisconnected
-from aserve.transport import Cycle, RequestBody
+from aserve.net.connection import Cycle, RequestBody
+from aserve.runners.asgi import remember_target, split_target
 from aserve.types import Environ, ExcInfo, Headers, WSGIApp
 
 logger = logging.getLogger("aserve.error")

@@ -1,9 +1,9 @@
 """The reload template process and the worker it forks.
 
-The supervisor starts `python -m aserve.zygote CONTROL_FD LISTEN_FD`: the template imports the
-third-party modules the last worker used (never project code), then forks one worker per
-request. A fork with Django and its dependencies already imported starts a worker in tens of
-milliseconds instead of the few hundred a fresh interpreter needs.
+The supervisor starts `python -m aserve.reload.template CONTROL_FD LISTEN_FD`: the template
+imports the third-party modules the last worker used (never project code), then forks one
+worker per request. A fork with Django and its dependencies already imported starts a worker
+in tens of milliseconds instead of the few hundred a fresh interpreter needs.
 
 Messages are JSON over SOCK_SEQPACKET socket pairs (one message per packet); each worker gets
 its own channel to the supervisor, passed with SCM_RIGHTS, and exits when it closes.
@@ -205,7 +205,7 @@ def user_traceback(exc: BaseException) -> str:
     """The traceback without the frames of aserve's loader and importlib, which only say
     that an import happened."""
     summary = traceback.TracebackException.from_exception(exc)
-    aserve_dir = os.path.dirname(__file__) + os.sep
+    aserve_dir = os.path.dirname(os.path.dirname(__file__)) + os.sep
     summary.stack = traceback.StackSummary.from_list(
         [
             frame

@@ -1,0 +1,1 @@
+"""The asyncio side of connections: protocols fed by sockets, flow control, timers."""

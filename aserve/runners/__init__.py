@@ -1,0 +1,1 @@
+"""App runners: ASGI and WSGI behind one interface."""
