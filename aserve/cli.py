@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
             if choices is not None:
                 kwargs["choices"] = choices
                 kwargs["metavar"] = None
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag, *meta["aliases"], **kwargs)
     parser.add_argument("--version", action="version", version=f"aserve {__version__}")
     return parser
 

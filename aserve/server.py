@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import gc
 import logging
@@ -215,6 +216,13 @@ def loop_factory(kind: LoopKind) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
+def request_limits(config: Config) -> Limits:
+    """The protocol's limits: each is the setting `limit_` + its name."""
+    return Limits(
+        **{f.name: getattr(config, "limit_" + f.name) for f in dataclasses.fields(Limits)}
+    )
+
+
 def http_date_headers() -> bytes:
     return b"date: %s\r\nserver: aserve\r\n" % formatdate(usegmt=True).encode("ascii")
 
@@ -327,7 +335,7 @@ class Server:
             runner = asgi_runner
         else:
             runner = WSGIRunner(
-                loaded.wsgi, loop, threads=config.threads, flow_buffer=config.flow_buffer
+                loaded.wsgi, loop, threads=config.threads, limit_buffer=config.limit_buffer
             )
         restore_signals = self._install_signal_handlers(loop) if handle_signals else (lambda: None)
         try:
@@ -360,16 +368,8 @@ class Server:
         state = ServerState(
             loop,
             runner,
-            limits=Limits(
-                request_line=config.limit_request_line,
-                fields=config.limit_request_fields,
-                field_size=config.limit_request_field_size,
-                head=config.limit_request_head,
-                drain=config.drain_limit,
-                body=config.limit_request_body,
-                pipeline=config.limit_pipeline,
-            ),
-            flow_buffer=config.flow_buffer,
+            limits=request_limits(config),
+            limit_buffer=config.limit_buffer,
             keep_alive_timeout=config.timeout_keep_alive,
             head_timeout=config.timeout_request_head,
             body_timeout=config.timeout_request_body,

@@ -17,9 +17,10 @@ from typing import Any, cast
 import uvloop
 
 from aserve.bench.apps import hello_asgi
+from aserve.config import Config
 from aserve.net.connection import HttpProtocol, ServerState
-from aserve.protocols.http11 import Limits
 from aserve.runners.asgi import ASGIRunner
+from aserve.server import request_limits
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -62,8 +63,8 @@ async def run(requests: int, connections: int) -> float:
     state = ServerState(
         loop,
         ASGIRunner(hello_asgi, loop),
-        limits=Limits(),
-        flow_buffer=65536,
+        limits=request_limits(Config()),
+        limit_buffer=65536,
         keep_alive_timeout=5.0,
         root_path="",
         access_log=None,

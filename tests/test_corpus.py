@@ -72,6 +72,7 @@ from aserve.protocols.http11 import (
 )
 from aserve.types import Receive, Scope, Send
 from tests.conftest import running
+from tests.support import limits_with
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "gunicorn-requests"
 if not (CORPUS / "manifest.json").is_file():
@@ -192,10 +193,10 @@ class Case:
     @property
     def limits(self) -> Limits:
         values = dict(self.settings)
-        return Limits(
+        return limits_with(
             request_line=values["limit_request_line"],
-            fields=values["limit_request_fields"],
-            field_size=values["limit_request_field_size"],
+            request_fields=values["limit_request_fields"],
+            request_field_size=values["limit_request_field_size"],
         )
 
 

@@ -29,6 +29,7 @@ from aserve.protocols.http11 import (
     Request,
 )
 from tests.http11_events import Summary, summary
+from tests.support import limits_with
 
 _LONG_RUN = int(os.environ.get("ASERVE_FUZZ_EXAMPLES", "0") or "0")
 FUZZ = settings(
@@ -78,7 +79,7 @@ class Drive:
     requests: int = 0
 
     def __post_init__(self) -> None:
-        self.conn = Connection(self.limits)
+        self.conn = Connection(self.limits or limits_with())
         self.current: Request | None = None
         self.answered = False
 
@@ -190,16 +191,16 @@ def check_request(request: Request, data: bytes, limits: Limits) -> None:
     assert request.target in data
     assert len(request.target) <= limits.request_line
     assert request.http_version in ("1.0", "1.1")
-    assert len(request.headers) <= limits.fields
+    assert len(request.headers) <= limits.request_fields
     lowered = data.lower()
     section = 0
     for name, value in request.headers:
         assert _TOKEN.fullmatch(name) and name == name.lower(), (name, value)
         assert _FIELD_VALUE.fullmatch(value), (name, value)
         assert name in lowered and value in data
-        assert len(name) + len(value) <= limits.field_size
+        assert len(name) + len(value) <= limits.request_field_size
         section += len(name) + len(value) + 4
-    assert section <= limits.head
+    assert section <= limits.request_head
     hosts = [v for n, v in request.headers if n == b"host"]
     assert len(hosts) == 1 or (not hosts and request.http_version == "1.0"), request.headers
     lengths = [v for n, v in request.headers if n == b"content-length"]
@@ -611,11 +612,11 @@ def test_random_bytes(data: bytes, cuts: list[int]) -> None:
 
 
 small_limits = st.builds(
-    Limits,
+    limits_with,
     request_line=st.integers(1, 64),
-    fields=st.integers(1, 8),
-    field_size=st.integers(1, 64),
-    head=st.integers(8, 256),
+    request_fields=st.integers(1, 8),
+    request_field_size=st.integers(1, 64),
+    request_head=st.integers(8, 256),
     drain=st.integers(0, 48),
 )
 
@@ -639,7 +640,7 @@ def test_small_limits(data: bytes, limits: Limits, cuts: list[int], respond: Res
 
 def events_of(data: bytes, limits: Limits | None = None) -> list[Event]:
     """Everything reported for `data` fed in one piece, requests left unanswered."""
-    conn = Connection(limits)
+    conn = Connection(limits or limits_with())
     conn.receive_data(data)
     events: list[Event] = []
     while (event := conn.next_event()) is not None:
@@ -698,7 +699,7 @@ def test_transfer_encoding_with_trailing_tab(ows: bytes) -> None:
 )
 def test_chunk_extension_is_bounded() -> None:
     head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-    conn = Connection()
+    conn = Connection(limits_with())
     conn.receive_data(head + b"3;")
     for _ in range(40):
         conn.receive_data(b"x" * 65536)  # 2.5 MiB of one extension
@@ -711,7 +712,7 @@ def test_chunk_extension_is_bounded() -> None:
 
 
 def test_bad_chunk_in_drained_body_gets_no_second_response() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     conn.receive_data(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
     )

@@ -15,13 +15,13 @@ from aserve.protocols.http11 import (
     Data,
     EndOfMessage,
     Event,
-    Limits,
     ProtocolFailure,
     Request,
     status_line,
 )
 from aserve.types import Headers
 from tests.http11_events import Summary, feed, pull, summary
+from tests.support import limits_with
 
 DEFAULTS = b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\nserver: aserve\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -67,7 +67,7 @@ def head_lines(head: bytes) -> list[bytes]:
 
 
 def test_simple_get_round_trip() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(conn, b"GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
     assert summary(events) == [
         (
@@ -102,7 +102,7 @@ def test_simple_get_round_trip() -> None:
 
 
 def test_header_names_lower_cased_and_values_kept() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     request = only_request(
         feed(
             conn,
@@ -127,7 +127,7 @@ POST_HEAD = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % 
 
 @pytest.mark.parametrize("piece", [1, 2, 7, 50])
 def test_content_length_body_in_pieces(piece: int) -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     raw = POST_HEAD + BODY
     events: list[Event] = []
     for start in range(0, len(raw), piece):
@@ -139,7 +139,7 @@ def test_content_length_body_in_pieces(piece: int) -> None:
 
 
 def test_chunked_request_body_is_dechunked() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(
         conn,
         b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -152,7 +152,7 @@ def test_chunked_request_body_is_dechunked() -> None:
 
 def test_request_trailers_are_not_merged_into_headers() -> None:
     # RFC 9110 §6.5.1; before the fix a trailing "Host" was appended to the Request's list.
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(
         conn,
         b"POST /t HTTP/1.1\r\nHost: good\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -165,7 +165,7 @@ def test_request_trailers_are_not_merged_into_headers() -> None:
 
 def test_endless_trailer_field_is_capped() -> None:
     # httptools buffers a field until its end: without a cap this grew without bound.
-    conn = Connection(Limits(head=1024, field_size=256))
+    conn = Connection(limits_with(request_head=1024, request_field_size=256))
     feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: ")
     events: list[Event] = []
     for _ in range(10):
@@ -174,7 +174,7 @@ def test_endless_trailer_field_is_capped() -> None:
 
 
 def test_many_small_chunks_are_not_mistaken_for_trailers() -> None:
-    conn = Connection(Limits(head=256, field_size=64))
+    conn = Connection(limits_with(request_head=256, request_field_size=64))
     events = feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
     # Each feed ends right after a chunk header; its data only comes with the next feed.
     for _ in range(200):
@@ -210,19 +210,19 @@ def serve_all(conn: Connection, raw: bytes, splits: list[int]) -> list[Summary]:
 
 
 def test_pipeline_events_do_not_depend_on_how_bytes_arrive() -> None:
-    whole = serve_all(Connection(), PIPELINE, [])
+    whole = serve_all(Connection(limits_with()), PIPELINE, [])
     assert [s[:3] for s in whole if s[0] == "request"] == [
         ("request", b"POST", b"/one"),
         ("request", b"PUT", b"/two"),
         ("request", b"GET", b"/three"),
     ]
     for cut in range(1, len(PIPELINE)):
-        assert serve_all(Connection(), PIPELINE, [cut]) == whole, cut
-    assert serve_all(Connection(), PIPELINE, list(range(1, len(PIPELINE)))) == whole
+        assert serve_all(Connection(limits_with()), PIPELINE, [cut]) == whole, cut
+    assert serve_all(Connection(limits_with()), PIPELINE, list(range(1, len(PIPELINE)))) == whole
 
 
 def test_pipelined_request_waits_for_the_response() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(
         conn,
         b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -247,7 +247,7 @@ def test_pipelined_request_waits_for_the_response() -> None:
 
 
 def test_http10_closes_unless_keep_alive_asked() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     request = only_request(feed(conn, b"GET / HTTP/1.0\r\n\r\n"))
     assert not request.keep_alive
     head = conn.response_head(200, [(b"content-length", b"2")], DEFAULTS)
@@ -259,7 +259,7 @@ def test_http10_closes_unless_keep_alive_asked() -> None:
 
 
 def test_http10_keep_alive_is_confirmed() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     request = only_request(feed(conn, b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"))
     assert request.keep_alive
     head = conn.response_head(200, [(b"content-length", b"0")], DEFAULTS)
@@ -276,7 +276,7 @@ def test_http10_keep_alive_is_confirmed() -> None:
 
 
 def test_http11_connection_close_from_client() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     head = conn.response_head(200, [(b"content-length", b"0")], DEFAULTS)
     assert b"connection: close" in head_lines(head)
@@ -285,7 +285,7 @@ def test_http11_connection_close_from_client() -> None:
 
 
 def test_app_connection_close_header_ends_the_connection() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(200, [(b"Connection", b"Close"), (b"content-length", b"0")], DEFAULTS)
     lines = head_lines(head)
@@ -299,7 +299,7 @@ def test_app_connection_close_header_ends_the_connection() -> None:
 
 
 def test_http11_response_without_length_is_chunked() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(200, [(b"content-type", b"text/plain")], DEFAULTS)
     assert head == (
@@ -315,7 +315,7 @@ def test_http11_response_without_length_is_chunked() -> None:
 
 
 def test_app_chunked_transfer_encoding_is_encoded_by_aserve() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(200, [(b"Transfer-Encoding", b"chunked")], DEFAULTS)
     assert head_lines(head)[1] == b"Transfer-Encoding: chunked"
@@ -325,7 +325,7 @@ def test_app_chunked_transfer_encoding_is_encoded_by_aserve() -> None:
 
 
 def test_http10_response_without_length_is_close_delimited() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     head = conn.response_head(200, [(b"content-type", b"text/plain")], DEFAULTS)
     assert head == (
@@ -338,7 +338,7 @@ def test_http10_response_without_length_is_close_delimited() -> None:
 
 def test_no_transfer_encoding_in_a_response_to_http10() -> None:
     # RFC 9112 §6.1: a server MUST NOT send Transfer-Encoding to an HTTP/1.0 request.
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.0\r\n\r\n")
     head = conn.response_head(200, [(b"transfer-encoding", b"chunked")], DEFAULTS)
     assert head == b"HTTP/1.1 200 OK\r\nconnection: close\r\n" + DEFAULTS + b"\r\n"
@@ -353,7 +353,7 @@ def test_no_transfer_encoding_in_a_response_to_http10() -> None:
     ids=["no-length", "content-length", "chunked"],
 )
 def test_head_response_has_no_body(headers: Headers) -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"HEAD /file HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(200, headers, DEFAULTS)
     expected = b"".join(b"%s: %s\r\n" % pair for pair in headers)
@@ -366,7 +366,7 @@ def test_head_response_has_no_body(headers: Headers) -> None:
 
 @pytest.mark.parametrize("status", [204, 304])
 def test_no_body_statuses(status: int) -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(status, [(b"etag", b'"v1"')], DEFAULTS)
     assert head == status_line(status) + b'etag: "v1"\r\n' + DEFAULTS + b"\r\n"
@@ -377,7 +377,7 @@ def test_no_body_statuses(status: int) -> None:
 
 def test_204_drops_framing_headers_from_the_app() -> None:
     # RFC 9110 §8.6 and RFC 9112 §6.1: no Content-Length or Transfer-Encoding in a 204.
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(
         204, [(b"content-length", b"0"), (b"transfer-encoding", b"chunked")], DEFAULTS
@@ -388,7 +388,7 @@ def test_204_drops_framing_headers_from_the_app() -> None:
 
 
 def test_304_keeps_the_content_length_of_the_representation() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nIf-None-Match: *\r\n\r\n")
     head = conn.response_head(304, [(b"content-length", b"1234")], DEFAULTS)
     assert b"content-length: 1234" in head_lines(head)
@@ -398,7 +398,7 @@ def test_304_keeps_the_content_length_of_the_representation() -> None:
 
 
 def test_app_server_header_replaces_the_default() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(
         200, [(b"Server", b"custom/1.0"), (b"content-length", b"0")], DEFAULTS
@@ -410,7 +410,7 @@ def test_app_server_header_replaces_the_default() -> None:
 
 
 def test_app_date_header_replaces_the_default() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(
         200, [(b"Date", b"Mon, 01 Jan 2001 00:00:00 GMT"), (b"content-length", b"0")], DEFAULTS
@@ -422,7 +422,7 @@ def test_app_date_header_replaces_the_default() -> None:
 
 
 def test_status_given_as_an_int_enum() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(HTTPStatus.NOT_FOUND, [(b"content-length", b"0")], DEFAULTS)
     assert head.startswith(b"HTTP/1.1 404 Not Found\r\n")
@@ -430,7 +430,7 @@ def test_status_given_as_an_int_enum() -> None:
 
 @pytest.mark.parametrize("coding", [b"gzip, chunked", b"identity, chunked", b"gzip"])
 def test_transfer_codings_other_than_chunked_get_501(coding: bytes) -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(
         conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + coding + b"\r\n\r\n0\r\n\r\n"
     )
@@ -458,7 +458,7 @@ EXPECT_HEAD = b"PUT /big HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100
 
 
 def test_continue_is_sent_once() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     request = only_request(feed(conn, EXPECT_HEAD))
     assert request.expect_continue
     assert conn.continue_bytes() == CONTINUE
@@ -469,7 +469,7 @@ def test_continue_is_sent_once() -> None:
 
 
 def test_no_continue_after_the_response_started() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, EXPECT_HEAD)
     head = conn.response_head(417, [(b"content-length", b"0")], DEFAULTS)
     assert conn.continue_bytes() == b""
@@ -480,13 +480,13 @@ def test_no_continue_after_the_response_started() -> None:
 
 
 def test_no_continue_once_the_body_arrived() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, EXPECT_HEAD + b"data")
     assert conn.continue_bytes() == b""
 
 
 def test_no_continue_for_http10() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     request = only_request(
         feed(conn, b"PUT / HTTP/1.0\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
     )
@@ -495,7 +495,7 @@ def test_no_continue_for_http10() -> None:
 
 
 def test_other_expectations_get_no_continue() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     request = only_request(
         feed(conn, b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nExpect: later\r\n\r\n")
     )
@@ -527,7 +527,7 @@ BAD_RESPONSE_HEADERS = [
 
 @pytest.mark.parametrize("bad", BAD_RESPONSE_HEADERS, ids=repr)
 def test_invalid_response_header_is_refused(bad: tuple[bytes, bytes]) -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     with pytest.raises(AppProtocolError):
         conn.response_head(200, [(b"x-ok", b"1"), bad], DEFAULTS)
@@ -543,13 +543,13 @@ def test_repeated_fields_are_validated_every_time_they_differ() -> None:
     # field that differs only in its value or in the case of its name is checked afresh.
     memo: http11.FieldMemo = {}
     for _ in range(3):
-        conn = Connection(field_memo=memo)
+        conn = Connection(limits_with(), field_memo=memo)
         feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         head = conn.response_head(200, [(b"X-Seen", b"v"), (b"content-length", b"0")], DEFAULTS)
         assert b"\r\nX-Seen: v\r\n" in head
     assert memo == {(b"X-Seen", b"v"): b"X-Seen: v\r\n"}
     for bad in [(b"X-Seen", b"v\r\nx-injected: 1"), (b"X-Seen ", b"v"), (b"X-Seen", b"v\x00")]:
-        conn = Connection(field_memo=memo)
+        conn = Connection(limits_with(), field_memo=memo)
         feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         with pytest.raises(AppProtocolError):
             conn.response_head(200, [bad], DEFAULTS)
@@ -560,7 +560,7 @@ def test_unremembered_fields_are_still_checked_and_sent(
 ) -> None:
     monkeypatch.setattr(http11, "FIELD_MEMO_MAX", 1)
     memo: http11.FieldMemo = {}
-    conn = Connection(field_memo=memo)
+    conn = Connection(limits_with(), field_memo=memo)
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     fields = [
         (bytearray(b"x-array"), bytearray(b"1")),  # unhashable: never remembered
@@ -573,7 +573,7 @@ def test_unremembered_fields_are_still_checked_and_sent(
     assert b"\r\nx-array: 1\r\nx-long: vvv" in head
     assert b"\r\nx-first: 1\r\nx-second: 2\r\n" in head
     assert memo == {(b"x-first", b"1"): b"x-first: 1\r\n"}
-    conn = Connection(field_memo=memo)
+    conn = Connection(limits_with(), field_memo=memo)
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     with pytest.raises(AppProtocolError):
         conn.response_head(200, [(b"x-second", b"2\n")], DEFAULTS)
@@ -582,7 +582,7 @@ def test_unremembered_fields_are_still_checked_and_sent(
 
 
 def test_both_content_length_and_chunked_is_refused() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     with pytest.raises(AppProtocolError):
         conn.response_head(
@@ -592,7 +592,7 @@ def test_both_content_length_and_chunked_is_refused() -> None:
 
 
 def test_body_longer_than_content_length() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     conn.response_head(200, [(b"content-length", b"5")], DEFAULTS)
     assert conn.body_bytes(b"abc") == b"abc"
@@ -601,7 +601,7 @@ def test_body_longer_than_content_length() -> None:
 
 
 def test_body_shorter_than_content_length_closes() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     conn.response_head(200, [(b"content-length", b"5")], DEFAULTS)
     conn.body_bytes(b"abc")
@@ -611,7 +611,7 @@ def test_body_shorter_than_content_length_closes() -> None:
 
 
 def test_response_calls_out_of_order() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     with pytest.raises(AppProtocolError):
         conn.response_head(200, [], DEFAULTS)
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -627,7 +627,7 @@ def test_response_calls_out_of_order() -> None:
 
 
 def test_error_response_bytes() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     failed = failure(feed(conn, b"GET / HTTP/1.1\r\n\r\n"))
     assert (failed.status, failed.respond) == (400, True)
     assert conn.error_response(400, DEFAULTS, "missing Host") == (
@@ -683,7 +683,7 @@ def test_error_response_bytes() -> None:
     ],
 )
 def test_bad_request_gets_400(raw: bytes) -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(conn, raw)
     assert summary(events)[-1] == ("failure", 400, True)
     assert not any(isinstance(e, Request) for e in events)
@@ -692,7 +692,7 @@ def test_bad_request_gets_400(raw: bytes) -> None:
 
 
 def test_chunk_size_error_after_the_head() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(
         conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5x\r\nhello\r\n"
     )
@@ -701,26 +701,26 @@ def test_chunk_size_error_after_the_head() -> None:
 
 
 def test_options_asterisk_is_accepted() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     request = only_request(feed(conn, b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n"))
     assert request.target == b"*"
 
 
 def test_host_may_be_missing_in_http10() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     request = only_request(feed(conn, b"GET /old HTTP/1.0\r\nAccept: */*\r\n\r\n"))
     assert (request.target, request.http_version) == (b"/old", "1.0")
 
 
 def test_empty_host_is_accepted() -> None:
     # RFC 9112 §3.2: a client without an authority sends Host with an empty value.
-    conn = Connection()
+    conn = Connection(limits_with())
     request = only_request(feed(conn, b"GET / HTTP/1.1\r\nHost:\r\n\r\n"))
     assert request.headers == [(b"host", b"")]
 
 
 def test_request_line_over_the_limit_gets_414() -> None:
-    limits = Limits(request_line=20)
+    limits = limits_with(request_line=20)
     assert only_request(
         feed(Connection(limits), b"GET /" + b"a" * 19 + b" HTTP/1.1\r\nHost: h\r\n\r\n")
     )
@@ -735,7 +735,7 @@ def test_request_line_over_the_limit_gets_414() -> None:
 
 
 def test_too_many_fields_gets_431() -> None:
-    limits = Limits(fields=3)
+    limits = limits_with(request_fields=3)
     ok = b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n"
     assert only_request(feed(Connection(limits), ok))
     events = feed(Connection(limits), b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n")
@@ -743,7 +743,7 @@ def test_too_many_fields_gets_431() -> None:
 
 
 def test_field_too_large_gets_431() -> None:
-    limits = Limits(field_size=16)
+    limits = limits_with(request_field_size=16)
     # name + value: 4 + 12 = 16 is the most allowed.
     fits = b"GET / HTTP/1.1\r\nHost: h\r\nName: " + b"v" * 12 + b"\r\n\r\n"
     assert only_request(feed(Connection(limits), fits))
@@ -752,14 +752,14 @@ def test_field_too_large_gets_431() -> None:
 
 
 def test_head_too_large_gets_431() -> None:
-    limits = Limits(head=64, field_size=40)
+    limits = limits_with(request_head=64, request_field_size=40)
     fields = b"".join(b"F%d: %s\r\n" % (i, b"x" * 20) for i in range(4))
     events = feed(Connection(limits), b"GET / HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n")
     assert summary(events) == [("failure", 431, True)]
 
 
 def test_endless_header_field_gets_431() -> None:
-    conn = Connection(Limits(head=1024, field_size=256))
+    conn = Connection(limits_with(request_head=1024, request_field_size=256))
     events = feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nX-Endless: ")
     for _ in range(10):
         events += feed(conn, b"a" * 512)
@@ -767,7 +767,7 @@ def test_endless_header_field_gets_431() -> None:
 
 
 def test_endless_first_header_field_gets_431() -> None:
-    conn = Connection(Limits(head=1024, field_size=256))
+    conn = Connection(limits_with(request_head=1024, request_field_size=256))
     events = feed(conn, b"GET / HTTP/1.1\r\nX-Endless: ")
     for _ in range(10):
         events += feed(conn, b"a" * 512)
@@ -775,7 +775,7 @@ def test_endless_first_header_field_gets_431() -> None:
 
 
 def test_garbage_after_a_request_waits_for_its_response() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(conn, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n\x16\x03\x01 not http\r\n\r\n")
     assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/ok"), ("end",)]
     assert conn.next_event() is None
@@ -786,7 +786,7 @@ def test_garbage_after_a_request_waits_for_its_response() -> None:
 
 
 def test_garbage_in_the_same_feed_as_a_body() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(
         conn, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nokGARBAGE GARBAGE\r\n\r\n"
     )
@@ -800,7 +800,7 @@ def test_garbage_in_the_same_feed_as_a_body() -> None:
 
 
 def test_unread_body_within_the_drain_limit_is_discarded() -> None:
-    conn = Connection(Limits(drain=10))
+    conn = Connection(limits_with(drain=10))
     events = feed(conn, b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\nabc")
     assert summary(events)[1:] == [("data", b"abc")]
     respond(conn, body=b"early")
@@ -811,7 +811,7 @@ def test_unread_body_within_the_drain_limit_is_discarded() -> None:
 
 
 def test_unread_body_received_but_not_pulled_is_dropped() -> None:
-    conn = Connection(Limits(drain=0))
+    conn = Connection(limits_with(drain=0))
     conn.receive_data(
         b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
         b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"
@@ -823,7 +823,7 @@ def test_unread_body_received_but_not_pulled_is_dropped() -> None:
 
 
 def test_unread_body_over_the_drain_limit_ends_the_connection() -> None:
-    conn = Connection(Limits(drain=10))
+    conn = Connection(limits_with(drain=10))
     feed(conn, b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
     respond(conn, body=b"early")
     assert conn.start_next_cycle() is True
@@ -836,7 +836,7 @@ def test_unread_body_over_the_drain_limit_ends_the_connection() -> None:
 
 
 def test_unread_chunked_body_is_discarded_too() -> None:
-    conn = Connection(Limits(drain=100))
+    conn = Connection(limits_with(drain=100))
     feed(conn, b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
     respond(conn)
     assert conn.start_next_cycle()
@@ -854,7 +854,7 @@ H2C_UPGRADE = (
 
 @pytest.mark.parametrize("piece", [0, 1, 5])
 def test_h2c_upgrade_is_answered_as_http11(piece: int) -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     raw = H2C_UPGRADE + b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n"
     events: list[Event] = []
     for start in range(0, len(raw), piece or len(raw)):
@@ -874,7 +874,7 @@ def test_h2c_upgrade_is_answered_as_http11(piece: int) -> None:
 def test_upgrade_request_with_a_body_is_refused(framing: bytes) -> None:
     # httptools skips the body of an Upgrade request: parsed as the next request, it would be
     # smuggled past whatever checked the first one. aserve refuses the request instead.
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(
         conn,
         b"POST /u HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
@@ -886,7 +886,7 @@ def test_upgrade_request_with_a_body_is_refused(framing: bytes) -> None:
 
 
 def test_connect_without_a_body_is_answered_and_parsing_goes_on() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(
         conn,
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
@@ -902,7 +902,7 @@ def test_connect_without_a_body_is_answered_and_parsing_goes_on() -> None:
 
 
 def test_request_after_a_closing_response_is_never_released() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     events = feed(conn, b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
     assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/a"), ("end",)]
     respond(conn, body=b"bye")
@@ -917,16 +917,16 @@ def test_request_after_a_closing_response_is_never_released() -> None:
 
 def test_content_length_over_the_body_limit_gets_413_before_any_request() -> None:
     head = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
-    fits = feed(Connection(Limits(body=10)), head % 10)
+    fits = feed(Connection(limits_with(request_body=10)), head % 10)
     assert [s[:3] for s in summary(fits)] == [("request", b"POST", b"/up")]
-    conn = Connection(Limits(body=10))
+    conn = Connection(limits_with(request_body=10))
     # Refused on the head alone: the app never sees the request, the body is never read.
     assert summary(feed(conn, head % 11)) == [("failure", 413, True)]
     assert feed(conn, b"x" * 11 + b"GET / HTTP/1.1\r\nHost: h\r\n\r\n") == []
 
 
 def test_pipelined_request_over_the_body_limit_waits_for_the_one_before() -> None:
-    conn = Connection(Limits(body=4))
+    conn = Connection(limits_with(request_body=4))
     events = feed(
         conn,
         b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
@@ -939,7 +939,7 @@ def test_pipelined_request_over_the_body_limit_waits_for_the_one_before() -> Non
 
 
 def test_chunked_body_is_cut_off_when_it_passes_the_limit() -> None:
-    conn = Connection(Limits(body=10))
+    conn = Connection(limits_with(request_body=10))
     events = feed(
         conn, b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n"
     )
@@ -950,7 +950,7 @@ def test_chunked_body_is_cut_off_when_it_passes_the_limit() -> None:
 
 
 def test_chunked_body_exactly_at_the_limit_is_accepted() -> None:
-    conn = Connection(Limits(body=10))
+    conn = Connection(limits_with(request_body=10))
     events = feed(
         conn,
         b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -960,7 +960,7 @@ def test_chunked_body_exactly_at_the_limit_is_accepted() -> None:
 
 
 def test_body_limit_counts_each_request_on_its_own() -> None:
-    conn = Connection(Limits(body=3))
+    conn = Connection(limits_with(request_body=3))
     chunked = (
         b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     )
@@ -971,7 +971,7 @@ def test_body_limit_counts_each_request_on_its_own() -> None:
 
 
 def test_body_limit_zero_means_no_limit() -> None:
-    conn = Connection(Limits(body=0))
+    conn = Connection(limits_with(request_body=0))
     events = feed(conn, b"PUT /big HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999\r\n\r\n")
     assert [s[:3] for s in summary(events)] == [("request", b"PUT", b"/big")]
 
@@ -995,7 +995,7 @@ def answer_released(conn: Connection, events: list[Event]) -> list[Summary]:
 
 
 def test_pipelined_requests_within_the_limit_are_all_answered() -> None:
-    conn = Connection(Limits(pipeline=3))
+    conn = Connection(limits_with(pipeline=3))
     events = feed(conn, b"".join(tiny_get(b"/%d" % i) for i in range(4)))
     seen = answer_released(conn, events)
     assert [s[2] for s in seen if s[0] == "request"] == [b"/0", b"/1", b"/2", b"/3"]
@@ -1003,7 +1003,7 @@ def test_pipelined_requests_within_the_limit_are_all_answered() -> None:
 
 
 def test_requests_beyond_the_pipeline_limit_end_the_connection_unanswered() -> None:
-    conn = Connection(Limits(pipeline=3))
+    conn = Connection(limits_with(pipeline=3))
     events = feed(conn, b"".join(tiny_get(b"/%d" % i) for i in range(10)))
     seen = answer_released(conn, events)
     # The one answered first, three parsed ahead of it, then a close without a response
@@ -1014,7 +1014,7 @@ def test_requests_beyond_the_pipeline_limit_end_the_connection_unanswered() -> N
 
 
 def test_pipeline_limit_counts_requests_behind_the_one_in_progress() -> None:
-    conn = Connection(Limits(pipeline=2))
+    conn = Connection(limits_with(pipeline=2))
     assert [s[2] for s in summary(feed(conn, tiny_get(b"/a"))) if s[0] == "request"] == [b"/a"]
     # /a is being answered: two more may wait, the third is one too many.
     assert feed(conn, tiny_get(b"/b") + tiny_get(b"/c")) == []
@@ -1026,7 +1026,7 @@ def test_pipeline_limit_counts_requests_behind_the_one_in_progress() -> None:
 
 
 def test_requests_kept_under_the_pipeline_limit_keep_their_bodies() -> None:
-    conn = Connection(Limits(pipeline=1))
+    conn = Connection(limits_with(pipeline=1))
     post = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
     events = feed(conn, tiny_get(b"/a") + post + tiny_get(b"/c"))
     seen = answer_released(conn, events)
@@ -1041,7 +1041,7 @@ def test_requests_kept_under_the_pipeline_limit_keep_their_bodies() -> None:
 
 
 def test_pipeline_limit_zero_allows_no_request_ahead() -> None:
-    conn = Connection(Limits(pipeline=0))
+    conn = Connection(limits_with(pipeline=0))
     seen = answer_released(conn, feed(conn, tiny_get(b"/a") + tiny_get(b"/b")))
     assert [s[2] for s in seen if s[0] == "request"] == [b"/a"]
     assert seen[-1] == ("failure", 503, False)
@@ -1051,7 +1051,7 @@ def test_pipeline_limit_zero_allows_no_request_ahead() -> None:
 
 
 def test_head_in_progress_from_its_first_byte_to_its_end() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     assert not conn.head_in_progress
     # Empty lines before a request are skipped (RFC 9112 §2.2): they start no head.
     conn.receive_data(b"\r\n")
@@ -1066,7 +1066,7 @@ def test_head_in_progress_from_its_first_byte_to_its_end() -> None:
 
 
 def test_head_in_progress_ignores_body_bytes_and_trailers() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     conn.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab")
     assert not conn.head_in_progress
     conn.receive_data(b"c\r\n0\r\nX-Trailer: 1")
@@ -1076,7 +1076,7 @@ def test_head_in_progress_ignores_body_bytes_and_trailers() -> None:
 
 
 def test_no_head_in_progress_once_the_connection_failed() -> None:
-    conn = Connection()
+    conn = Connection(limits_with())
     conn.receive_data(b"GET / HTTP/1.1\r\nBad Name: x\r\n")
     assert summary(pull(conn)) == [("failure", 400, True)]
     assert not conn.head_in_progress

@@ -9,6 +9,7 @@ import pytest
 
 from aserve.net.connection import Cycle, HttpProtocol, ServerState
 from aserve.protocols.http11 import Limits
+from tests.support import limits_with
 
 CLIENT = ("127.0.0.1", 50123)
 SERVER = ("127.0.0.1", 8000)
@@ -85,7 +86,7 @@ class Harness:
     def __init__(
         self,
         *,
-        flow_buffer: int = 65536,
+        limit_buffer: int = 65536,
         keep_alive_timeout: float = 5.0,
         limits: Limits | None = None,
     ) -> None:
@@ -94,8 +95,8 @@ class Harness:
         self.state = ServerState(
             loop,
             self.runner,
-            limits=limits or Limits(),
-            flow_buffer=flow_buffer,
+            limits=limits or limits_with(),
+            limit_buffer=limit_buffer,
             keep_alive_timeout=keep_alive_timeout,
             root_path="",
             access_log=None,
@@ -172,8 +173,8 @@ async def test_pipelined_request_waits_with_reading_paused() -> None:
     assert not h.transport.closed
 
 
-async def test_unread_body_beyond_flow_buffer_pauses_reading_until_taken() -> None:
-    h = Harness(flow_buffer=1024)
+async def test_unread_body_beyond_limit_buffer_pauses_reading_until_taken() -> None:
+    h = Harness(limit_buffer=1024)
     h.feed(post(5000, b"a" * 600))
     cycle = h.cycles[0]
     assert h.transport.reading
@@ -192,7 +193,7 @@ async def test_unread_body_beyond_flow_buffer_pauses_reading_until_taken() -> No
 
 
 async def test_take_from_a_thread_resumes_reading_on_the_loop() -> None:
-    h = Harness(flow_buffer=100)
+    h = Harness(limit_buffer=100)
     h.feed(post(1000, b"x" * 200))
     cycle = h.cycles[0]
     assert not h.transport.reading
@@ -321,7 +322,7 @@ async def test_fail_after_start_closes_without_another_response() -> None:
     ids=["no-host", "field-too-large", "target-too-long"],
 )
 async def test_protocol_failure_writes_the_4xx_and_closes(data: bytes, status: bytes) -> None:
-    h = Harness(limits=Limits(request_line=200, field_size=200))
+    h = Harness(limits=limits_with(request_line=200, request_field_size=200))
     h.feed(data)
     assert h.cycles == []
     assert h.transport.data.startswith(b"HTTP/1.1 " + status + b" ")

@@ -55,10 +55,10 @@ class ServerState:
         "connections",
         "default_headers",
         "field_memo",
-        "flow_buffer",
         "head_timeout",
         "idle",
         "keep_alive_timeout",
+        "limit_buffer",
         "limit_concurrency",
         "limits",
         "lingering",
@@ -73,7 +73,7 @@ class ServerState:
         runner: AppRunner,
         *,
         limits: Limits,
-        flow_buffer: int,
+        limit_buffer: int,
         keep_alive_timeout: float,
         root_path: str,
         access_log: AccessLog | None,
@@ -84,7 +84,7 @@ class ServerState:
         self.loop = loop
         self.runner = runner
         self.limits = limits
-        self.flow_buffer = flow_buffer
+        self.limit_buffer = limit_buffer
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
         self.body_timeout = body_timeout
@@ -482,7 +482,7 @@ class HttpProtocol(asyncio.Protocol):
                 cycle = self.cycle
                 if cycle is not None:
                     self._body_wait_since = None
-                    if cycle.body.feed(event.data, self.state.flow_buffer):
+                    if cycle.body.feed(event.data, self.state.limit_buffer):
                         self._pause_reading()
             elif type(event) is EndOfMessage:
                 if self.cycle is not None:

@@ -19,18 +19,20 @@ from aserve.types import Headers
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Byte and count limits on what a client may send; `config.Config` explains each number.
+    """Byte and count limits on what a client may send.
 
-    `body` 0 means no limit on the request body.
+    Each field is the `Config` setting named `limit_` + its name, which gives its default and
+    the reason for it; the server builds these from the settings. `request_body` 0 means no
+    limit on the request body.
     """
 
-    request_line: int = 8190
-    fields: int = 100
-    field_size: int = 8190
-    head: int = 65536
-    drain: int = 262144
-    body: int = 1 << 30
-    pipeline: int = 32
+    request_line: int
+    request_fields: int
+    request_field_size: int
+    request_head: int
+    request_body: int
+    pipeline: int
+    drain: int
 
 
 class Request:
@@ -150,8 +152,8 @@ class Connection:
     None at it; `start_next_cycle()` after the response releases it.
     """
 
-    def __init__(self, limits: Limits | None = None, field_memo: FieldMemo | None = None) -> None:
-        self.limits = limits or Limits()
+    def __init__(self, limits: Limits, field_memo: FieldMemo | None = None) -> None:
+        self.limits = limits
         # See FieldMemo: a server shares one among its connections.
         self._field_memo: FieldMemo = {} if field_memo is None else field_memo
         self._parser = httptools.HttpRequestParser(self)
@@ -229,7 +231,7 @@ class Connection:
                 self._fresh_head = False
             else:
                 self._head_bytes += len(data)
-                if self._head_bytes > self.limits.head + self.limits.field_size:
+                if self._head_bytes > self.limits.request_head + self.limits.request_field_size:
                     self._fail_head_too_large()
         if self._queued > self.limits.pipeline + (self.request is None):
             self._refuse_pipeline_overflow()
@@ -264,7 +266,7 @@ class Connection:
     def _fail_head_too_large(self) -> None:
         # on_url refuses a target over its limit as it arrives, so the excess is in the fields
         # unless the request line limit is set above the head's.
-        if len(self._url) >= self.limits.head:
+        if len(self._url) >= self.limits.request_head:
             self._fail(414, "request line too long")
         else:
             self._fail(431, "request header section too large")
@@ -329,12 +331,12 @@ class Connection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
-        if size > self.limits.field_size:
+        if size > self.limits.request_field_size:
             raise ProtocolError("request header field too large", 431)
         self._fields_size += size + 4
-        if self._fields_size > self.limits.head:
+        if self._fields_size > self.limits.request_head:
             raise ProtocolError("request header section too large", 431)
-        if len(self._headers) >= self.limits.fields:
+        if len(self._headers) >= self.limits.request_fields:
             raise ProtocolError("too many request header fields", 431)
         if not self._in_head:
             # A trailer field: RFC 9110 §6.5.1 forbids merging it into the header section.
@@ -388,7 +390,7 @@ class Connection:
             # httptools skips the body of an Upgrade (or CONNECT) request and would parse it as
             # the next request, a smuggling vector; aserve switches to no protocol: refuse it.
             raise ProtocolError("request body with Upgrade or CONNECT is not supported", 400)
-        limit = self.limits.body
+        limit = self.limits.request_body
         if limit and self._declared_length and int(self._declared_length) > limit:
             # Refused before the app runs; llhttp has already checked that it is 1*DIGIT.
             raise ProtocolError("request body larger than the limit", 413)
@@ -425,7 +427,7 @@ class Connection:
                 self._events.append(ProtocolFailure(413, "unread body too large", False))
                 raise ProtocolError("unread body too large", 413)
             return
-        limit = self.limits.body
+        limit = self.limits.request_body
         if limit:
             # A chunked body has no declared length: count it as it arrives.
             self._body_size += len(body)

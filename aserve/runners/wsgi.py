@@ -309,12 +309,12 @@ class WSGIRunner:
         loop: asyncio.AbstractEventLoop,
         *,
         threads: int,
-        flow_buffer: int,
+        limit_buffer: int,
         errors: IO[str] | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
-        self.flow_buffer = flow_buffer
+        self.limit_buffer = limit_buffer
         self._queue: SimpleQueue[Cycle | None] = SimpleQueue()
         self._context = contextvars.copy_context()
         self._keys: dict[bytes, str | None] = {}
@@ -389,7 +389,7 @@ class WSGIRunner:
         return environ
 
     def _serve(self, cycle: Cycle) -> None:
-        response = _Response(cycle, self.loop, self.flow_buffer)
+        response = _Response(cycle, self.loop, self.limit_buffer)
         try:
             result = self.app(self.environ(cycle), response.start_response)
             try:
