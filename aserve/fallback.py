@@ -4,20 +4,19 @@ serves, behind aserve's CLI, logging and SIGTERM handling."""
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import socketserver
 import time
-from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 from wsgiref import simple_server
 
 from aserve import __version__
 from aserve.config import Config
 from aserve.errors import AppLoadError
 from aserve.loader import load
-from aserve.logs import access_logger, configure
-from aserve.server import bind_socket
+from aserve.logs import access_line, access_logger, configure
+from aserve.signals import StopSignals
+from aserve.sockets import bind_socket, listening_url
 from aserve.types import WSGIApp
 
 logger = logging.getLogger("aserve.error")
@@ -68,15 +67,9 @@ class WSGIRequestHandler(simple_server.WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log = self.server.access_log
         if log is not None:
-            log.info(
-                '%s:%d - "%s" %s %s %.1fms',
-                self.client_address[0],
-                self.client_address[1],
-                self.requestline,
-                code,
-                size,
-                (time.perf_counter() - self._started) * 1000.0,
-            )
+            client = f"{self.client_address[0]}:{self.client_address[1]}"
+            elapsed = (time.perf_counter() - self._started) * 1000.0
+            log.info("%s", access_line(client, self.requestline, code, size, elapsed))
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.info("%s: " + format, self.client_address[0], *args)
@@ -91,24 +84,24 @@ def serve_wsgiref(app: object, config: Config) -> int:
     sock = bind_socket(config)
     server = ThreadingWSGIServer(sock, loaded.wsgi)
     server.access_log = access_logger(config.access_log)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise _Stop
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    host, port = sock.getsockname()[:2] if config.uds is None else (config.uds, 0)
     logger.info(
         "aserve %s serving WSGI app %s with wsgiref on %s; quit with CONTROL-C",
         __version__,
         loaded.name,
-        config.bind_description if port == 0 else f"http://{host}:{port}",
+        listening_url(config, sock),
     )
+    # Connection threads are daemons: leaving serve_forever() is the whole shutdown, so a
+    # second signal has nothing more to force.
+    signals = StopSignals(_stop, _stop, "stopping")
     try:
-        server.serve_forever()
+        with signals.installed():
+            server.serve_forever()
     except _Stop:
         logger.info("aserve (wsgiref) stopped")
     finally:
         server.server_close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return 0
+
+
+def _stop(sig: int) -> NoReturn:
+    raise _Stop

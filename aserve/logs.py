@@ -40,6 +40,14 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+def access_line(
+    client: str, request_line: str, status: int | str, size: int | str, ms: float
+) -> str:
+    """One access line, the same in every serving mode: client, request line, status, bytes
+    of body sent and milliseconds."""
+    return f'{client} - "{request_line}" {status} {size} {ms:.1f}ms'
+
+
 def access_logger(enabled: bool) -> logging.Logger | None:
     """The access logger when access lines would be written, else None (nothing formatted)."""
     log = logging.getLogger(ACCESS)

@@ -60,13 +60,16 @@ class NullTransport:
 async def run(requests: int, connections: int) -> float:
     """Microseconds per request."""
     loop = asyncio.get_running_loop()
+    config = Config()
     state = ServerState(
         loop,
-        ASGIRunner(hello_asgi, loop),
-        limits=request_limits(Config()),
-        limit_buffer=65536,
-        keep_alive_timeout=5.0,
-        root_path="",
+        ASGIRunner(hello_asgi, loop, root_path=config.root_path, lifespan="off"),
+        limits=request_limits(config),
+        limit_buffer=config.limit_buffer,
+        limit_concurrency=config.limit_concurrency,
+        keep_alive_timeout=config.timeout_keep_alive,
+        head_timeout=config.timeout_request_head,
+        body_timeout=config.timeout_request_body,
         access_log=None,
     )
     pairs = []

@@ -21,8 +21,6 @@ import httpx
 import pytest
 
 from aserve.errors import ClientDisconnected
-from aserve.runners import asgi
-from aserve.runners.asgi import parse_target, split_target
 from aserve.types import Message, Receive, Scope, Send
 from tests.conftest import LogRecords, ServeFactory, raw_exchange, running
 
@@ -897,29 +895,3 @@ def test_example_upload_reports_size_and_sha256(
     assert uploaded.json() == {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
     assert wrong.status_code == 405
     assert unknown.status_code == 404
-
-
-@pytest.mark.parametrize(
-    ("target", "expected"),
-    [
-        (b"/a/b?x=1&y=2", (b"/a/b", b"x=1&y=2")),
-        (b"/a?x=1#frag", (b"/a", b"x=1")),
-        (b"/a#frag?not-a-query", (b"/a", b"")),
-        (b"http://example.com/p?q=1", (b"/p", b"q=1")),
-        (b"http://example.com", (b"/", b"")),
-        (b"*", (b"*", b"")),
-    ],
-)
-def test_split_target(target: bytes, expected: tuple[bytes, bytes]) -> None:
-    assert split_target(target) == expected
-
-
-def test_parsed_targets_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(asgi, "TARGET_MEMO_MAX", 2)
-    memo: asgi.TargetMemo = {}
-    assert parse_target(b"/caf%C3%A9?x=%20", memo) == (b"/caf%C3%A9", b"x=%20", "/caf\u00e9")
-    assert parse_target(b"/caf%C3%A9?x=%20", memo) is parse_target(b"/caf%C3%A9?x=%20", memo)
-    parse_target(b"/b", memo)
-    assert len(memo) == 2
-    assert parse_target(b"http://h/c?d", memo) == (b"/c", b"d", "/c")  # full: emptied first
-    assert list(memo) == [b"http://h/c?d"]

@@ -1,5 +1,5 @@
 """What aserve changes in a process it owns: the garbage collector's set-up and the scheduling
-policy of the WSGI pool threads (see `aserve.server.tune_gc` and `aserve.runners.wsgi`)."""
+policy of the WSGI pool threads (see `aserve.process.tune_gc` and `aserve.runners.wsgi`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aserve.server import GC_YOUNG_THRESHOLD
+from aserve.process import GC_YOUNG_THRESHOLD
 from tests.apps import wsgi_apps
 from tests.apps.procs import ServerProcess
 from tests.conftest import http_get, running

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from aserve.net.connection import Cycle, HttpProtocol, ServerState
+from aserve.exchange import Cycle
+from aserve.net.connection import HttpProtocol, ServerState
 from aserve.protocols.http11 import Limits
 from tests.support import limits_with
 
@@ -73,8 +74,14 @@ class Runner:
     def __init__(self) -> None:
         self.cycles: list[Cycle] = []
 
+    async def startup(self) -> None:
+        pass
+
     def handle(self, cycle: Cycle) -> None:
         self.cycles.append(cycle)
+
+    async def shutdown(self, timeout: float) -> None:
+        pass
 
     def answer(self, index: int = -1, body: bytes = b"ok", status: int = 200) -> None:
         cycle = self.cycles[index]
@@ -97,8 +104,10 @@ class Harness:
             self.runner,
             limits=limits or limits_with(),
             limit_buffer=limit_buffer,
+            limit_concurrency=0,
             keep_alive_timeout=keep_alive_timeout,
-            root_path="",
+            head_timeout=10.0,
+            body_timeout=30.0,
             access_log=None,
         )
         self.state.default_headers = DEFAULT_HEADERS
@@ -152,8 +161,9 @@ async def test_a_request_is_handed_to_the_runner_once_parsed() -> None:
     assert cycle.request.target == b"/path?q=1"
     assert cycle.request.http_version == "1.1"
     assert cycle.request.headers == [(b"host", b"test"), (b"x-thing", b"1")]
-    assert cycle.client == CLIENT
-    assert cycle.server == SERVER
+    assert cycle.info.client == CLIENT
+    assert cycle.info.server == SERVER
+    assert cycle.info.scheme == "http"
     assert cycle.body.complete
     assert not cycle.response_started
     assert h.protocol in h.state.connections

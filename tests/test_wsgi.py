@@ -24,8 +24,8 @@ from wsgiref.validate import validator
 
 import pytest
 
-import aserve.runners.asgi
-from aserve.net.connection import RequestBody
+import aserve.protocols.target
+from aserve.exchange import RequestBody
 from tests.conftest import LogRecords, raw_exchange, running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -336,7 +336,7 @@ def test_repeated_and_many_targets_keep_their_own_path_and_query(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # PATH_INFO and QUERY_STRING are remembered per target, in a memo emptied when full.
-    monkeypatch.setattr(aserve.runners.asgi, "TARGET_MEMO_MAX", 2)
+    monkeypatch.setattr(aserve.protocols.target, "TARGET_MEMO_MAX", 2)
     targets = ["/a?x=1", "/caf%C3%A9?y", "/a?x=1", "/b", "/c?z=%20", "/a?x=1", "/caf%C3%A9?y"]
     expected = {
         "/a?x=1": ("/a", "x=1"),

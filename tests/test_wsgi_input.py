@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aserve.errors import ClientDisconnected
-from aserve.net.connection import RequestBody
+from aserve.exchange import RequestBody
 from aserve.runners.wsgi import InputStream
 
 

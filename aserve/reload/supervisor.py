@@ -29,10 +29,12 @@ from aserve.config import Config
 from aserve.errors import ConfigError
 from aserve.loader import LoadedApp
 from aserve.logs import configure
+from aserve.process import loop_factory
 from aserve.reload.errorpage import error_app
 from aserve.reload.filter import ReloadFilter
 from aserve.reload.template import MAX_MESSAGE, decode
-from aserve.server import Server, bind_socket, loop_factory
+from aserve.server import Server
+from aserve.sockets import bind_socket
 
 logger = logging.getLogger("aserve.error")
 

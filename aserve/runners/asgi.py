@@ -1,61 +1,28 @@
-"""ASGI 3 app runner: the http scope, `receive`/`send` with message-order checks, lifespan."""
+"""ASGI 3 app runner: the http scope, `receive`/`send` with message-order checks; the app's
+lifespan (`runners.lifespan`) around the server's life."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
-from urllib.parse import unquote
+from typing import Any
 
 from aserve.config import LifespanMode
-from aserve.errors import AppProtocolError, ClientDisconnected, LifespanError
-from aserve.net.connection import Cycle
+from aserve.errors import AppProtocolError, ClientDisconnected
+from aserve.exchange import Cycle
+from aserve.protocols.target import decode_path, remember_target, split_target
+from aserve.runners.lifespan import ASGI_SPEC_VERSION, ASGI_VERSION, Lifespan
 from aserve.types import ASGIApp, Headers, Message, Scope
 
 logger = logging.getLogger("aserve.error")
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-_DISCONNECT: Message = {"type": "http.disconnect"}
+# A request's tasks still running once the last connection has closed get this long, after
+# being cancelled, to unwind (their `finally` blocks) before the lifespan shutdown.
+TASK_UNWIND = 1.0
 
-
-def split_target(target: bytes) -> tuple[bytes, bytes]:
-    """Raw path and query string of a request target (origin-form or absolute-form)."""
-    if target[:1] != b"/" and target != b"*":
-        # absolute-form (RFC 9112 §3.2.2): keep the path component only.
-        scheme_end = target.find(b"://")
-        if scheme_end != -1:
-            slash = target.find(b"/", scheme_end + 3)
-            target = target[slash:] if slash != -1 else b"/"
-    # A fragment is never sent by a conforming client (RFC 9112 §3.2); drop a stray one.
-    path, _, query = target.partition(b"#")[0].partition(b"?")
-    return path, query
-
-
-def decode_path(raw_path: bytes) -> str:
-    text = raw_path.decode("latin-1")
-    return unquote(text) if "%" in text else text
-
-
-# Request targets seen lately, parsed: a development server sees the same few URLs over and
-# over. Bounded: emptied when full.
+# Raw path, query string and decoded path, by request target (see protocols.target).
 TargetMemo = dict[bytes, tuple[bytes, bytes, str]]
-TARGET_MEMO_MAX = 1024
-_Parsed = TypeVar("_Parsed")
-
-
-def remember_target(
-    memo: dict[bytes, _Parsed], target: bytes, parse: Callable[[bytes], _Parsed]
-) -> _Parsed:
-    """`parse(target)`, from `memo` when the target was seen before (ASGI scope, WSGI environ)."""
-    parsed = memo.get(target)
-    if parsed is None:
-        parsed = parse(target)
-        if len(memo) >= TARGET_MEMO_MAX:
-            memo.clear()
-        memo[target] = parsed
-    return parsed
 
 
 def _parse_target(target: bytes) -> tuple[bytes, bytes, str]:
@@ -95,26 +62,40 @@ class _HeadFlusher:
 class ASGIRunner:
     """Runs each request of an ASGI 3 app as a task in a fresh context."""
 
-    def __init__(self, app: ASGIApp, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        root_path: str,
+        lifespan: LifespanMode,
+    ) -> None:
         self.app = app
         self.loop = loop
+        self.root_path = root_path
+        # What the app's lifespan startup stored, copied into each request's scope.
         self.state: dict[str, Any] = {}
+        self.lifespan = Lifespan(app, lifespan, self.state)
         self.tasks: set[asyncio.Task[None]] = set()
         self._context = contextvars.copy_context()
         self._flusher = _HeadFlusher(loop)
         self._targets: TargetMemo = {}
 
+    async def startup(self) -> None:
+        await self.lifespan.startup()
+
     def handle(self, cycle: Cycle) -> None:
         request = cycle.request
+        info = cycle.info
         raw_path, query, path = parse_target(request.target, self._targets)
-        root_path = cycle.root_path
+        root_path = self.root_path
         scope: Scope = {
             "type": "http",
-            "asgi": ASGI_VERSION,
+            "asgi": {"version": ASGI_VERSION, "spec_version": ASGI_SPEC_VERSION},
             "http_version": request.http_version,
-            "server": cycle.server,
-            "client": cycle.client,
-            "scheme": cycle.scheme,
+            "server": info.server,
+            "client": info.client,
+            "scheme": info.scheme,
             "method": request.method.decode("ascii"),
             "root_path": root_path,
             "path": root_path + path if root_path else path,
@@ -128,6 +109,20 @@ class ASGIRunner:
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Cancel the requests still running, then run the lifespan shutdown; each may take
+        `timeout` (0: a forced exit, which skips the lifespan shutdown)."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=min(timeout, TASK_UNWIND))
+        if timeout:
+            try:
+                await asyncio.wait_for(self.lifespan.shutdown(), timeout)
+            except TimeoutError:
+                logger.error("ASGI lifespan shutdown did not finish in %.1fs", timeout)
 
 
 class _HTTPCycle:
@@ -169,17 +164,17 @@ class _HTTPCycle:
         cycle = self.cycle
         body = cycle.body
         if self.complete or body.disconnected:
-            return _DISCONNECT
+            return {"type": "http.disconnect"}
         if self.body_done:
             # The body is over: wait for the client to leave or the response to end.
             await body.wait_disconnect()
             self.disconnect_seen = not self.complete
-            return _DISCONNECT
+            return {"type": "http.disconnect"}
         data = body.take(from_thread=False)
         if not data and not body.complete:
             await body.wait()
             if body.disconnected:
-                return _DISCONNECT
+                return {"type": "http.disconnect"}
             data = body.take(from_thread=False)
         more = not body.complete
         if not more:
@@ -232,78 +227,3 @@ class _HTTPCycle:
         await future
         if self.cycle.disconnected:
             raise ClientDisconnected("client disconnected")
-
-
-class Lifespan:
-    """The ASGI lifespan protocol around the server's life; `off` skips it."""
-
-    def __init__(self, app: ASGIApp, mode: LifespanMode, state: dict[str, Any]) -> None:
-        self.app = app
-        self.mode = mode
-        self.state = state
-        self._receive: asyncio.Queue[Message] = asyncio.Queue()
-        self._startup_done = asyncio.Event()
-        self._shutdown_done = asyncio.Event()
-        self._failure: str | None = None
-        self._unsupported = False
-        self._received = False
-        self._task: asyncio.Task[None] | None = None
-
-    async def startup(self) -> None:
-        """Run startup; raises LifespanError when the app reports or raises a failure."""
-        if self.mode == "off":
-            return
-        self._task = asyncio.get_running_loop().create_task(self._main())
-        await self._receive.put({"type": "lifespan.startup"})
-        await self._startup_done.wait()
-        if self._failure is not None:
-            raise LifespanError(self._failure)
-
-    async def shutdown(self) -> None:
-        if self.mode == "off" or self._unsupported or self._task is None:
-            return
-        await self._receive.put({"type": "lifespan.shutdown"})
-        await self._shutdown_done.wait()
-        if self._failure is not None:
-            logger.error("Lifespan shutdown failed: %s", self._failure)
-
-    async def _main(self) -> None:
-        scope: Scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
-        try:
-            await self.app(scope, self._receive_message, self._send)
-        except asyncio.CancelledError:
-            # The loop is closing under an app still waiting in receive(): not its failure.
-            raise
-        except Exception as exc:
-            if self._startup_done.is_set() and self._shutdown_done.is_set():
-                return
-            if self.mode == "auto" and not self._received:
-                # Apps without lifespan support raise on the unknown scope type before they
-                # ever call receive(); one that raised later supports it and really failed.
-                logger.info("ASGI lifespan unsupported by the app (%s); going on without it", exc)
-                self._unsupported = True
-            else:
-                logger.error("Exception in ASGI lifespan", exc_info=exc)
-                self._failure = f"{type(exc).__name__}: {exc}"
-        finally:
-            self._startup_done.set()
-            self._shutdown_done.set()
-
-    async def _receive_message(self) -> Message:
-        self._received = True
-        return await self._receive.get()
-
-    async def _send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind in ("lifespan.startup.complete", "lifespan.startup.failed"):
-            if self._startup_done.is_set():
-                raise AppProtocolError(f"{kind} sent after startup ended")
-            if kind == "lifespan.startup.failed":
-                self._failure = message.get("message", "") or "startup failed"
-            self._startup_done.set()
-        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-            if kind == "lifespan.shutdown.failed":
-                self._failure = message.get("message", "") or "shutdown failed"
-            self._shutdown_done.set()
-        else:
-            raise AppProtocolError(f"unexpected lifespan message type {kind!r}")

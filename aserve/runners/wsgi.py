@@ -4,24 +4,27 @@ handed to the loop in batches with backpressure, never blocking the event loop."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
-import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from queue import SimpleQueue
-from typing import IO
-from urllib.parse import unquote_to_bytes
+from typing import IO, Protocol
 
 from aserve import __version__
 from aserve.errors import AppProtocolError, ClientDisconnected
-from aserve.net.connection import Cycle, RequestBody
-from aserve.runners.asgi import remember_target, split_target
+from aserve.exchange import Cycle
+from aserve.process import no_wakeup_preemption
+from aserve.protocols.target import decode_path_latin1, remember_target, split_target
 from aserve.types import Environ, ExcInfo, Headers, WSGIApp
 
 logger = logging.getLogger("aserve.error")
+
+# Once the last connection has closed, how long the pool's threads may take to finish what
+# they run; they are daemon threads, so one stuck in the app does not keep the process.
+THREAD_JOIN_WAIT = 1.0
 
 # The most distinct header names whose environ keys are remembered.
 _KEY_CACHE_SIZE = 512
@@ -43,6 +46,17 @@ class FileWrapper:
             yield data
 
 
+class BodySource(Protocol):
+    """What `wsgi.input` reads from: `exchange.RequestBody`, seen from a worker thread."""
+
+    @property
+    def complete(self) -> bool: ...
+    @property
+    def disconnected(self) -> bool: ...
+    def take_chunks(self, *, from_thread: bool) -> list[bytes]: ...
+    def wait_blocking(self) -> None: ...
+
+
 class InputStream:
     """`wsgi.input`: reads the request body from the socket as the app asks for it.
 
@@ -52,7 +66,7 @@ class InputStream:
     chunk returns it as it is, and no buffer is grown or shifted.
     """
 
-    def __init__(self, body: RequestBody) -> None:
+    def __init__(self, body: BodySource) -> None:
         self._body = body
         self._chunks: list[bytes] = []
         self._offset = 0  # into self._chunks[0]
@@ -310,15 +324,17 @@ class WSGIRunner:
         *,
         threads: int,
         limit_buffer: int,
+        root_path: str,
         errors: IO[str] | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
         self.limit_buffer = limit_buffer
+        self.root_path = root_path
         self._queue: SimpleQueue[Cycle | None] = SimpleQueue()
         self._context = contextvars.copy_context()
         self._keys: dict[bytes, str | None] = {}
-        # PATH_INFO and QUERY_STRING by request target (see asgi.TargetMemo).
+        # PATH_INFO and QUERY_STRING by request target (see protocols.target).
         self._targets: dict[bytes, tuple[str, str]] = {}
         self._base: Environ = {
             "wsgi.version": (1, 0),
@@ -334,21 +350,29 @@ class WSGIRunner:
             threading.Thread(target=self._work, name=f"aserve-wsgi-{i}", daemon=True)
             for i in range(threads)
         ]
+
+    async def startup(self) -> None:
         for thread in self._threads:
             thread.start()
 
     def handle(self, cycle: Cycle) -> None:
         self._queue.put(cycle)
 
-    def shutdown(self, timeout: float) -> None:
-        """Stop the threads once queued requests are done; give up waiting after `timeout`."""
-        for _ in self._threads:
+    async def shutdown(self, timeout: float) -> None:
+        """Stop the threads once queued requests are done; stop waiting after `timeout` (at
+        most `THREAD_JOIN_WAIT`)."""
+        await asyncio.to_thread(self._join, min(timeout, THREAD_JOIN_WAIT))
+
+    def _join(self, timeout: float) -> None:
+        started = [thread for thread in self._threads if thread.ident is not None]
+        for _ in started:
             self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in started:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
-        _no_wakeup_preemption()
+        no_wakeup_preemption()
         get = self._queue.get
         while (cycle := get()) is not None:
             if cycle.done or cycle.disconnected:
@@ -358,19 +382,21 @@ class WSGIRunner:
     def environ(self, cycle: Cycle) -> Environ:
         request = cycle.request
         target = remember_target(self._targets, request.target, _environ_target)
-        server = cycle.server or ("localhost", 0)
+        info = cycle.info
+        server = info.server or ("localhost", 0)
         environ = self._base.copy()
         environ["REQUEST_METHOD"] = request.method.decode("ascii")
-        environ["SCRIPT_NAME"] = cycle.root_path
+        environ["SCRIPT_NAME"] = self.root_path
         environ["PATH_INFO"], environ["QUERY_STRING"] = target
         environ["SERVER_NAME"] = server[0]
         environ["SERVER_PORT"] = str(server[1])
         environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version
-        environ["wsgi.url_scheme"] = cycle.scheme
+        environ["wsgi.url_scheme"] = info.scheme
         environ["wsgi.input"] = InputStream(cycle.body)
-        if cycle.client is not None:
-            environ["REMOTE_ADDR"] = cycle.client[0]
-            environ["REMOTE_PORT"] = str(cycle.client[1])
+        client = info.client
+        if client is not None:
+            environ["REMOTE_ADDR"] = client[0]
+            environ["REMOTE_PORT"] = str(client[1])
         keys = self._keys
         for name, value in request.headers:
             key = keys.get(name, "")
@@ -417,25 +443,6 @@ class WSGIRunner:
             self.loop.call_soon_threadsafe(cycle.fail)
 
 
-def _no_wakeup_preemption() -> None:
-    """Schedule the calling thread as SCHED_BATCH (Linux): a CPU-bound thread that, when
-    woken, waits for its turn instead of preempting the running thread.
-
-    Every request hands work between the loop and a pool thread, and each hand-off wakes the
-    other thread. A woken thread that preempts the waker at once only finds the GIL held
-    and sleeps again: two context switches for nothing. On one CPU those were ~40% of the
-    switches of the WSGI hello benchmark and SCHED_BATCH raised it from ~28,500 to ~44,000
-    req/s; a woken thread still runs at once on an idle CPU. Nothing else changes: the
-    thread's priority and share of the CPU stay as they were.
-    """
-    setscheduler = getattr(os, "sched_setscheduler", None)
-    batch = getattr(os, "SCHED_BATCH", None)
-    if setscheduler is None or batch is None:
-        return
-    with contextlib.suppress(OSError):  # e.g. a sandbox that filters the call
-        setscheduler(0, batch, os.sched_param(0))
-
-
 def _close(result: Iterable[bytes]) -> None:
     close = getattr(result, "close", None)
     if close is not None:
@@ -462,11 +469,5 @@ def _environ_target(target: bytes) -> tuple[str, str]:
     raw_path, query = split_target(target)
     # PEP 3333: PATH_INFO is the percent-decoded bytes, as latin-1.
     # The asterisk-form (OPTIONS *) and authority-form (CONNECT) have no path.
-    path = _unquote_to_latin1(raw_path) if raw_path[:1] == b"/" else ""
+    path = decode_path_latin1(raw_path) if raw_path[:1] == b"/" else ""
     return path, query.decode("latin-1")
-
-
-def _unquote_to_latin1(raw: bytes) -> str:
-    if b"%" not in raw:
-        return raw.decode("latin-1")
-    return unquote_to_bytes(raw).decode("latin-1")

@@ -1,0 +1,324 @@
+"""The seam between a connection and an app runner: one request and its response (`Cycle`),
+the request body the app reads (`RequestBody`), and what each side offers the other
+(`ResponseSink` from the connection, `AppRunner` from the runner)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from aserve.types import Headers
+
+
+class RequestHead(Protocol):
+    """A parsed request head, as a runner reads it (header names lower-cased)."""
+
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def target(self) -> bytes: ...
+    @property
+    def http_version(self) -> str: ...
+    @property
+    def headers(self) -> Headers: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """What the transport knows of a connection: the addresses (None for a Unix socket peer)
+    and the URL scheme, `https` once TLS carries it."""
+
+    client: tuple[str, int] | None
+    server: tuple[str, int] | None
+    scheme: str = "http"
+
+
+class ResponseSink(Protocol):
+    """What a connection offers the exchange in progress on it: HTTP/1.1 today, an HTTP/2
+    stream or another transport later. The runner reaches it only through `Cycle`."""
+
+    @property
+    def write_paused(self) -> bool:
+        """The peer reads slower than the app writes: wait for `on_writable`."""
+        ...
+
+    def start_response(self, status: int, headers: Headers, reason: bytes | None) -> None:
+        """Check and hold the response head; it goes out with the first body bytes or on
+        `flush_head()`. Raises AppProtocolError (nothing sent) for an invalid head."""
+        ...
+
+    def flush_head(self) -> None: ...
+
+    def send_body(self, data: bytes) -> None: ...
+
+    def end_response(self, data: bytes) -> None:
+        """Send the last body bytes and end the response; raises AppProtocolError (nothing
+        sent) when that breaks the framing its head announced."""
+        ...
+
+    def response_done(self, cycle: Cycle) -> None:
+        """The exchange is over: the connection logs it and moves on."""
+        ...
+
+    def fail_response(self, cycle: Cycle) -> None:
+        """The app failed: a 500 if nothing was sent yet, else the response is cut short."""
+        ...
+
+    def close_after_response(self) -> None:
+        """No further exchange on this connection: close it once the one in progress (if
+        any) is answered."""
+        ...
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the loop once writing may go on, or the peer is gone."""
+        ...
+
+
+class RequestBody:
+    """Request body bytes received but not yet read, shared by the loop and one app thread.
+
+    The connection `feed`s on the loop; the app `take`s everything buffered, from the loop
+    (ASGI) or from a worker thread (WSGI), and waits with `wait()` or `wait_blocking()` when
+    nothing is there. Taking calls `on_wanted` on the loop: the connection then resumes
+    reading, or sends `100 Continue`.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_future",
+        "_lock",
+        "_loop",
+        "_on_wanted",
+        "_size",
+        "_thread_waiter",
+        "complete",
+        "disconnected",
+        "paused",
+        "peer_done",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_wanted: Callable[[RequestBody], None]
+    ) -> None:
+        self._loop = loop
+        self._on_wanted = on_wanted
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._thread_waiter: threading.Lock | None = None
+        self._future: asyncio.Future[None] | None = None
+        self.complete = False
+        self.disconnected = False
+        # The peer sends nothing more (it half-closed): a wait for it to leave ends.
+        self.peer_done = False
+        # Reading from the socket is paused until the app takes what is buffered.
+        self.paused = False
+
+    # loop side
+
+    def feed(self, data: bytes, limit: int) -> bool:
+        """Buffer `data`; True when the buffer is full and reading should pause."""
+        with self._lock:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size >= limit:
+                self.paused = True
+            waiter, self._thread_waiter = self._thread_waiter, None
+        self._wake(waiter)
+        return self.paused
+
+    def finish(self) -> None:
+        with self._lock:
+            self.complete = True
+            waiter, self._thread_waiter = self._thread_waiter, None
+        self._wake(waiter)
+
+    def disconnect(self) -> None:
+        with self._lock:
+            self.disconnected = True
+            waiter, self._thread_waiter = self._thread_waiter, None
+        self._wake(waiter)
+
+    def half_close(self) -> None:
+        """The peer half-closed after a complete request: it will send nothing more."""
+        self.peer_done = True
+        self._wake(None)
+
+    def _wake(self, waiter: threading.Lock | None) -> None:
+        if waiter is not None:
+            waiter.release()
+        future = self._future
+        if future is not None:
+            self._future = None
+            if not future.done():
+                future.set_result(None)
+
+    # consumer side
+
+    def take(self, *, from_thread: bool) -> bytes:
+        """Everything buffered (b"" when nothing is); asks for more from the socket."""
+        chunks = self.take_chunks(from_thread=from_thread)
+        if not chunks:
+            return b""
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def take_chunks(self, *, from_thread: bool) -> list[bytes]:
+        """Everything buffered, as received (no bytes joined); asks for more from the socket."""
+        with self._lock:
+            if self._size:
+                chunks = list(self._chunks)
+                self._chunks.clear()
+                self._size = 0
+            else:
+                chunks = []
+            resume = self.paused
+            self.paused = False
+            more_wanted = not (self.complete or self.disconnected)
+        if resume or (not chunks and more_wanted):
+            if from_thread:
+                self._loop.call_soon_threadsafe(self._on_wanted, self)
+            else:
+                self._on_wanted(self)
+        return chunks
+
+    @property
+    def has_data(self) -> bool:
+        return self._size != 0
+
+    def wake(self) -> None:
+        """Release a loop-side waiter (the response ended, nothing more will come)."""
+        self._wake(None)
+
+    async def wait_disconnect(self) -> None:
+        """On the loop: wait until the client leaves (or half-closes) or `wake()` is called."""
+        if self.disconnected or self.peer_done:
+            return
+        future = self._loop.create_future()
+        self._future = future
+        await future
+
+    @property
+    def ready(self) -> bool:
+        """`take()` would return data, or the body is over."""
+        return bool(self._size) or self.complete or self.disconnected
+
+    async def wait(self) -> None:
+        """On the loop: wait until `ready`."""
+        if self.ready:
+            return
+        future = self._loop.create_future()
+        self._future = future
+        await future
+
+    def wait_blocking(self) -> None:
+        """On a worker thread: block until `ready`."""
+        with self._lock:
+            if self._size or self.complete or self.disconnected:
+                return
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._thread_waiter = waiter
+        waiter.acquire()
+
+
+class Cycle:
+    """One request and its response, as an app runner sees them: the request head, the
+    connection it came on, its body, and the response sent through the connection's sink.
+
+    Loop-side methods only, except `body`, which a worker thread may read.
+    """
+
+    __slots__ = (
+        "body",
+        "done",
+        "info",
+        "request",
+        "response_bytes",
+        "sink",
+        "started_at",
+        "status",
+    )
+
+    def __init__(
+        self, request: RequestHead, info: ConnectionInfo, sink: ResponseSink, body: RequestBody
+    ) -> None:
+        self.request = request
+        self.info = info
+        self.sink = sink
+        self.body = body
+        self.started_at = time.perf_counter()
+        self.status = 0
+        self.response_bytes = 0
+        self.done = False
+
+    @property
+    def disconnected(self) -> bool:
+        return self.body.disconnected
+
+    @property
+    def response_started(self) -> bool:
+        return self.status != 0
+
+    @property
+    def write_paused(self) -> bool:
+        return self.sink.write_paused
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the loop once writing may go on (or the client is gone)."""
+        self.sink.on_writable(callback)
+
+    def send_start(self, status: int, headers: Headers, reason: bytes | None = None) -> None:
+        """Begin the response; the head is written with the first body bytes or `flush()`."""
+        if self.done:
+            return
+        self.sink.start_response(status, headers, reason)
+        self.status = status
+
+    def flush(self) -> None:
+        """Write a response head that is still waiting for body bytes."""
+        if not self.done:
+            self.sink.flush_head()
+
+    def send_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.sink.send_body(data)
+        self.response_bytes += len(data)
+
+    def send_end(self, data: bytes = b"") -> None:
+        """Finish the response (with a last piece of body); the connection then moves on."""
+        if self.done:
+            return
+        self.sink.end_response(data)
+        self.done = True
+        self.response_bytes += len(data)
+        self.sink.response_done(self)
+
+    def fail(self) -> None:
+        """The app failed: a 500 if nothing was sent yet, else the connection is closed."""
+        if self.done:
+            # It broke its protocol after the response: the connection cannot be trusted.
+            self.sink.close_after_response()
+            return
+        self.done = True
+        self.sink.fail_response(self)
+
+
+class AppRunner(Protocol):
+    """Runs an application: each request arrives as a `Cycle`, answered on the loop through it
+    and finally `send_end` (or `fail`)."""
+
+    async def startup(self) -> None:
+        """Before the first request (ASGI lifespan); raises LifespanError when it failed."""
+        ...
+
+    def handle(self, cycle: Cycle) -> None: ...
+
+    async def shutdown(self, timeout: float) -> None:
+        """After the last connection closed: stop what still runs, giving it `timeout`."""
+        ...
