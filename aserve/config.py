@@ -31,6 +31,27 @@ def setting(
     return field(default=default, metadata=meta)
 
 
+# Numeric settings by the least value they take: 0 where it means "none" or "no limit", more
+# than 0 for timeouts a client could not meet at 0, 1 for sizes and counts that 0 would break.
+_NON_NEGATIVE = (
+    "timeout_keep_alive",
+    "timeout_graceful_shutdown",
+    "limit_request_body",
+    "limit_concurrency",
+    "limit_pipeline",
+    "limit_drain",
+)
+_POSITIVE = ("timeout_request_head", "timeout_request_body")
+_AT_LEAST_ONE = (
+    "backlog",
+    "limit_request_line",
+    "limit_request_fields",
+    "limit_request_field_size",
+    "limit_request_head",
+    "limit_buffer",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Settings shared by the CLI, `aserve.run()` and `Server`; picklable for the supervisor."""
@@ -178,35 +199,31 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        self._check_numbers()
+        self._check_choices()
+
+    def _check_numbers(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, not {self.port}")
         if self.fd is not None and self.fd < 0:
             raise ConfigError(f"--fd must be a non-negative file descriptor, not {self.fd}")
-        if self.uds is not None and self.fd is not None:
-            raise ConfigError("--uds and --fd cannot be used together")
         if self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, not {self.threads}")
-        for name in ("timeout_keep_alive", "timeout_graceful_shutdown"):
+        for name in _NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} cannot be negative")
-        for name in ("timeout_request_head", "timeout_request_body"):
+        for name in _POSITIVE:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be more than 0")
-        for name in ("limit_request_body", "limit_concurrency", "limit_pipeline", "limit_drain"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} cannot be negative")
-        for name in (
-            "backlog",
-            "limit_request_line",
-            "limit_request_fields",
-            "limit_request_field_size",
-            "limit_request_head",
-            "limit_buffer",
-        ):
+        for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 <= self.reload_delay <= 10:
             raise ConfigError("--reload-delay must be between 0 and 10 seconds")
+
+    def _check_choices(self) -> None:
+        if self.uds is not None and self.fd is not None:
+            raise ConfigError("--uds and --fd cannot be used together")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ConfigError("--root-path must start with '/' and not end with one, like /app")
         if self.server == "wsgiref" and self.interface == "asgi":

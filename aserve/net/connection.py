@@ -51,6 +51,12 @@ class Phase(enum.IntEnum):
     CLOSED = 6
 
 
+# The phases as plain names: an enum member's attribute lookup costs more than the test, and
+# these are tested several times per request.
+_IDLE, _HEAD, _BUSY, _BODY_WAIT = Phase.IDLE, Phase.HEAD, Phase.BUSY, Phase.BODY_WAIT
+_GRACE, _LINGER, _CLOSED = Phase.GRACE, Phase.LINGER, Phase.CLOSED
+
+
 class ServerState:
     """What every connection of one server shares."""
 
@@ -166,7 +172,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.info = ConnectionInfo(None, None)
         self.cycle: Cycle | None = None
-        self.phase = Phase.IDLE
+        self.phase = _IDLE
         # When the current phase's wait runs out (0: it has none).
         self._deadline = 0.0
         self._timer = _LazyTimer(state.loop, self._on_timer)
@@ -206,7 +212,7 @@ class HttpProtocol(asyncio.Protocol):
         # The first request head counts from the connection: a client that connects and sends
         # nothing is gone after the shorter of the keep-alive and head timeouts.
         self._connected_at = now = state.loop.time()
-        self._enter(Phase.IDLE, now + min(state.keep_alive_timeout, state.head_timeout))
+        self._enter(_IDLE, now + min(state.keep_alive_timeout, state.head_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
@@ -232,16 +238,16 @@ class HttpProtocol(asyncio.Protocol):
         return True
 
     def data_received(self, data: bytes) -> None:
-        if self.phase >= Phase.LINGER:
+        if self.phase >= _LINGER:
             return  # read only so that closing does not reset the connection (see `_linger`)
         conn = self.conn
         conn.receive_data(data)
         self._process_events()
-        if self.phase is Phase.IDLE and conn.head_in_progress:
+        if self.phase is _IDLE and conn.head_in_progress:
             # A request head began: it must be complete in time, however slowly it trickles
             # in; its bytes never restart the keep-alive period.
             since = self.state.loop.time() if self._served else self._connected_at
-            self._enter(Phase.HEAD, since + self.state.head_timeout)
+            self._enter(_HEAD, since + self.state.head_timeout)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -254,24 +260,25 @@ class HttpProtocol(asyncio.Protocol):
 
     def _process_events(self) -> None:
         conn = self.conn
-        while self.phase < Phase.LINGER:
+        while self.phase < _LINGER:
             event = conn.next_event()
             if event is None:
                 break
-            kind = type(event)
-            if kind is Request:
-                self._start_cycle(cast(Request, event))
-            elif kind is Data:
+            if type(event) is Request:
+                self._start_cycle(event)
+            elif type(event) is Data:
                 cycle = self.cycle
                 if cycle is not None:
-                    self._body_arrived()
-                    if cycle.body.feed(cast(Data, event).data, self.state.limit_buffer):
+                    if self.phase is _BODY_WAIT:
+                        self._enter(_BUSY)
+                    if cycle.body.feed(event.data, self.state.limit_buffer):
                         self._body_full = True
                         self._update_reading()
-            elif kind is EndOfMessage:
+            elif type(event) is EndOfMessage:
                 cycle = self.cycle
                 if cycle is not None:
-                    self._body_arrived()
+                    if self.phase is _BODY_WAIT:
+                        self._enter(_BUSY)
                     cycle.body.finish()
             else:
                 self._protocol_failure(cast(ProtocolFailure, event))
@@ -289,7 +296,7 @@ class HttpProtocol(asyncio.Protocol):
         self._served = True
         if self._stopping:
             self.conn.keep_alive = False  # the server is stopping: this response ends it
-        self._enter(Phase.BUSY)
+        self._enter(_BUSY)
         self.state.runner.handle(cycle)
 
     def _body_wanted(self, body: RequestBody) -> None:
@@ -304,17 +311,12 @@ class HttpProtocol(asyncio.Protocol):
             self._body_full = False
             self._update_reading()
         if (
-            self.phase is Phase.BUSY
+            self.phase is _BUSY
             and not body.has_data
             and not body.complete
             and not body.disconnected
         ):
-            self._enter(Phase.BODY_WAIT, self.state.loop.time() + self.state.body_timeout)
-
-    def _body_arrived(self) -> None:
-        if self.phase is Phase.BODY_WAIT:
-            self.phase = Phase.BUSY
-            self._deadline = 0.0
+            self._enter(_BODY_WAIT, self.state.loop.time() + self.state.body_timeout)
 
     def _protocol_failure(self, failure: ProtocolFailure) -> None:
         cycle = self.cycle
@@ -364,9 +366,25 @@ class HttpProtocol(asyncio.Protocol):
             self._write(out)
 
     def response_done(self, cycle: Cycle) -> None:
+        """The response is out: go on to the next request, or end the connection."""
         self._log(cycle)
-        if self.cycle is cycle:
-            self._next_cycle(cycle)
+        if self.cycle is not cycle:
+            return
+        self.cycle = None
+        if self.phase >= _LINGER:
+            return  # the connection ended under the response
+        if self._stopping or not self.conn.start_next_cycle():
+            self._end_after(cycle)
+            return
+        # Reading paused for this request's body or for the pipeline resumes: unread body is
+        # drained (http11 discards it) and queued requests go on.
+        if self._body_full or self._pipeline_full:
+            self._body_full = self._pipeline_full = False
+            self._update_reading()
+        self._become_idle()
+        self._process_events()
+        if self.half_closed and self.phase <= _HEAD:
+            self.close()  # the client half-closed and every request it sent is answered
 
     def fail_response(self, cycle: Cycle) -> None:
         if self.cycle is not cycle:
@@ -379,11 +397,11 @@ class HttpProtocol(asyncio.Protocol):
         self._end_after(cycle)
 
     def close_after_response(self) -> None:
-        if self.phase < Phase.LINGER:
+        if self.phase < _LINGER:
             self.shutdown()
 
     def on_writable(self, callback: Callable[[], None]) -> None:
-        if not self.write_paused or self.phase >= Phase.LINGER:
+        if not self.write_paused or self.phase >= _LINGER:
             self.state.loop.call_soon(callback)
         else:
             self._drain_waiters.append(callback)
@@ -414,24 +432,6 @@ class HttpProtocol(asyncio.Protocol):
         for callback in waiters:
             callback()
 
-    def _next_cycle(self, cycle: Cycle) -> None:
-        """The response is out: go on to the next request, or end the connection."""
-        self.cycle = None
-        if self.phase >= Phase.LINGER:
-            return  # the connection ended under the response
-        if self._stopping or not self.conn.start_next_cycle():
-            self._end_after(cycle)
-            return
-        # Reading paused for this request's body or for the pipeline resumes: unread body is
-        # drained (http11 discards it) and queued requests go on.
-        if self._body_full or self._pipeline_full:
-            self._body_full = self._pipeline_full = False
-            self._update_reading()
-        self._become_idle()
-        self._process_events()
-        if self.half_closed and self.phase <= Phase.HEAD:
-            self.close()  # the client half-closed and every request it sent is answered
-
     # reading, phases, closing
 
     def _update_reading(self) -> None:
@@ -450,9 +450,9 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         now = state.loop.time()
         if self.conn.head_in_progress:
-            self._enter(Phase.HEAD, now + state.head_timeout)
+            self._enter(_HEAD, now + state.head_timeout)
         else:
-            self._enter(Phase.IDLE, now + state.keep_alive_timeout)
+            self._enter(_IDLE, now + state.keep_alive_timeout)
 
     def _enter(self, phase: Phase, deadline: float = 0.0) -> None:
         self.phase = phase
@@ -461,7 +461,7 @@ class HttpProtocol(asyncio.Protocol):
             self._timer.arm(deadline)
         if self.state.limit_concurrency:
             idle = self.state.idle
-            if phase <= Phase.HEAD:
+            if phase <= _HEAD:
                 if self not in idle:
                     idle[self] = None
             else:
@@ -470,9 +470,9 @@ class HttpProtocol(asyncio.Protocol):
     def _leave(self) -> None:
         """The connection is closed: it leaves the server's books and keeps no timer."""
         state = self.state
-        if self.phase is Phase.LINGER:
+        if self.phase is _LINGER:
             state.lingering -= 1
-        self.phase = Phase.CLOSED
+        self.phase = _CLOSED
         self._deadline = 0.0
         self._timer.cancel()
         state.idle.pop(self, None)
@@ -485,9 +485,9 @@ class HttpProtocol(asyncio.Protocol):
             self._timer.arm(deadline)
             return
         phase = self.phase
-        if phase is Phase.HEAD:
+        if phase is _HEAD:
             self._protocol_failure(ProtocolFailure(408, "request head not received in time"))
-        elif phase is Phase.BODY_WAIT:
+        elif phase is _BODY_WAIT:
             # The app sees the client gone (http.disconnect, ClientDisconnected).
             self._protocol_failure(ProtocolFailure(408, "request body not received in time"))
         else:
@@ -502,10 +502,10 @@ class HttpProtocol(asyncio.Protocol):
         then answered with `Connection: close`.
         """
         phase = self.phase
-        if phase is Phase.LINGER:
+        if phase is _LINGER:
             self.close()
             return
-        if phase >= Phase.GRACE:
+        if phase >= _GRACE:
             return
         self._stopping = True
         cycle = self.cycle
@@ -513,7 +513,7 @@ class HttpProtocol(asyncio.Protocol):
             if self._served and not self.conn.head_in_progress:
                 self.close()
             else:
-                self._enter(Phase.GRACE, self.state.loop.time() + SHUTDOWN_GRACE)
+                self._enter(_GRACE, self.state.loop.time() + SHUTDOWN_GRACE)
             return
         if not cycle.response_started:
             # Tell the client in the response itself that this connection ends with it.
@@ -546,7 +546,7 @@ class HttpProtocol(asyncio.Protocol):
         if (
             transport is None
             or transport.is_closing()
-            or self.phase >= Phase.LINGER
+            or self.phase >= _LINGER
             or self.half_closed
             or self._stopping
         ):
@@ -559,7 +559,7 @@ class HttpProtocol(asyncio.Protocol):
         if not half_close:
             self.close()
             return
-        self._enter(Phase.LINGER, self.state.loop.time() + LINGER)
+        self._enter(_LINGER, self.state.loop.time() + LINGER)
         self.state.lingering += 1
         transport.write_eof()
         if not transport.is_reading():

@@ -6,6 +6,7 @@ for the bytes of a response head, body chunks and end; it supplies the Date/Serv
 
 from __future__ import annotations
 
+import enum
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -139,9 +140,181 @@ def status_line(status: int, reason: bytes | None = None) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason)
 
 
-def _status_has_body(status: int) -> bool:
+class _Part(enum.Enum):
+    """Which part of a request message the parser is in."""
+
+    BETWEEN = "between messages"
+    HEAD = "head"
+    BODY = "body"
+    # After a chunk-size line: trailer fields may follow, buffered by httptools like a head.
+    TRAILERS = "trailers"
+
+
+# The parts as plain names: an enum member's attribute lookup costs more than the test.
+_BETWEEN, _HEAD, _BODY, _TRAILERS = _Part.BETWEEN, _Part.HEAD, _Part.BODY, _Part.TRAILERS
+
+
+class _Message:
+    """What the head of the request message being parsed has said so far; a new one per
+    message, so nothing of the previous message leaks into the next."""
+
+    __slots__ = (
+        "body_size",
+        "declared_length",
+        "expect",
+        "fields_size",
+        "has_body",
+        "headers",
+        "host_count",
+        "unsupported_coding",
+        "url",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: Headers = []
+        self.fields_size = 0
+        self.host_count = 0
+        self.expect = False
+        self.has_body = False
+        self.declared_length = b""
+        self.body_size = 0
+        self.unsupported_coding: bytes | None = None
+
+
+class _AppFraming:
+    """What the app's response fields other than a plain Content-Length say of the framing."""
+
+    __slots__ = ("chunked", "close", "content_length", "replaced")
+
+    def __init__(self) -> None:
+        self.content_length: int | None = None
+        self.chunked = False
+        self.close = False
+        # Default fields (Date, Server) the app gave itself.
+        self.replaced: list[bytes] = []
+
+
+# How a response body is delimited: whether there is one, chunked, its Content-Length, the
+# connection's keep-alive, and the fields that say so (see body_framing).
+Framing = tuple[bool, bool, int | None, bool, bytes]
+
+
+def body_framing(
+    status: int,
+    head: bool,
+    http_version: str,
+    content_length: int | None,
+    chunked: bool,
+    keep_alive: bool,
+) -> Framing:
+    """Decide the framing of a response (RFC 9112 §6.1-6.3) to a request of `http_version` (a
+    HEAD request when `head`), from what the app's fields asked for."""
+    if chunked and content_length is not None:
+        raise AppProtocolError("response has both Content-Length and Transfer-Encoding")
     # RFC 9112 §6.3: 1xx, 204 and 304 responses never carry content.
-    return status >= 200 and status not in (204, 304)
+    body = status >= 200 and status not in (204, 304)
+    fields = b""
+    if not body:
+        chunked = False
+    elif content_length is None and not chunked and not head:
+        if http_version == "1.1":
+            chunked = True
+            fields = b"transfer-encoding: chunked\r\n"
+        else:
+            # HTTP/1.0 has no chunking: the end of the body is the end of the connection.
+            keep_alive = False
+    if keep_alive:
+        if http_version == "1.0":
+            fields += b"connection: keep-alive\r\n"
+    else:
+        fields += b"connection: close\r\n"
+    body = body and not head
+    return body, chunked and body, content_length if body else None, keep_alive, fields
+
+
+def _field_lines(
+    headers: Headers, status: int, http_version: str, memo: FieldMemo, lines: list[bytes]
+) -> tuple[int | None, _AppFraming | None]:
+    """Check the app's response fields (RFC 9110 §5.5, §5.6.2) and append their lines to
+    `lines`, leaving out those the framing decides. Returns a plain Content-Length, and what
+    the other fields the framing depends on said (None when there were none)."""
+    content_length: int | None = None
+    special: _AppFraming | None = None
+    # RFC 9110 §8.6, RFC 9112 §6.1: no Content-Length or Transfer-Encoding in a 1xx or 204.
+    framing_allowed = status >= 200 and status != 204
+    append = lines.append
+    for name, value in headers:
+        try:
+            line = memo.get((name, value))
+        except TypeError:  # unhashable (a bytearray): checked like a new field below
+            line = None
+        if line is not None:
+            append(line)
+            continue
+        # Content-Length of ASCII digits only: nothing else to check.
+        if (
+            type(name) is bytes
+            and name in _LENGTH_NAMES
+            and type(value) is bytes
+            and value.isdigit()
+        ):
+            if framing_allowed:
+                content_length = int(value)
+                append(b"%s: %s\r\n" % (name, value))
+            continue
+        if _TOKEN.fullmatch(name) is None:
+            raise AppProtocolError(f"invalid response header name {name!r}")
+        if _FORBIDDEN_IN_VALUE.search(value) is not None:
+            raise AppProtocolError(f"invalid response header value {value!r}")
+        lname = bytes(name).lower()
+        if lname not in _SPECIAL_FIELDS:
+            append(_remember_field(memo, name, value))
+            continue
+        if special is None:
+            special = _AppFraming()
+        if _special_field(special, lname, value, framing_allowed, http_version):
+            append(b"%s: %s\r\n" % (name, value))
+    return content_length, special
+
+
+def _remember_field(memo: FieldMemo, name: bytes, value: bytes) -> bytes:
+    line = b"%s: %s\r\n" % (name, value)
+    if (
+        type(name) is bytes
+        and type(value) is bytes
+        and len(value) <= FIELD_MEMO_VALUE_MAX
+        and len(memo) < FIELD_MEMO_MAX
+    ):
+        memo[name, value] = line
+    return line
+
+
+def _special_field(
+    framing: _AppFraming, lname: bytes, value: bytes, framing_allowed: bool, http_version: str
+) -> bool:
+    """Note what a field the framing depends on says; whether its line is sent as it is."""
+    if lname == b"connection":
+        if b"close" in value.lower():
+            framing.close = True
+        return False  # the framing decides this field
+    if lname in (b"server", b"date"):
+        framing.replaced.append(lname)
+        return True
+    if not framing_allowed:
+        return False
+    if lname == b"content-length":
+        # RFC 9110 §8.6: 1*DIGIT; int() would also take "+1", "-0" or "1_0".
+        if not value.strip(b" \t").isdigit():
+            raise AppProtocolError(f"invalid Content-Length {value!r}")
+        framing.content_length = int(value)
+        return True
+    # Transfer-Encoding: the app asked for chunking by name; aserve encodes the chunks.
+    if value.lower() != b"chunked":
+        raise AppProtocolError(f"unsupported Transfer-Encoding {value!r}")
+    # RFC 9112 §6.1: not to an HTTP/1.0 client; the close ends the body instead.
+    framing.chunked = http_version != "1.0"
+    return framing.chunked
 
 
 class Connection:
@@ -159,21 +332,13 @@ class Connection:
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[Event] = deque()
         self._broken = False
-        # Receiving state of the message being parsed.
-        self._in_head = True
-        self._in_trailers = False
-        self._fresh_head = False
+        # Receiving: where the parser is, and the message being parsed.
+        self._part = _BETWEEN
+        self._message = _Message()
+        # Bytes fed since the current head (or trailer section) began, and whether the feed
+        # that began it is still to be counted (see `_check_fed`).
         self._head_bytes = 0
-        self._url = b""
-        self._headers: Headers = []
-        self._fields_size = 0
-        self._host_count = 0
-        self._expect = False
-        self._has_body = False
-        self._declared_length = b""
-        self._body_size = 0
-        self._unsupported_coding: bytes | None = None
-        self._head_started = False
+        self._fresh_head = False
         # Requests parsed and not yet handed out by `next_event()`.
         self._queued = 0
         self._discarding = False
@@ -224,7 +389,7 @@ class Connection:
 
     def _check_fed(self, data: bytes) -> None:
         """Limits that only the bytes fed can tell, after the parser took `data`."""
-        if self._in_head or self._in_trailers:
+        if self._part is not _BODY:
             # httptools keeps a partial field in memory without bound: cap the head by bytes
             # fed too. The feed that began this head may hold the previous body, so skip it.
             if self._fresh_head:
@@ -261,12 +426,12 @@ class Connection:
     @property
     def head_in_progress(self) -> bool:
         """Part of a request head has arrived and the rest has not."""
-        return self._head_started and not self._broken
+        return self._part is _HEAD and not self._broken
 
     def _fail_head_too_large(self) -> None:
         # on_url refuses a target over its limit as it arrives, so the excess is in the fields
         # unless the request line limit is set above the head's.
-        if len(self._url) >= self.limits.request_head:
+        if len(self._message.url) >= self.limits.request_head:
             self._fail(414, "request line too long")
         else:
             self._fail(431, "request header section too large")
@@ -310,35 +475,29 @@ class Connection:
     # httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_head = True
-        self._head_started = True
+        self._part = _HEAD
+        self._message = _Message()
         self._fresh_head = True
         self._head_bytes = 0
-        self._url = b""
-        self._headers = []
-        self._fields_size = 0
-        self._host_count = 0
-        self._expect = False
-        self._has_body = False
-        self._declared_length = b""
-        self._body_size = 0
-        self._unsupported_coding = None
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.limits.request_line:
+        message = self._message
+        message.url += url
+        if len(message.url) > self.limits.request_line:
             raise ProtocolError("request target too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
+        message = self._message
         size = len(name) + len(value)
-        if size > self.limits.request_field_size:
+        if size > limits.request_field_size:
             raise ProtocolError("request header field too large", 431)
-        self._fields_size += size + 4
-        if self._fields_size > self.limits.request_head:
+        message.fields_size += size + 4
+        if message.fields_size > limits.request_head:
             raise ProtocolError("request header section too large", 431)
-        if len(self._headers) >= self.limits.request_fields:
+        if len(message.headers) >= limits.request_fields:
             raise ProtocolError("too many request header fields", 431)
-        if not self._in_head:
+        if self._part is not _HEAD:
             # A trailer field: RFC 9110 §6.5.1 forbids merging it into the header section.
             return
         name = name.lower()
@@ -347,9 +506,9 @@ class Connection:
             # trailing).
             value = value.rstrip(b" \t")
         if name == b"host":
-            self._host_count += 1
+            message.host_count += 1
         elif name == b"expect":
-            self._expect = value.lower() == b"100-continue"
+            message.expect = value.lower() == b"100-continue"
         elif name == b"transfer-encoding":
             if b"\t" in value:
                 # llhttp skips only spaces around codings and would fail the body later, after
@@ -357,67 +516,69 @@ class Connection:
                 raise ProtocolError("tab in Transfer-Encoding", 400)
             value = value.rstrip(b" ")
             if value.lower() != b"chunked":
-                self._unsupported_coding = value
-            self._has_body = True
+                message.unsupported_coding = value
+            message.has_body = True
         elif name == b"content-length" and value not in (b"0", b""):
-            self._has_body = True
-            self._declared_length = value
-        self._headers.append((name, value))
+            message.has_body = True
+            message.declared_length = value
+        message.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._head_started = False
+        self._part = _BODY
         self._fresh_head = False
+        message = self._message
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise ProtocolError(f"unsupported HTTP version {version}", 400)
         # RFC 9112 §3.2: a 1.1 request without Host, and any request with several, gets 400.
-        if self._host_count > 1 or (self._host_count == 0 and version == "1.1"):
+        if message.host_count > 1 or (message.host_count == 0 and version == "1.1"):
             raise ProtocolError("missing or duplicate Host header", 400)
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty (§6.3: 400).
-        if version == "1.0" and any(name == b"transfer-encoding" for name, _ in self._headers):
+        if version == "1.0" and any(name == b"transfer-encoding" for name, _ in message.headers):
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", 400)
         # RFC 9112 §3.2.4: the asterisk-form is only for a server-wide OPTIONS.
-        if self._url == b"*" and parser.get_method() != b"OPTIONS":
+        if message.url == b"*" and parser.get_method() != b"OPTIONS":
             raise ProtocolError("asterisk-form target outside OPTIONS", 400)
-        if self._unsupported_coding is not None:
+        if message.unsupported_coding is not None:
             # Checked once the head is complete, so that llhttp's 400 for Transfer-Encoding
             # beside Content-Length comes first. llhttp refuses codings after chunked; one before
             # it (gzip, chunked) it passes on, and aserve decodes none (RFC 9112 §6.1: 501).
-            raise ProtocolError(f"unsupported Transfer-Encoding {self._unsupported_coding!r}", 501)
-        if self._has_body and parser.should_upgrade():
+            raise ProtocolError(
+                f"unsupported Transfer-Encoding {message.unsupported_coding!r}", 501
+            )
+        if message.has_body and parser.should_upgrade():
             # httptools skips the body of an Upgrade (or CONNECT) request and would parse it as
             # the next request, a smuggling vector; aserve switches to no protocol: refuse it.
             raise ProtocolError("request body with Upgrade or CONNECT is not supported", 400)
         limit = self.limits.request_body
-        if limit and self._declared_length and int(self._declared_length) > limit:
+        if limit and message.declared_length and int(message.declared_length) > limit:
             # Refused before the app runs; llhttp has already checked that it is 1*DIGIT.
             raise ProtocolError("request body larger than the limit", 413)
         self._queued += 1
         self._events.append(
             Request(
                 parser.get_method(),
-                self._url,
+                message.url,
                 version,
-                self._headers,
+                message.headers,
                 parser.should_keep_alive(),
-                self._expect and version == "1.1",
+                message.expect and version == "1.1",
             )
         )
 
     def on_chunk_header(self) -> None:
         # Trailer fields may follow, buffered by httptools like head fields: cap the bytes fed
         # until this chunk's data (or the end of the trailers) shows up.
-        self._in_trailers = True
+        self._part = _TRAILERS
         self._fresh_head = True
         self._head_bytes = 0
 
     def on_chunk_complete(self) -> None:
-        self._in_trailers = False
+        self._part = _BODY
 
     def on_body(self, body: bytes) -> None:
-        self._in_trailers = False
+        self._part = _BODY
         if self._discarding:
             self._discard_left -= len(body)
             if self._discard_left < 0:
@@ -430,12 +591,18 @@ class Connection:
         limit = self.limits.request_body
         if limit:
             # A chunked body has no declared length: count it as it arrives.
-            self._body_size += len(body)
-            if self._body_size > limit:
+            message = self._message
+            message.body_size += len(body)
+            if message.body_size > limit:
                 raise ProtocolError("request body larger than the limit", 413)
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
+        # Bytes that follow before the next message begins count towards its head; the feed
+        # that completed this one may hold much body, so it is not counted.
+        self._part = _BETWEEN
+        self._fresh_head = True
+        self._head_bytes = 0
         if self._discarding:
             self._discarding = False
             return
@@ -478,113 +645,39 @@ class Connection:
             raise AppProtocolError("no request to respond to")
         if self.response_started:
             raise AppProtocolError("response already started")
+        version = request.http_version
+        lines = [status_line(status, reason)]
+        content_length, special = _field_lines(headers, status, version, self._field_memo, lines)
         keep_alive = self.keep_alive
+        chunked = False
+        if special is not None:
+            if special.content_length is not None:
+                content_length = special.content_length
+            chunked = special.chunked
+            keep_alive = keep_alive and not special.close
         if request.expect_continue and not self._continue_sent and not self._request_done:
             # The announced body may still come: `start_next_cycle` will close, so say so now
             # (RFC 9110 §10.1.1).
             keep_alive = False
-        content_length: int | None = None
-        chunked = False
-        replaced: list[bytes] = []
-        lines = [status_line(status, reason)]
-        append = lines.append
-        cache = self._field_memo
-        for name, value in headers:
-            try:
-                line = cache.get((name, value))
-            except TypeError:  # unhashable (a bytearray): checked like a new field below
-                line = None
-            if line is not None:
-                append(line)
-                continue
-            # Content-Length of ASCII digits only: nothing else to check.
-            if (
-                type(name) is bytes
-                and name in _LENGTH_NAMES
-                and type(value) is bytes
-                and value.isdigit()
-            ):
-                if status >= 200 and status != 204:  # else dropped, see below
-                    content_length = int(value)
-                    append(b"%s: %s\r\n" % (name, value))
-                continue
-            if _TOKEN.fullmatch(name) is None:
-                raise AppProtocolError(f"invalid response header name {name!r}")
-            if _FORBIDDEN_IN_VALUE.search(value) is not None:
-                raise AppProtocolError(f"invalid response header value {value!r}")
-            lname = bytes(name).lower()
-            if lname not in _SPECIAL_FIELDS:
-                line = b"%s: %s\r\n" % (name, value)
-                if (
-                    type(name) is bytes
-                    and type(value) is bytes
-                    and len(value) <= FIELD_MEMO_VALUE_MAX
-                    and len(cache) < FIELD_MEMO_MAX
-                ):
-                    cache[name, value] = line
-                append(line)
-                continue
-            if lname in _FRAMING_FIELDS and not (status >= 200 and status != 204):
-                # RFC 9110 §8.6, RFC 9112 §6.1: never in a 1xx or 204 response.
-                continue
-            if lname == b"content-length":
-                if not value.strip(b" \t").isdigit():
-                    # RFC 9110 §8.6: 1*DIGIT; int() would also take "+1", "-0" or "1_0".
-                    raise AppProtocolError(f"invalid Content-Length {value!r}")
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    raise AppProtocolError(f"invalid Content-Length {value!r}") from None
-                if content_length < 0:
-                    raise AppProtocolError(f"invalid Content-Length {value!r}")
-            elif lname == b"transfer-encoding":
-                # The app asked for chunking by name: aserve encodes the chunks it sends.
-                chunked = value.lower() == b"chunked"
-                if not chunked:
-                    raise AppProtocolError(f"unsupported Transfer-Encoding {value!r}")
-                if request.http_version == "1.0":
-                    # RFC 9112 §6.1: not to an HTTP/1.0 client; the close ends the body instead.
-                    chunked = False
-                    continue
-            elif lname == b"connection":
-                if b"close" in value.lower():
-                    keep_alive = False
-                continue
-            elif lname in (b"server", b"date"):
-                replaced.append(lname)
-            append(b"%s: %s\r\n" % (name, value))
-        body_allowed = _status_has_body(status)
-        is_head = request.method == b"HEAD"
-        if chunked and content_length is not None:
-            raise AppProtocolError("response has both Content-Length and Transfer-Encoding")
-        if not body_allowed:
-            chunked = False
-        elif content_length is None and not chunked and not is_head:
-            if request.http_version == "1.1":
-                chunked = True
-                append(b"transfer-encoding: chunked\r\n")
-            else:
-                # HTTP/1.0 has no chunking: the end of the body is the end of the connection.
-                keep_alive = False
-        if keep_alive:
-            if request.http_version == "1.0":
-                append(b"connection: keep-alive\r\n")
-        else:
-            append(b"connection: close\r\n")
-        if replaced:
+        body, chunked, length, keep_alive, fields = body_framing(
+            status, request.method == b"HEAD", version, content_length, chunked, keep_alive
+        )
+        lines.append(fields)
+        if special is not None and special.replaced:
+            replaced = special.replaced
             lines.extend(
                 line + b"\r\n"
                 for line in default_headers.split(b"\r\n")
                 if line and line.partition(b":")[0].lower() not in replaced
             )
         else:
-            append(default_headers)
-        append(b"\r\n")
+            lines.append(default_headers)
+        lines.append(b"\r\n")
         self.keep_alive = keep_alive
         self.response_started = True
-        self._chunked = chunked and not is_head
-        self._body_allowed = body_allowed and not is_head
-        self._length_left = content_length if self._body_allowed else None
+        self._chunked = chunked
+        self._body_allowed = body
+        self._length_left = length
         return b"".join(lines)
 
     def body_bytes(self, data: bytes) -> bytes:
