@@ -1,10 +1,27 @@
-"""aserve: an asyncio development server for ASGI and WSGI apps."""
+"""aserve: an asyncio development server for ASGI and WSGI apps.
+
+The names below are imported on first use, so that `aserve --help` and `aserve --version`
+load no server code.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from aserve.config import Config
-from aserve.server import Server, run
-
 __all__ = ["Config", "Server", "__version__", "run"]
+
+if TYPE_CHECKING:
+    from aserve.config import Config
+    from aserve.server import Server, run
+
+_LAZY = {"Config": "aserve.config", "Server": "aserve.server", "run": "aserve.server"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aserve' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

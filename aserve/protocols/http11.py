@@ -716,7 +716,6 @@ class Connection:
         if self.response_pending:
             raise AppProtocolError("the response is not complete")
         if not self.keep_alive:
-            self.keep_alive = False
             return False
         events = self._events
         while events and type(events[0]) in (Data, EndOfMessage):
