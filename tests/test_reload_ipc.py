@@ -1,13 +1,15 @@
 """aserve.reload.ipc: every message through encode/decode and a real channel pair, descriptor
-passing, and input that is not a message."""
+passing, input that is not a message, and that no other reload module knows the wire format."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import dataclasses
 import os
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -230,3 +232,40 @@ def test_oversized_messages_are_refused_both_ways() -> None:
 
 def test_ipc_error_is_an_aserve_error() -> None:
     assert issubclass(IPCError, AserveError)
+
+
+# ---------------------------------------------------------------- one owner of the wire format
+
+WIRE_MODULES = {"json", "pickle", "marshal"}
+# socket.X for these X, and loop or socket methods that read or write packets.
+SOCKET_FUNCTIONS = {"send_fds", "recv_fds", "socketpair", "SOCK_SEQPACKET", "SCM_RIGHTS"}
+PACKET_METHODS = {"sock_recv", "sock_recv_into", "sock_sendall", "recvmsg", "sendmsg"}
+
+
+def wire_uses(path: Path) -> list[str]:
+    """The serialisation modules `path` imports and the packet calls it makes itself."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name in WIRE_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.module in WIRE_MODULES | {"socket"}:
+            found.append(node.module)
+        elif isinstance(node, ast.Attribute) and (
+            node.attr in PACKET_METHODS
+            or (
+                node.attr in SOCKET_FUNCTIONS
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "socket"
+            )
+        ):
+            found.append(node.attr)
+    return found
+
+
+def test_only_ipc_knows_the_wire_format() -> None:
+    package = Path(ipc.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert package / "ipc.py" in modules
+    assert wire_uses(package / "ipc.py")  # the scan sees what it looks for
+    uses = {path.name: wire_uses(path) for path in modules if path.name != "ipc.py"}
+    assert uses == {name: [] for name in uses}

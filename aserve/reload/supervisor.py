@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
 import signal
@@ -31,7 +30,25 @@ from aserve.loader import LoadedApp
 from aserve.logs import configure
 from aserve.reload.errorpage import error_app
 from aserve.reload.filter import ReloadFilter
-from aserve.reload.template import MAX_MESSAGE, decode
+from aserve.reload.ipc import (
+    TEMPLATE_LINK,
+    WORKER_LINK,
+    Channel,
+    Exited,
+    Failed,
+    Fork,
+    FromTemplate,
+    FromWorker,
+    Hello,
+    IPCError,
+    Preload,
+    Ready,
+    Stop,
+    TemplateReady,
+    ToTemplate,
+    ToWorker,
+    channel_pair,
+)
 from aserve.server import Server, bind_socket, loop_factory
 
 logger = logging.getLogger("aserve.error")
@@ -49,42 +66,36 @@ class Worker:
     descriptor): `started()` until the worker is ready, then the monitor task until EOF.
     """
 
-    def __init__(self, channel: socket.socket) -> None:
+    def __init__(self, channel: Channel[FromWorker, ToWorker]) -> None:
         self.channel = channel
         self.pid: int | None = None
-        self.modules: list[str] = []
-        self.failure: dict[str, Any] | None = None
+        self.modules: tuple[str, ...] = ()
+        self.failure: Failed | None = None
         self.stopping = False
         self.exited = asyncio.Event()
         self.started_at = time.perf_counter()
         self._monitor: asyncio.Task[None] | None = None
 
-    async def _next(self) -> dict[str, Any] | None:
-        loop = asyncio.get_running_loop()
-        try:
-            data = await loop.sock_recv(self.channel, MAX_MESSAGE)
-        except OSError:
-            data = b""
-        if not data:
+    async def _next(self) -> FromWorker | None:
+        message = await self.channel.receive()
+        if message is None:
             self.exited.set()
-            return None
-        return decode(data)
+        return message
 
     async def started(self) -> bool:
         """True once the worker accepts; False when it failed (see `failure`) or died."""
         while True:
-            message = await self._next()
-            if message is None:
-                return False
-            event = message.get("event")
-            if event == "hello":
-                self.pid = message["pid"]
-            elif event == "ready":
-                self.modules = message["modules"]
-                self._monitor = asyncio.create_task(self._read_until_exit())
-                return True
-            elif event == "failed":
-                self.failure = message
+            match await self._next():
+                case None:
+                    return False
+                case Hello(pid):
+                    self.pid = pid
+                case Ready(modules):
+                    self.modules = modules
+                    self._monitor = asyncio.create_task(self._read_until_exit())
+                    return True
+                case Failed() as failure:
+                    self.failure = failure
 
     async def _read_until_exit(self) -> None:
         while not self.exited.is_set():
@@ -98,7 +109,7 @@ class Worker:
         self.stopping = True
         if not self.exited.is_set():
             with contextlib.suppress(OSError):
-                self.channel.send(json.dumps({"command": "stop"}).encode())
+                self.channel.send(Stop())
             try:
                 await asyncio.wait_for(self.exited.wait(), timeout + KILL_GRACE)
             except TimeoutError:
@@ -118,7 +129,9 @@ class Worker:
 class Template:
     """The pre-warmed template process that forks workers."""
 
-    def __init__(self, process: asyncio.subprocess.Process, control: socket.socket) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, control: Channel[FromTemplate, ToTemplate]
+    ) -> None:
         self.process = process
         self.control = control
         self.preloaded: set[str] = set()
@@ -127,7 +140,7 @@ class Template:
 
     @classmethod
     async def start(cls, preload: list[str], listen: socket.socket) -> Template:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = channel_pair(TEMPLATE_LINK)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -140,37 +153,28 @@ class Template:
             start_new_session=True,
         )
         theirs.close()
-        ours.setblocking(False)
         template = cls(process, ours)
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(ours, json.dumps({"preload": preload}).encode())
-        ready = decode(await loop.sock_recv(ours, MAX_MESSAGE))
-        if ready.get("threads"):
-            logger.debug("The reload template runs threads: %s", ready["threads"])
+        ours.send(Preload(tuple(preload)))
+        ready = await ours.receive()
+        if not isinstance(ready, TemplateReady):
+            raise IPCError("the reload template exited before it was ready")
+        if ready.threads:
+            logger.debug("The reload template runs threads: %s", list(ready.threads))
         template.preloaded = set(preload)
         template._reader = asyncio.create_task(template._read())
         return template
 
     async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data = await loop.sock_recv(self.control, MAX_MESSAGE)
-            except OSError:
-                return
-            if not data:
-                return
-            message = decode(data)
-            if message.get("event") == "exited":
-                self.exit_codes[message["pid"]] = message["code"]
+        while (message := await self.control.receive()) is not None:
+            if isinstance(message, Exited):
+                self.exit_codes[message.pid] = message.code
 
-    def fork(self, request: dict[str, Any]) -> Worker:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def fork(self, request: Fork) -> Worker:
+        ours, theirs = channel_pair(WORKER_LINK)
         try:
-            socket.send_fds(self.control, [json.dumps(request).encode()], [theirs.fileno()])
+            self.control.send(request, fds=[theirs.fileno()])
         finally:
             theirs.close()
-        ours.setblocking(False)
         return Worker(ours)
 
     async def close(self) -> None:
@@ -267,12 +271,12 @@ class Supervisor:
         logger.info("%s received: stopping", signal.Signals(sig).name)
         self._stop.set()
 
-    def _request(self) -> dict[str, Any]:
-        return {
-            "app": self.app,
-            "config": dataclasses.asdict(self.config),
-            "roots": [str(r) for r in self.roots],
-        }
+    def _request(self) -> Fork:
+        return Fork(
+            app=self.app,
+            config=dataclasses.asdict(self.config),
+            roots=tuple(str(r) for r in self.roots),
+        )
 
     async def _restart(self) -> None:
         assert self.template is not None
@@ -293,14 +297,14 @@ class Supervisor:
         if self.worker is not None:
             old, self.worker = self.worker, None
             await old.stop(self.config.timeout_graceful_shutdown)
-        failure = new.failure or {
-            "title": "The worker exited before serving",
-            "summary": f"exit code {self.template.exit_codes.get(new.pid or -1, 'unknown')}",
-            "details": "",
-        }
+        failure = new.failure or Failed(
+            title="The worker exited before serving",
+            summary=f"exit code {self.template.exit_codes.get(new.pid or -1, 'unknown')}",
+            details="",
+        )
         new.channel.close()
-        logger.error("%s: %s", failure["title"], failure["summary"])
-        await self._show_error(failure["title"], failure["summary"], failure["details"])
+        logger.error("%s: %s", failure.title, failure.summary)
+        await self._show_error(failure.title, failure.summary, failure.details)
 
     async def _watch(self, worker: Worker) -> None:
         """A worker that dies while current is a crash: show it until the next change."""
@@ -317,7 +321,7 @@ class Supervisor:
                 "See the terminal running aserve for its output.",
             )
 
-    async def _refresh_template(self, modules: list[str]) -> None:
+    async def _refresh_template(self, modules: Iterable[str]) -> None:
         """Replace the template with one that preloads what the app imports."""
         template = await Template.start(sorted(set(BASE_PRELOAD) | set(modules)), self.sock)
         old, self.template = self.template, template

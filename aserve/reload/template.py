@@ -5,16 +5,16 @@ imports the third-party modules the last worker used (never project code), then 
 worker per request. A fork with Django and its dependencies already imported starts a worker
 in tens of milliseconds instead of the few hundred a fresh interpreter needs.
 
-Messages are JSON over SOCK_SEQPACKET socket pairs (one message per packet); each worker gets
-its own channel to the supervisor, passed with SCM_RIGHTS, and exits when it closes.
+Each worker gets its own channel to the supervisor (aserve.reload.ipc), passed along with the
+fork request, and exits when it closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import importlib
-import json
 import logging
 import os
 import select
@@ -23,63 +23,66 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
-MAX_MESSAGE = 1 << 20
-
-
-def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
-    if fds:
-        socket.send_fds(sock, [data], fds)
-    else:
-        sock.send(data)
-
-
-def decode(data: bytes) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(data)
-    return message
-
+from aserve.reload.ipc import (
+    TEMPLATE_LINK,
+    WORKER_LINK,
+    Channel,
+    Exited,
+    Failed,
+    Fork,
+    FromTemplate,
+    FromWorker,
+    Hello,
+    IPCError,
+    Preload,
+    Ready,
+    Stop,
+    TemplateReady,
+    ToTemplate,
+    ToWorker,
+    inherit_channel,
+)
 
 # -- the template process ---------------------------------------------------------------------
 
 
-def preload(names: list[str]) -> int:
+def preload(names: Iterable[str]) -> None:
     """Import what can be imported of `names`; modules that fail (a Django models module
     before setup, say) are left for the worker."""
-    loaded = 0
     for name in names:
         if name in sys.modules:
             continue
-        try:
+        with contextlib.suppress(BaseException):
             importlib.import_module(name)
-        except BaseException:
-            continue
-        loaded += 1
-    return loaded
 
 
-def template_main(control: socket.socket, listen_fd: int) -> int:
-    request = decode(control.recv(MAX_MESSAGE))
-    names: list[str] = request.get("preload", [])
-    loaded = preload(names)
+def template_main(control: Channel[ToTemplate, FromTemplate], listen_fd: int) -> int:
+    request = control.recv()
+    if request is None:
+        return 0  # the supervisor is gone
+    if not isinstance(request, Preload):
+        raise IPCError(f"the template expected Preload first, not {request}")
+    preload(request.modules)
     gc.collect()  # the imports' garbage, before gc.freeze() below keeps it for good
     # Forking with threads alive copies their locks in whatever state they are: say so.
-    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    send(control, {"event": "ready", "loaded": loaded, "threads": threads})
+    threads = tuple(t.name for t in threading.enumerate() if t is not threading.main_thread())
+    control.send(TemplateReady(threads))
     while True:
         readable, _, _ = select.select([control], [], [], 0.5)
         _reap(control)
         if not readable:
             continue
-        try:
-            data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 4)
-        except OSError:
-            return 0
-        if not data:
+        received = control.recv_fds()
+        if received is None:
             return 0  # the supervisor is gone
-        message = decode(data)
+        message, fds = received
+        if not isinstance(message, Fork) or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise IPCError(f"the template expected Fork with one descriptor, not {message}")
         # Frozen objects are out of the collector's reach: without this, the first full
         # collection in a worker walks every object the template imported, writing to (and so
         # copying) each page of them, about half a Django worker's start-up time.
@@ -98,7 +101,7 @@ def template_main(control: socket.socket, listen_fd: int) -> int:
             os.close(fd)
 
 
-def _reap(control: socket.socket) -> None:
+def _reap(control: Channel[ToTemplate, FromTemplate]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -108,7 +111,7 @@ def _reap(control: socket.socket) -> None:
             return
         code = os.waitstatus_to_exitcode(status)
         try:
-            send(control, {"event": "exited", "pid": pid, "code": code})
+            control.send(Exited(pid, code))
         except OSError:
             return
 
@@ -130,7 +133,7 @@ class _LastErrors(logging.Handler):
         self.lines = [*self.lines[-4:], text]
 
 
-def worker_main(message: dict[str, Any], listen_fd: int, channel_fd: int) -> int:
+def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
     """In the forked child: import the app, serve on the inherited socket, report over the
     channel; stop when the supervisor says so or goes away."""
     from aserve.config import Config
@@ -139,24 +142,22 @@ def worker_main(message: dict[str, Any], listen_fd: int, channel_fd: int) -> int
     from aserve.logs import configure
     from aserve.server import Server
 
-    channel = socket.socket(fileno=channel_fd)
+    channel = inherit_channel(channel_fd, WORKER_LINK)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    send(channel, {"event": "hello", "pid": os.getpid()})
-    config = Config(**message["config"])
+    channel.send(Hello(os.getpid()))
+    config = Config(**message.config)
     configure(config.log_level)
-    roots = [Path(p) for p in message["roots"]]
+    roots = [Path(p) for p in message.roots]
     try:
-        loaded = load(message["app"], factory=config.factory, interface=config.interface)
+        loaded = load(message.app, factory=config.factory, interface=config.interface)
     except BaseException as exc:
         cause = exc.__cause__ if isinstance(exc, AppLoadError) and exc.__cause__ else exc
-        send(
-            channel,
-            {
-                "event": "failed",
-                "title": "The application could not be imported",
-                "summary": str(exc) or type(exc).__name__,
-                "details": user_traceback(cause),
-            },
+        channel.send(
+            Failed(
+                title="The application could not be imported",
+                summary=str(exc) or type(exc).__name__,
+                details=user_traceback(cause),
+            )
         )
         return 1
 
@@ -165,40 +166,34 @@ def worker_main(message: dict[str, Any], listen_fd: int, channel_fd: int) -> int
     server = Server(loaded, config)
     listen = socket.socket(fileno=os.dup(listen_fd))
 
+    # The loop keeps only weak references to tasks.
+    obeying: set[asyncio.Task[None]] = set()
+
     def on_ready() -> None:
-        import asyncio
-
-        send(channel, {"event": "ready", "modules": third_party_modules(roots)})
-        loop = asyncio.get_running_loop()
-        channel.setblocking(False)
-
-        def on_message() -> None:
-            try:
-                data = channel.recv(MAX_MESSAGE)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data or decode(data).get("command") == "stop":
-                loop.remove_reader(channel.fileno())
-                server.request_stop()
-
-        loop.add_reader(channel.fileno(), on_message)
+        channel.send(Ready(tuple(third_party_modules(roots))))
+        obeying.add(asyncio.ensure_future(_obey(channel, server.request_stop)))
 
     server.on_ready = on_ready
     code = server.run([listen])
     if code != 0 and not server.started.is_set():
         with contextlib.suppress(OSError):
-            send(
-                channel,
-                {
-                    "event": "failed",
-                    "title": "The application failed to start",
-                    "summary": f"the worker exited with code {code}",
-                    "details": "\n".join(errors.lines),
-                },
+            channel.send(
+                Failed(
+                    title="The application failed to start",
+                    summary=f"the worker exited with code {code}",
+                    details="\n".join(errors.lines),
+                )
             )
     return code
+
+
+async def _obey(channel: Channel[ToWorker, FromWorker], stop: Callable[[], None]) -> None:
+    """Stop the server when the supervisor says so or goes away."""
+    while True:
+        match await channel.receive():
+            case Stop() | None:
+                stop()
+                return
 
 
 def user_traceback(exc: BaseException) -> str:
@@ -251,7 +246,7 @@ def third_party_modules(roots: list[Path]) -> list[str]:
 
 
 def main() -> int:
-    control = socket.socket(fileno=int(sys.argv[1]))
+    control = inherit_channel(int(sys.argv[1]), TEMPLATE_LINK)
     listen_fd = int(sys.argv[2])
     # The supervisor owns Ctrl-C: a terminal's SIGINT must not reach the template.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
