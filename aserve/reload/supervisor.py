@@ -54,7 +54,7 @@ from aserve.server import Server, bind_socket, loop_factory
 logger = logging.getLogger("aserve.error")
 
 # What every worker imports before the app: the first template preloads these.
-BASE_PRELOAD = ["aserve.server", "aserve.reload.template", "uvloop", "httptools", "asyncio"]
+BASE_PRELOAD = ["aserve.server", "aserve.reload.worker", "uvloop", "httptools", "asyncio"]
 # A worker that does not exit this long after its drain timeout is killed.
 KILL_GRACE = 1.0
 
