@@ -73,7 +73,6 @@ class Worker:
         self.failure: Failed | None = None
         self.stopping = False
         self.exited = asyncio.Event()
-        self.started_at = time.perf_counter()
         self._monitor: asyncio.Task[None] | None = None
 
     async def _next(self) -> FromWorker | None:
