@@ -57,6 +57,29 @@ logger = logging.getLogger("aserve.error")
 BASE_PRELOAD = ["aserve.server", "aserve.reload.worker", "uvloop", "httptools", "asyncio"]
 # A worker that does not exit this long after its drain timeout is killed.
 KILL_GRACE = 1.0
+# A replaced template exits as soon as it reads the end of its channel; this leaves room for
+# an interpreter with a large app imported to tear down before it is killed.
+TEMPLATE_EXIT_WAIT = 2.0
+# How long the crash page waits for the template to report the worker's exit code. The page
+# should come up at once, but the template reaps only every template.REAP_INTERVAL, so the
+# code is often still unknown (tests/test_reload.py::test_crash_page_names_the_exit_code).
+EXIT_CODE_WAIT = 0.05
+# watchfiles yields a batch once it saw no new change for `step` ms (--reload-delay), or this
+# many ms after the first, so a tree written without pause still restarts. watchfiles' default.
+WATCH_DEBOUNCE_MS = 1600
+# _settle waits no longer for files still being written: a file written without pause (a log
+# inside the project) must not hold the restart back; an editor's or formatter's burst of
+# writes is over well within it.
+SETTLE_LIMIT = 1.0
+# The tail of a burst is reported right after the restart it caused (watchfiles keeps what
+# changed during the restart): a batch reported later is new, whatever its change times say.
+TAIL_WINDOW = 5.0
+# The kernel stamps change times with a coarse clock, up to a tick (10 ms at HZ=100) behind
+# time.time(): allow two.
+CTIME_MARGIN = 0.02
+# Changed paths named in the "restarting" log line; the rest are counted, so a `git switch`
+# stays one line.
+NAMED_CHANGES = 3
 
 
 class Worker:
@@ -181,7 +204,7 @@ class Template:
             self._reader.cancel()
         self.control.close()
         try:
-            await asyncio.wait_for(self.process.wait(), 2.0)
+            await asyncio.wait_for(self.process.wait(), TEMPLATE_EXIT_WAIT)
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
@@ -232,8 +255,10 @@ class Supervisor:
             *self.roots,
             watch_filter=self.filter,
             stop_event=self._stop,
+            # Whole milliseconds, and at least one: watchfiles sleeps `step` between two looks
+            # at its change set, so --reload-delay 0 would make its thread spin.
             step=max(1, int(self.config.reload_delay * 1000)),
-            debounce=1600,
+            debounce=WATCH_DEBOUNCE_MS,
         )
         # Watch before the first worker starts, or a save just after "ready" is missed;
         # watchfiles keeps collecting changes between iterations, also during a restart.
@@ -252,8 +277,9 @@ class Supervisor:
                 logger.debug("Already loaded by the current worker: %s", ", ".join(changed))
                 continue
             paths = sorted({_display(Path(path), self.roots) for path in changed})
-            more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-            logger.info("Changed: %s%s; restarting", ", ".join(paths[:3]), more)
+            left = len(paths) - NAMED_CHANGES
+            more = f" and {left} more" if left > 0 else ""
+            logger.info("Changed: %s%s; restarting", ", ".join(paths[:NAMED_CHANGES]), more)
             await _settle(changed, self.config.reload_delay)
             _forget_bytecode(changed)
             restarted_at = time.time()
@@ -310,7 +336,7 @@ class Supervisor:
         await worker.wait_exit()
         if worker is self.worker and not worker.stopping and not self._stop.is_set():
             self.worker = None
-            await asyncio.sleep(0.05)  # let the template report the exit code
+            await asyncio.sleep(EXIT_CODE_WAIT)
             assert self.template is not None
             code = self.template.exit_codes.get(worker.pid or -1, "unknown")
             logger.error("Worker %s exited unexpectedly (code %s)", worker.pid, code)
@@ -362,13 +388,13 @@ class Supervisor:
 
 
 async def _settle(paths: list[str], quiet: float) -> None:
-    """Wait (at most a second) until none of `paths` was written in the last `quiet` seconds.
+    """Wait (at most SETTLE_LIMIT) until none of `paths` was written in the last `quiet` seconds.
 
     watchfiles yields once the set of changed paths stops growing: for a file written again
     and again (a formatter, a save in several writes) that is after the first write. The
     inode change time, unlike mtime, cannot be set back by `cp -p`, `tar` or `rsync`.
     """
-    deadline = time.time() + 1.0
+    deadline = time.time() + SETTLE_LIMIT
     while True:
         newest = 0.0
         for path in paths:
@@ -382,16 +408,14 @@ async def _settle(paths: list[str], quiet: float) -> None:
 
 def _older_than(paths: list[str], started: float) -> bool:
     """Whether every path last changed before the worker started at `started` did: the tail
-    of a burst that `_settle` waited out, which needs no second restart.
-
-    The kernel stamps change times with a coarse clock (a tick, up to 10 ms, behind), hence
-    the margin; a path gone, or a clock stepped back, restarts as usual.
+    of a burst that `_settle` waited out, which needs no second restart. A path gone, or a
+    clock stepped back, restarts as usual.
     """
-    if not 0 <= time.time() - started < 5.0:
+    if not 0 <= time.time() - started < TAIL_WINDOW:
         return False
     for path in paths:
         try:
-            if os.stat(path).st_ctime >= started - 0.02:
+            if os.stat(path).st_ctime >= started - CTIME_MARGIN:
                 return False
         except OSError:
             return False

@@ -35,6 +35,11 @@ from aserve.reload.ipc import (
 )
 from aserve.reload.worker import worker_main
 
+# How often an idle template wakes to reap exited workers and report their exit codes (a fork
+# request reaps at once). Twice a second costs an idle process nothing; the supervisor's crash
+# page waits only supervisor.EXIT_CODE_WAIT for the code.
+REAP_INTERVAL = 0.5
+
 
 def preload(names: Iterable[str]) -> None:
     """Import what can be imported of `names`; modules that fail (a Django models module
@@ -58,7 +63,7 @@ def template_main(control: Channel[ToTemplate, FromTemplate], listen_fd: int) ->
     threads = tuple(t.name for t in threading.enumerate() if t is not threading.main_thread())
     control.send(TemplateReady(threads))
     while True:
-        readable, _, _ = select.select([control], [], [], 0.5)
+        readable, _, _ = select.select([control], [], [], REAP_INTERVAL)
         _reap(control)
         if not readable:
             continue

@@ -34,6 +34,10 @@ from aserve.reload.ipc import (
 )
 from aserve.server import Server
 
+# Error records the error page shows when the app fails to start: a failed lifespan startup
+# logs one or two; earlier ones are in the terminal.
+ERRORS_KEPT = 5
+
 
 class _LastErrors(logging.Handler):
     """Keeps the worker's last error records, for the supervisor's error page."""
@@ -46,7 +50,7 @@ class _LastErrors(logging.Handler):
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
-        self.lines = [*self.lines[-4:], text]
+        self.lines = [*self.lines, text][-ERRORS_KEPT:]
 
 
 def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
