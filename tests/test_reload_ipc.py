@@ -9,8 +9,9 @@ import dataclasses
 import os
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import get_args
+from typing import TypeVar, get_args
 
 import pytest
 import uvloop
@@ -28,6 +29,7 @@ from aserve.reload.ipc import (
     Fork,
     Hello,
     IPCError,
+    Link,
     Preload,
     Ready,
     Stop,
@@ -70,48 +72,38 @@ def test_config_travels_as_a_dict_the_worker_rebuilds() -> None:
 # ---------------------------------------------------------------- channels
 
 
-TemplateEnds = tuple[
-    Channel[ipc.FromTemplate, ipc.ToTemplate], Channel[ipc.ToTemplate, ipc.FromTemplate]
-]
-WorkerEnds = tuple[Channel[ipc.FromWorker, ipc.ToWorker], Channel[ipc.ToWorker, ipc.FromWorker]]
+Down = TypeVar("Down", bound=ipc.Message)
+Up = TypeVar("Up", bound=ipc.Message)
 
 
-@pytest.fixture
-def template_link() -> Iterator[TemplateEnds]:
-    """The supervisor's end and the template's."""
-    supervisor, template = channel_pair(TEMPLATE_LINK)
-    yield supervisor, template
-    supervisor.close()
-    template.close()
+@contextmanager
+def ends(link: Link[Down, Up]) -> Iterator[tuple[Channel[Up, Down], Channel[Down, Up]]]:
+    """A new channel on `link`: the supervisor's end and the other, closed afterwards."""
+    supervisor, other = channel_pair(link)
+    try:
+        yield supervisor, other
+    finally:
+        supervisor.close()
+        other.close()
 
 
-@pytest.fixture
-def worker_link() -> Iterator[WorkerEnds]:
-    """The supervisor's end and the worker's."""
-    supervisor, worker = channel_pair(WORKER_LINK)
-    yield supervisor, worker
-    supervisor.close()
-    worker.close()
-
-
-def test_template_messages_cross_the_template_link(template_link: TemplateEnds) -> None:
-    supervisor, template = template_link
-    for message in TO_TEMPLATE:
+def cross(
+    supervisor: Channel[Up, Down], other: Channel[Down, Up], down: list[Down], up: list[Up]
+) -> None:
+    """Send `down` from the supervisor's end and `up` back, one at a time."""
+    for message in down:
         supervisor.send(message)
-        assert template.recv() == message
-    for reply in FROM_TEMPLATE:
-        template.send(reply)
+        assert other.recv() == message
+    for reply in up:
+        other.send(reply)
         assert supervisor.recv() == reply
 
 
-def test_worker_messages_cross_the_worker_link(worker_link: WorkerEnds) -> None:
-    supervisor, worker = worker_link
-    for message in TO_WORKER:
-        supervisor.send(message)
-        assert worker.recv() == message
-    for reply in FROM_WORKER:
-        worker.send(reply)
-        assert supervisor.recv() == reply
+def test_every_message_crosses_its_link() -> None:
+    with ends(TEMPLATE_LINK) as (supervisor, template):
+        cross(supervisor, template, TO_TEMPLATE, FROM_TEMPLATE)
+    with ends(WORKER_LINK) as (supervisor, worker):
+        cross(supervisor, worker, TO_WORKER, FROM_WORKER)
 
 
 @pytest.mark.parametrize(
@@ -137,19 +129,16 @@ def test_async_receive_until_the_other_end_closes(
         supervisor.close()
 
 
-def test_recv_returns_none_once_the_other_end_is_gone(worker_link: WorkerEnds) -> None:
-    supervisor, worker = worker_link
-    worker.close()
-    assert supervisor.recv() is None
-    assert supervisor.recv_fds() is None
+def test_recv_returns_none_once_the_other_end_is_gone() -> None:
+    with ends(WORKER_LINK) as (supervisor, worker):
+        worker.close()
+        assert supervisor.recv() is None
+        assert supervisor.recv_fds() is None
 
 
-def test_fork_passes_a_descriptor_that_works_at_the_other_end(
-    template_link: TemplateEnds,
-) -> None:
-    supervisor, template = template_link
+def test_fork_passes_a_descriptor_that_works_at_the_other_end() -> None:
     read_end, write_end = os.pipe()
-    try:
+    with ends(TEMPLATE_LINK) as (supervisor, template):
         supervisor.send(FORK, fds=[write_end])
         os.close(write_end)
         received = template.recv_fds()
@@ -159,10 +148,9 @@ def test_fork_passes_a_descriptor_that_works_at_the_other_end(
         assert len(fds) == 1
         os.write(fds[0], b"through the passed descriptor")
         os.close(fds[0])
-        assert os.read(read_end, 100) == b"through the passed descriptor"
-        assert os.read(read_end, 100) == b""  # no copy of the write end left open
-    finally:
-        os.close(read_end)
+    assert os.read(read_end, 100) == b"through the passed descriptor"
+    assert os.read(read_end, 100) == b""  # no copy of the write end left open
+    os.close(read_end)
 
 
 def test_descriptors_with_a_bad_message_are_closed() -> None:
