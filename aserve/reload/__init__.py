@@ -1,2 +1,2 @@
-"""`--reload`: the supervisor, the template that forks workers, their IPC, the watch filter
-and the error page."""
+"""`--reload`: the supervisor, the template that forks workers, the worker, their IPC, the watch
+filter and the error page."""

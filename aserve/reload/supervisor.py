@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
 import signal
@@ -32,16 +31,57 @@ from aserve.logs import configure
 from aserve.process import loop_factory
 from aserve.reload.errorpage import error_app
 from aserve.reload.filter import ReloadFilter
-from aserve.reload.template import MAX_MESSAGE, decode
+from aserve.reload.ipc import (
+    TEMPLATE_LINK,
+    WORKER_LINK,
+    Channel,
+    Exited,
+    Failed,
+    Fork,
+    FromTemplate,
+    FromWorker,
+    Hello,
+    IPCError,
+    Preload,
+    Ready,
+    Stop,
+    TemplateReady,
+    ToTemplate,
+    ToWorker,
+    channel_pair,
+)
 from aserve.server import Server
 from aserve.sockets import bind_socket
 
 logger = logging.getLogger("aserve.error")
 
 # What every worker imports before the app: the first template preloads these.
-BASE_PRELOAD = ["aserve.server", "aserve.reload.template", "uvloop", "httptools", "asyncio"]
+BASE_PRELOAD = ["aserve.server", "aserve.reload.worker", "uvloop", "httptools", "asyncio"]
 # A worker that does not exit this long after its drain timeout is killed.
 KILL_GRACE = 1.0
+# A replaced template exits as soon as it reads the end of its channel; this leaves room for
+# an interpreter with a large app imported to tear down before it is killed.
+TEMPLATE_EXIT_WAIT = 2.0
+# How long the crash page waits for the template to report the worker's exit code. The page
+# should come up at once, but the template reaps only every template.REAP_INTERVAL, so the
+# code is often still unknown (tests/test_reload.py::test_crash_page_names_the_exit_code).
+EXIT_CODE_WAIT = 0.05
+# watchfiles yields a batch once it saw no new change for `step` ms (--reload-delay), or this
+# many ms after the first, so a tree written without pause still restarts. watchfiles' default.
+WATCH_DEBOUNCE_MS = 1600
+# _settle waits no longer for files still being written: a file written without pause (a log
+# inside the project) must not hold the restart back; an editor's or formatter's burst of
+# writes is over well within it.
+SETTLE_LIMIT = 1.0
+# The tail of a burst is reported right after the restart it caused (watchfiles keeps what
+# changed during the restart): a batch reported later is new, whatever its change times say.
+TAIL_WINDOW = 5.0
+# The kernel stamps change times with a coarse clock, up to a tick (10 ms at HZ=100) behind
+# time.time(): allow two.
+CTIME_MARGIN = 0.02
+# Changed paths named in the "restarting" log line; the rest are counted, so a `git switch`
+# stays one line.
+NAMED_CHANGES = 3
 
 
 class Worker:
@@ -51,42 +91,35 @@ class Worker:
     descriptor): `started()` until the worker is ready, then the monitor task until EOF.
     """
 
-    def __init__(self, channel: socket.socket) -> None:
+    def __init__(self, channel: Channel[FromWorker, ToWorker]) -> None:
         self.channel = channel
         self.pid: int | None = None
-        self.modules: list[str] = []
-        self.failure: dict[str, Any] | None = None
+        self.modules: tuple[str, ...] = ()
+        self.failure: Failed | None = None
         self.stopping = False
         self.exited = asyncio.Event()
-        self.started_at = time.perf_counter()
         self._monitor: asyncio.Task[None] | None = None
 
-    async def _next(self) -> dict[str, Any] | None:
-        loop = asyncio.get_running_loop()
-        try:
-            data = await loop.sock_recv(self.channel, MAX_MESSAGE)
-        except OSError:
-            data = b""
-        if not data:
+    async def _next(self) -> FromWorker | None:
+        message = await self.channel.receive()
+        if message is None:
             self.exited.set()
-            return None
-        return decode(data)
+        return message
 
     async def started(self) -> bool:
         """True once the worker accepts; False when it failed (see `failure`) or died."""
         while True:
-            message = await self._next()
-            if message is None:
-                return False
-            event = message.get("event")
-            if event == "hello":
-                self.pid = message["pid"]
-            elif event == "ready":
-                self.modules = message["modules"]
-                self._monitor = asyncio.create_task(self._read_until_exit())
-                return True
-            elif event == "failed":
-                self.failure = message
+            match await self._next():
+                case None:
+                    return False
+                case Hello(pid):
+                    self.pid = pid
+                case Ready(modules):
+                    self.modules = modules
+                    self._monitor = asyncio.create_task(self._read_until_exit())
+                    return True
+                case Failed() as failure:
+                    self.failure = failure
 
     async def _read_until_exit(self) -> None:
         while not self.exited.is_set():
@@ -100,7 +133,7 @@ class Worker:
         self.stopping = True
         if not self.exited.is_set():
             with contextlib.suppress(OSError):
-                self.channel.send(json.dumps({"command": "stop"}).encode())
+                self.channel.send(Stop())
             try:
                 await asyncio.wait_for(self.exited.wait(), timeout + KILL_GRACE)
             except TimeoutError:
@@ -120,7 +153,9 @@ class Worker:
 class Template:
     """The pre-warmed template process that forks workers."""
 
-    def __init__(self, process: asyncio.subprocess.Process, control: socket.socket) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, control: Channel[FromTemplate, ToTemplate]
+    ) -> None:
         self.process = process
         self.control = control
         self.preloaded: set[str] = set()
@@ -129,7 +164,7 @@ class Template:
 
     @classmethod
     async def start(cls, preload: list[str], listen: socket.socket) -> Template:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = channel_pair(TEMPLATE_LINK)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -142,37 +177,28 @@ class Template:
             start_new_session=True,
         )
         theirs.close()
-        ours.setblocking(False)
         template = cls(process, ours)
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(ours, json.dumps({"preload": preload}).encode())
-        ready = decode(await loop.sock_recv(ours, MAX_MESSAGE))
-        if ready.get("threads"):
-            logger.debug("The reload template runs threads: %s", ready["threads"])
+        ours.send(Preload(tuple(preload)))
+        ready = await ours.receive()
+        if not isinstance(ready, TemplateReady):
+            raise IPCError("the reload template exited before it was ready")
+        if ready.threads:
+            logger.debug("The reload template runs threads: %s", list(ready.threads))
         template.preloaded = set(preload)
         template._reader = asyncio.create_task(template._read())
         return template
 
     async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data = await loop.sock_recv(self.control, MAX_MESSAGE)
-            except OSError:
-                return
-            if not data:
-                return
-            message = decode(data)
-            if message.get("event") == "exited":
-                self.exit_codes[message["pid"]] = message["code"]
+        while (message := await self.control.receive()) is not None:
+            if isinstance(message, Exited):
+                self.exit_codes[message.pid] = message.code
 
-    def fork(self, request: dict[str, Any]) -> Worker:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def fork(self, request: Fork) -> Worker:
+        ours, theirs = channel_pair(WORKER_LINK)
         try:
-            socket.send_fds(self.control, [json.dumps(request).encode()], [theirs.fileno()])
+            self.control.send(request, fds=[theirs.fileno()])
         finally:
             theirs.close()
-        ours.setblocking(False)
         return Worker(ours)
 
     async def close(self) -> None:
@@ -180,7 +206,7 @@ class Template:
             self._reader.cancel()
         self.control.close()
         try:
-            await asyncio.wait_for(self.process.wait(), 2.0)
+            await asyncio.wait_for(self.process.wait(), TEMPLATE_EXIT_WAIT)
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
@@ -231,8 +257,10 @@ class Supervisor:
             *self.roots,
             watch_filter=self.filter,
             stop_event=self._stop,
+            # Whole milliseconds, and at least one: watchfiles sleeps `step` between two looks
+            # at its change set, so --reload-delay 0 would make its thread spin.
             step=max(1, int(self.config.reload_delay * 1000)),
-            debounce=1600,
+            debounce=WATCH_DEBOUNCE_MS,
         )
         # Watch before the first worker starts, or a save just after "ready" is missed;
         # watchfiles keeps collecting changes between iterations, also during a restart.
@@ -251,8 +279,9 @@ class Supervisor:
                 logger.debug("Already loaded by the current worker: %s", ", ".join(changed))
                 continue
             paths = sorted({_display(Path(path), self.roots) for path in changed})
-            more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-            logger.info("Changed: %s%s; restarting", ", ".join(paths[:3]), more)
+            left = len(paths) - NAMED_CHANGES
+            more = f" and {left} more" if left > 0 else ""
+            logger.info("Changed: %s%s; restarting", ", ".join(paths[:NAMED_CHANGES]), more)
             await _settle(changed, self.config.reload_delay)
             _forget_bytecode(changed)
             restarted_at = time.time()
@@ -269,12 +298,12 @@ class Supervisor:
         logger.info("%s received: stopping", signal.Signals(sig).name)
         self._stop.set()
 
-    def _request(self) -> dict[str, Any]:
-        return {
-            "app": self.app,
-            "config": dataclasses.asdict(self.config),
-            "roots": [str(r) for r in self.roots],
-        }
+    def _request(self) -> Fork:
+        return Fork(
+            app=self.app,
+            config=dataclasses.asdict(self.config),
+            roots=tuple(str(r) for r in self.roots),
+        )
 
     async def _restart(self) -> None:
         assert self.template is not None
@@ -295,21 +324,21 @@ class Supervisor:
         if self.worker is not None:
             old, self.worker = self.worker, None
             await old.stop(self.config.timeout_graceful_shutdown)
-        failure = new.failure or {
-            "title": "The worker exited before serving",
-            "summary": f"exit code {self.template.exit_codes.get(new.pid or -1, 'unknown')}",
-            "details": "",
-        }
+        failure = new.failure or Failed(
+            title="The worker exited before serving",
+            summary=f"exit code {self.template.exit_codes.get(new.pid or -1, 'unknown')}",
+            details="",
+        )
         new.channel.close()
-        logger.error("%s: %s", failure["title"], failure["summary"])
-        await self._show_error(failure["title"], failure["summary"], failure["details"])
+        logger.error("%s: %s", failure.title, failure.summary)
+        await self._show_error(failure.title, failure.summary, failure.details)
 
     async def _watch(self, worker: Worker) -> None:
         """A worker that dies while current is a crash: show it until the next change."""
         await worker.wait_exit()
         if worker is self.worker and not worker.stopping and not self._stop.is_set():
             self.worker = None
-            await asyncio.sleep(0.05)  # let the template report the exit code
+            await asyncio.sleep(EXIT_CODE_WAIT)
             assert self.template is not None
             code = self.template.exit_codes.get(worker.pid or -1, "unknown")
             logger.error("Worker %s exited unexpectedly (code %s)", worker.pid, code)
@@ -319,7 +348,7 @@ class Supervisor:
                 "See the terminal running aserve for its output.",
             )
 
-    async def _refresh_template(self, modules: list[str]) -> None:
+    async def _refresh_template(self, modules: Iterable[str]) -> None:
         """Replace the template with one that preloads what the app imports."""
         template = await Template.start(sorted(set(BASE_PRELOAD) | set(modules)), self.sock)
         old, self.template = self.template, template
@@ -361,13 +390,13 @@ class Supervisor:
 
 
 async def _settle(paths: list[str], quiet: float) -> None:
-    """Wait (at most a second) until none of `paths` was written in the last `quiet` seconds.
+    """Wait (at most SETTLE_LIMIT) until none of `paths` was written in the last `quiet` seconds.
 
     watchfiles yields once the set of changed paths stops growing: for a file written again
     and again (a formatter, a save in several writes) that is after the first write. The
     inode change time, unlike mtime, cannot be set back by `cp -p`, `tar` or `rsync`.
     """
-    deadline = time.time() + 1.0
+    deadline = time.time() + SETTLE_LIMIT
     while True:
         newest = 0.0
         for path in paths:
@@ -381,16 +410,14 @@ async def _settle(paths: list[str], quiet: float) -> None:
 
 def _older_than(paths: list[str], started: float) -> bool:
     """Whether every path last changed before the worker started at `started` did: the tail
-    of a burst that `_settle` waited out, which needs no second restart.
-
-    The kernel stamps change times with a coarse clock (a tick, up to 10 ms, behind), hence
-    the margin; a path gone, or a clock stepped back, restarts as usual.
+    of a burst that `_settle` waited out, which needs no second restart. A path gone, or a
+    clock stepped back, restarts as usual.
     """
-    if not 0 <= time.time() - started < 5.0:
+    if not 0 <= time.time() - started < TAIL_WINDOW:
         return False
     for path in paths:
         try:
-            if os.stat(path).st_ctime >= started - 0.02:
+            if os.stat(path).st_ctime >= started - CTIME_MARGIN:
                 return False
         except OSError:
             return False

@@ -1,0 +1,316 @@
+"""The reload IPC: every message between the supervisor, the template and the workers, and the
+one place that knows how they travel (a JSON object per SOCK_SEQPACKET packet, descriptors
+passed with SCM_RIGHTS)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any, Generic, TypeAlias, TypeVar, cast, get_args, get_origin, get_type_hints
+
+from aserve.errors import AserveError
+
+# The largest messages are Ready (Django with its contrib apps: 640 module names, 14 KiB) and
+# Failed (a traceback). Linux refuses a packet larger than the sender's SO_SNDBUF (208 KiB by
+# default, net.core.wmem_default) before this limit is reached.
+MAX_MESSAGE = 1 << 20
+# A Fork passes one descriptor; Linux closes any beyond this limit rather than leak them.
+MAX_FDS = 4
+# The key of the message type in the JSON object; no message has a field of this name.
+TAG = "type"
+
+
+class IPCError(AserveError):
+    """A reload IPC message that is malformed, of an unknown type, too long, or that arrived at
+    the wrong end of a channel."""
+
+
+# -- the messages -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Preload:
+    """To a new template: import these modules before forking anything."""
+
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """To the template: fork a worker. The worker's channel travels with it as a descriptor;
+    `config` is `dataclasses.asdict()` of its `Config`."""
+
+    app: str
+    config: dict[str, Any]
+    roots: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateReady:
+    """From the template once it preloaded; `threads` names the threads alive in it, whose
+    locks every fork copies in whatever state they are."""
+
+    threads: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """From the template: a worker it forked exited with `code` (negative: killed by that
+    signal)."""
+
+    pid: int
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """From a worker as soon as it is forked."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """From a worker that accepts: the modules it imported that are not project code."""
+
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """From a worker that could not start: what the error page shows."""
+
+    title: str
+    summary: str
+    details: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """To a worker: stop accepting, drain, exit."""
+
+
+# A new message is a dataclass added to one of these unions: `decode` learns it from them.
+ToTemplate: TypeAlias = Preload | Fork
+FromTemplate: TypeAlias = TemplateReady | Exited
+ToWorker: TypeAlias = Stop
+FromWorker: TypeAlias = Hello | Ready | Failed
+Message: TypeAlias = ToTemplate | FromTemplate | ToWorker | FromWorker
+
+
+# -- the wire format --------------------------------------------------------------------------
+
+
+def _members(union: object) -> tuple[type[Any], ...]:
+    return get_args(union) or (cast(type[Any], union),)
+
+
+def _scalar(kind: type[Any]) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        # Exact types: JSON's true is not an int field's 1, nor 1 a bool field's true.
+        if type(value) is not kind:
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    return check
+
+
+def _tuple_of(kind: type[Any]) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        if not isinstance(value, list) or any(type(item) is not kind for item in value):
+            raise TypeError(f"expected a list of {kind.__name__}")
+        return tuple(value)
+
+    return check
+
+
+def _object(value: object) -> object:
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise TypeError("expected an object")
+    return value
+
+
+_SCALARS = (str, int, float, bool)
+
+
+def _converter(hint: object) -> Callable[[object], object]:
+    """What turns a decoded JSON value into a field of type `hint`, or says it cannot."""
+    if hint in _SCALARS:
+        return _scalar(cast(type[Any], hint))
+    args = get_args(hint)
+    if get_origin(hint) is tuple and len(args) == 2 and args[1] is ... and args[0] in _SCALARS:
+        return _tuple_of(args[0])
+    if get_origin(hint) is dict and args == (str, Any):
+        return _object
+    raise TypeError(f"the reload IPC cannot carry a field of type {hint}")
+
+
+class _Codec:
+    """Builds one message class from the fields of a decoded JSON object, checking each."""
+
+    def __init__(self, cls: type[Any]) -> None:
+        self.cls = cls
+        hints = get_type_hints(cls)
+        self.converters = {field.name: _converter(hints[field.name]) for field in fields(cls)}
+        if TAG in self.converters:
+            raise TypeError(f"{cls.__name__} has a field named {TAG!r}, the type tag")
+
+    def build(self, values: dict[str, object]) -> Message:
+        name = self.cls.__name__
+        if values.keys() != self.converters.keys():
+            missing = sorted(self.converters.keys() - values.keys())
+            unexpected = sorted(values.keys() - self.converters.keys())
+            raise IPCError(f"{name} message: missing {missing}, unexpected {unexpected}")
+        converted = {}
+        for field, convert in self.converters.items():
+            try:
+                converted[field] = convert(values[field])
+            except TypeError as exc:
+                raise IPCError(f"{name} message, field {field!r}: {exc}") from None
+        message: Message = self.cls(**converted)
+        return message
+
+
+_CODECS: Mapping[str, _Codec] = MappingProxyType(
+    {cls.__name__: _Codec(cls) for cls in _members(Message)}
+)
+
+
+def encode(message: Message) -> bytes:
+    """`message` as one packet: a JSON object with its type under TAG and its fields."""
+    codec = _CODECS.get(type(message).__name__)
+    if codec is None or codec.cls is not type(message):
+        raise IPCError(f"{message!r} is not a reload IPC message")
+    values = {field: getattr(message, field) for field in codec.converters}
+    data = json.dumps({TAG: codec.cls.__name__, **values}, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise IPCError(f"{codec.cls.__name__} message of {len(data)} bytes: over MAX_MESSAGE")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    """The message in one packet; IPCError if it is not one `encode` could have written."""
+    if len(data) > MAX_MESSAGE:
+        raise IPCError(f"a message of more than MAX_MESSAGE ({MAX_MESSAGE}) bytes")
+    try:
+        values = json.loads(data)
+    # A UnicodeDecodeError is a ValueError; deep nesting exhausts the C scanner's recursion.
+    except (ValueError, RecursionError) as exc:
+        raise IPCError(f"not a JSON message: {exc}") from None
+    if not isinstance(values, dict):
+        raise IPCError(f"not a JSON object: {type(values).__name__}")
+    tag = values.pop(TAG, None)
+    codec = _CODECS.get(tag) if isinstance(tag, str) else None
+    if codec is None:
+        raise IPCError(f"unknown message type {tag!r}")
+    return codec.build(values)
+
+
+# -- channels ---------------------------------------------------------------------------------
+
+Down = TypeVar("Down", bound=Message)
+Up = TypeVar("Up", bound=Message)
+Receives = TypeVar("Receives", bound=Message)
+Sends = TypeVar("Sends", bound=Message)
+
+
+@dataclass(frozen=True)
+class Link(Generic[Down, Up]):
+    """The supervisor's channel to a template or a worker: `Down` messages travel from the
+    supervisor, `Up` messages back."""
+
+    down: tuple[type[Any], ...]
+    up: tuple[type[Any], ...]
+
+
+TEMPLATE_LINK: Link[ToTemplate, FromTemplate] = Link(_members(ToTemplate), _members(FromTemplate))
+WORKER_LINK: Link[ToWorker, FromWorker] = Link(_members(ToWorker), _members(FromWorker))
+
+
+class Channel(Generic[Receives, Sends]):
+    """One end of a link. `recv()` and `recv_fds()` block; `receive()` is for an event loop and
+    leaves the socket non-blocking, after which `send()` raises BlockingIOError rather than
+    wait for room. Every receive returns None once the other end is gone."""
+
+    def __init__(self, sock: socket.socket, receives: tuple[type[Any], ...]) -> None:
+        self._sock = sock
+        self._receives = receives
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def send(self, message: Sends, fds: Sequence[int] = ()) -> None:
+        """Send `message`, and duplicates of `fds` for the other end's `recv_fds()`."""
+        data = encode(message)
+        if fds:
+            socket.send_fds(self._sock, [data], fds)
+        else:
+            self._sock.send(data)
+
+    def recv(self) -> Receives | None:
+        try:
+            # One byte more than a message may have: SOCK_SEQPACKET cuts a longer packet to
+            # the buffer's size without a word, and `decode` rejects one that fills it.
+            data = self._sock.recv(MAX_MESSAGE + 1)
+        except OSError:
+            return None
+        return self._message(data)
+
+    def recv_fds(self) -> tuple[Receives, list[int]] | None:
+        """The next message and the descriptors that came with it, now the caller's to close."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE + 1, MAX_FDS)
+        except OSError:
+            return None
+        try:
+            message = self._message(data)
+        except IPCError:
+            _close(fds)
+            raise
+        if message is None:
+            _close(fds)
+            return None
+        return message, fds
+
+    async def receive(self) -> Receives | None:
+        if self._sock.getblocking():
+            # The loop reads when the socket is readable: a blocking one would stall it
+            # (asyncio refuses one in debug mode).
+            self._sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.sock_recv(self._sock, MAX_MESSAGE + 1)
+        except OSError:
+            return None
+        return self._message(data)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _message(self, data: bytes) -> Receives | None:
+        if not data:
+            return None
+        message = decode(data)
+        if not isinstance(message, self._receives):
+            raise IPCError(f"{type(message).__name__} arrived at the wrong end of a channel")
+        return cast(Receives, message)
+
+
+def channel_pair(link: Link[Down, Up]) -> tuple[Channel[Up, Down], Channel[Down, Up]]:
+    """A new channel: the supervisor's end, and the end to hand to a template or worker."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    return Channel(ours, link.up), Channel(theirs, link.down)
+
+
+def inherit_channel(fd: int, link: Link[Down, Up]) -> Channel[Down, Up]:
+    """The template's or worker's end of `link`, from the descriptor it was handed."""
+    return Channel(socket.socket(fileno=fd), link.down)
+
+
+def _close(fds: Sequence[int]) -> None:
+    for fd in fds:
+        socket.close(fd)

@@ -1,0 +1,259 @@
+"""aserve.reload.ipc: every message through encode/decode and a real channel pair, descriptor
+passing, input that is not a message, and that no other reload module knows the wire format."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar, get_args
+
+import pytest
+import uvloop
+
+from aserve.config import Config
+from aserve.errors import AserveError
+from aserve.reload import ipc
+from aserve.reload.ipc import (
+    MAX_MESSAGE,
+    TEMPLATE_LINK,
+    WORKER_LINK,
+    Channel,
+    Exited,
+    Failed,
+    Fork,
+    Hello,
+    IPCError,
+    Link,
+    Preload,
+    Ready,
+    Stop,
+    TemplateReady,
+    channel_pair,
+    decode,
+    encode,
+    inherit_channel,
+)
+
+FORK = Fork(app="app:app", config={"port": 8000, "reload_dirs": ["."]}, roots=("/srv/site",))
+TO_TEMPLATE: list[ipc.ToTemplate] = [Preload(("django", "uvloop")), Preload(()), FORK]
+FROM_TEMPLATE: list[ipc.FromTemplate] = [TemplateReady(("pydevd.Reader",)), Exited(4242, -9)]
+TO_WORKER: list[ipc.ToWorker] = [Stop()]
+FROM_WORKER: list[ipc.FromWorker] = [
+    Hello(pid=4243),
+    Ready(modules=("django", "django.db", "é")),
+    Failed(title="The application could not be imported", summary="boom", details="line\n"),
+]
+MESSAGES: list[ipc.Message] = [*TO_TEMPLATE, *FROM_TEMPLATE, *TO_WORKER, *FROM_WORKER]
+
+
+def test_every_message_type_has_a_sample() -> None:
+    assert {type(message) for message in MESSAGES} == set(get_args(ipc.Message))
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=repr)
+def test_encode_decode_round_trip(message: ipc.Message) -> None:
+    assert decode(encode(message)) == message
+
+
+def test_config_travels_as_a_dict_the_worker_rebuilds() -> None:
+    config = Config(port=0, reload_dirs=["src", "lib"], reload_excludes=["static/*"])
+    fork = Fork(app="site.wsgi:application", config=dataclasses.asdict(config), roots=())
+    received = decode(encode(fork))
+    assert isinstance(received, Fork)
+    assert Config(**received.config) == config
+
+
+# ---------------------------------------------------------------- channels
+
+
+Down = TypeVar("Down", bound=ipc.Message)
+Up = TypeVar("Up", bound=ipc.Message)
+
+
+@contextmanager
+def ends(link: Link[Down, Up]) -> Iterator[tuple[Channel[Up, Down], Channel[Down, Up]]]:
+    """A new channel on `link`: the supervisor's end and the other, closed afterwards."""
+    supervisor, other = channel_pair(link)
+    try:
+        yield supervisor, other
+    finally:
+        supervisor.close()
+        other.close()
+
+
+def cross(
+    supervisor: Channel[Up, Down], other: Channel[Down, Up], down: list[Down], up: list[Up]
+) -> None:
+    """Send `down` from the supervisor's end and `up` back, one at a time."""
+    for message in down:
+        supervisor.send(message)
+        assert other.recv() == message
+    for reply in up:
+        other.send(reply)
+        assert supervisor.recv() == reply
+
+
+def test_every_message_crosses_its_link() -> None:
+    with ends(TEMPLATE_LINK) as (supervisor, template):
+        cross(supervisor, template, TO_TEMPLATE, FROM_TEMPLATE)
+    with ends(WORKER_LINK) as (supervisor, worker):
+        cross(supervisor, worker, TO_WORKER, FROM_WORKER)
+
+
+@pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_async_receive_until_the_other_end_closes(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    supervisor, worker = channel_pair(WORKER_LINK)
+
+    async def exchange() -> list[ipc.FromWorker | None]:
+        worker.send(Hello(pid=1))
+        worker.send(Ready(modules=("a",)))
+        first = await supervisor.receive()
+        second = await supervisor.receive()
+        worker.close()
+        return [first, second, await supervisor.receive()]
+
+    try:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            assert runner.run(exchange()) == [Hello(pid=1), Ready(modules=("a",)), None]
+    finally:
+        supervisor.close()
+
+
+def test_recv_returns_none_once_the_other_end_is_gone() -> None:
+    with ends(WORKER_LINK) as (supervisor, worker):
+        worker.close()
+        assert supervisor.recv() is None
+        assert supervisor.recv_fds() is None
+
+
+def test_fork_passes_a_descriptor_that_works_at_the_other_end() -> None:
+    read_end, write_end = os.pipe()
+    with ends(TEMPLATE_LINK) as (supervisor, template):
+        supervisor.send(FORK, fds=[write_end])
+        os.close(write_end)
+        received = template.recv_fds()
+        assert received is not None
+        message, fds = received
+        assert message == FORK
+        assert len(fds) == 1
+        os.write(fds[0], b"through the passed descriptor")
+        os.close(fds[0])
+    assert os.read(read_end, 100) == b"through the passed descriptor"
+    assert os.read(read_end, 100) == b""  # no copy of the write end left open
+    os.close(read_end)
+
+
+def test_descriptors_with_a_bad_message_are_closed() -> None:
+    raw, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    template = inherit_channel(theirs.detach(), TEMPLATE_LINK)
+    read_end, write_end = os.pipe()
+    try:
+        socket.send_fds(raw, [b"{not json"], [write_end])
+        os.close(write_end)
+        with pytest.raises(IPCError, match="not a JSON message"):
+            template.recv_fds()
+        assert os.read(read_end, 1) == b""  # every write end is closed
+    finally:
+        os.close(read_end)
+        raw.close()
+        template.close()
+
+
+def test_a_message_at_the_wrong_end_is_refused() -> None:
+    raw, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker = inherit_channel(theirs.detach(), WORKER_LINK)
+    try:
+        raw.send(encode(Hello(pid=1)))
+        with pytest.raises(IPCError, match="Hello arrived at the wrong end"):
+            worker.recv()
+    finally:
+        raw.close()
+        worker.close()
+
+
+# ---------------------------------------------------------------- what is not a message
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", "not a JSON message"),
+        (b"stop", "not a JSON message"),
+        (b'{"type": "Stop"', "not a JSON message"),
+        (b"\xff\xfe\x00", "not a JSON message"),
+        (b"[" * 100_000, "not a JSON message"),
+        (b'["Stop"]', "not a JSON object"),
+        (b'{"command": "stop"}', "unknown message type None"),
+        (b'{"type": "Restart"}', "unknown message type 'Restart'"),
+        (b'{"type": 3}', "unknown message type 3"),
+        (b'{"type": "Exited", "pid": 1}', r"Exited message: missing \['code'\], unexpected \[\]"),
+        (b'{"type": "Stop", "now": true}', r"Stop message: missing \[\], unexpected \['now'\]"),
+        (b'{"type": "Hello", "pid": "12"}', "Hello message, field 'pid': expected int, got str"),
+        (b'{"type": "Hello", "pid": true}', "field 'pid': expected int, got bool"),
+        (b'{"type": "Hello", "pid": 1.0}', "field 'pid': expected int, got float"),
+        (b'{"type": "Ready", "modules": "django"}', "field 'modules': expected a list of str"),
+        (b'{"type": "Ready", "modules": ["a", 1]}', "field 'modules': expected a list of str"),
+        (b'{"type": "Fork", "app": "a", "config": [], "roots": []}', "'config': expected an obj"),
+    ],
+)
+def test_malformed_input_raises_ipc_error(data: bytes, error: str) -> None:
+    with pytest.raises(IPCError, match=error):
+        decode(data)
+
+
+def test_oversized_messages_are_refused_both_ways() -> None:
+    with pytest.raises(IPCError, match="over MAX_MESSAGE"):
+        encode(Failed(title="t", summary="s", details="x" * MAX_MESSAGE))
+    with pytest.raises(IPCError, match="more than MAX_MESSAGE"):
+        decode(encode(Stop()) + b" " * MAX_MESSAGE)
+
+
+def test_ipc_error_is_an_aserve_error() -> None:
+    assert issubclass(IPCError, AserveError)
+
+
+# ---------------------------------------------------------------- one owner of the wire format
+
+WIRE_MODULES = {"json", "pickle", "marshal"}
+# socket.X for these X, and loop or socket methods that read or write packets.
+SOCKET_FUNCTIONS = {"send_fds", "recv_fds", "socketpair", "SOCK_SEQPACKET", "SCM_RIGHTS"}
+PACKET_METHODS = {"sock_recv", "sock_recv_into", "sock_sendall", "recvmsg", "sendmsg"}
+
+
+def wire_uses(path: Path) -> list[str]:
+    """The serialisation modules `path` imports and the packet calls it makes itself."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name in WIRE_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.module in WIRE_MODULES | {"socket"}:
+            found.append(node.module)
+        elif isinstance(node, ast.Attribute) and (
+            node.attr in PACKET_METHODS
+            or (
+                node.attr in SOCKET_FUNCTIONS
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "socket"
+            )
+        ):
+            found.append(node.attr)
+    return found
+
+
+def test_only_ipc_knows_the_wire_format() -> None:
+    package = Path(ipc.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert package / "ipc.py" in modules
+    assert wire_uses(package / "ipc.py")  # the scan sees what it looks for
+    uses = {path.name: wire_uses(path) for path in modules if path.name != "ipc.py"}
+    assert uses == {name: [] for name in uses}
