@@ -51,6 +51,7 @@ from aserve.reload.ipc import (
     channel_pair,
 )
 from aserve.server import Server
+from aserve.signals import StopSignals
 from aserve.sockets import bind_socket
 
 logger = logging.getLogger("aserve.error")
@@ -243,9 +244,11 @@ class Supervisor:
             sock.close()
 
     async def _supervise(self, sock: socket.socket) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal, sig)
+        signals = StopSignals(self._on_stop, self._on_force, "stopping")
+        with signals.installed(asyncio.get_running_loop()):
+            return await self._watch_and_restart(sock)
+
+    async def _watch_and_restart(self, sock: socket.socket) -> int:
         self.sock = sock
         logger.info(
             "aserve supervisor on %s, watching %s",
@@ -289,14 +292,13 @@ class Supervisor:
         await self._shutdown()
         return 0
 
-    def _on_signal(self, sig: int) -> None:
-        if self._stop.is_set():
-            self._force = True
-            if self.worker is not None:
-                self.worker.kill()
-            return
-        logger.info("%s received: stopping", signal.Signals(sig).name)
+    def _on_stop(self, sig: int) -> None:
         self._stop.set()
+
+    def _on_force(self, sig: int) -> None:
+        self._force = True
+        if self.worker is not None:
+            self.worker.kill()
 
     def _request(self) -> Fork:
         return Fork(
