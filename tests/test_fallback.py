@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.apps import wsgi_apps
-from tests.apps.procs import ServerProcess, run_cli
 from tests.conftest import http_get
+from tests.support.apps import wsgi_apps
+from tests.support.procs import ServerProcess, run_cli
 
-WSGI_APP = "tests.apps.wsgi_apps:app"
+WSGI_APP = "tests.support.apps.wsgi_apps:app"
 
 
 @pytest.fixture
@@ -132,10 +132,10 @@ def test_serves_over_unix_socket(tmp_path: Path) -> None:
 
 
 def test_asgi_app_is_refused() -> None:
-    result = run_cli("--server", "wsgiref", "--port", "0", "tests.apps.asgi_apps:app")
+    result = run_cli("--server", "wsgiref", "--port", "0", "tests.support.apps.asgi_apps:app")
     assert result.returncode == 2
     assert result.stderr == (
-        "aserve: error: tests.apps.asgi_apps:app is an ASGI app; "
+        "aserve: error: tests.support.apps.asgi_apps:app is an ASGI app; "
         "--server wsgiref serves WSGI apps only\n"
     )
 

@@ -23,9 +23,9 @@ import pytest
 
 from aserve.errors import ClientDisconnected
 from aserve.types import Message, Receive, Scope, Send
-from tests.apps import asgi_apps, wsgi_apps
-from tests.apps.procs import ServerProcess
 from tests.conftest import LogRecords, raw_exchange, running
+from tests.support.apps import asgi_apps, wsgi_apps
+from tests.support.procs import ServerProcess
 
 HELLO = b"hello"
 
@@ -673,7 +673,7 @@ def test_running_out_of_descriptors_pauses_accepting_and_recovers(loop: str) -> 
         "0",
         "--timeout-keep-alive",
         "30",
-        "tests.apps.asgi_apps:app",
+        "tests.support.apps.asgi_apps:app",
         command=[sys.executable, "-c", LOW_FD_SERVER],
     )
     with server:
@@ -754,8 +754,8 @@ def hammer(
 @pytest.mark.parametrize(
     ("app", "path", "body"),
     [
-        ("tests.apps.asgi_apps:app", "/stream/0.2", asgi_apps.BODY),
-        ("tests.apps.wsgi_apps:app", "/sleep/0.2", wsgi_apps.BODY),
+        ("tests.support.apps.asgi_apps:app", "/stream/0.2", asgi_apps.BODY),
+        ("tests.support.apps.wsgi_apps:app", "/sleep/0.2", wsgi_apps.BODY),
     ],
     ids=["asgi-mid-body", "wsgi-before-start"],
 )
@@ -782,7 +782,7 @@ def test_sigterm_under_load_truncates_nothing(app: str, path: str, body: bytes) 
 
 def test_sigterm_past_the_grace_period_closes_what_it_cuts_off() -> None:
     with ServerProcess(
-        "--port", "0", "--timeout-graceful-shutdown", "0.3", "tests.apps.asgi_apps:app"
+        "--port", "0", "--timeout-graceful-shutdown", "0.3", "tests.support.apps.asgi_apps:app"
     ) as server:
         port = server.wait_listening()
         with connection(port) as sock:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.apps.procs import ServerProcess
+from tests.support.procs import ServerProcess
 
 # The supervisor's first line: "aserve supervisor on http://127.0.0.1:PORT, watching DIR".
 SUPERVISOR_ON = r"aserve supervisor on http://127\.0\.0\.1:(\d+), watching "

@@ -17,9 +17,9 @@ import aserve
 from aserve import Config, Server
 from aserve.errors import ConfigError, LifespanError
 from aserve.types import Receive, Scope, Send
-from tests.apps import asgi_apps, loadable
-from tests.apps.procs import ServerProcess
 from tests.conftest import http_get
+from tests.support.apps import asgi_apps, loadable
+from tests.support.procs import ServerProcess
 
 
 def assert_closed(port: int) -> None:
@@ -47,7 +47,7 @@ def test_start_serves_and_stop_closes_the_port() -> None:
 
 
 def test_start_serves_wsgi_by_import_string() -> None:
-    server = Server("tests.apps.wsgi_apps:app", port=0, access_log=False).start()
+    server = Server("tests.support.apps.wsgi_apps:app", port=0, access_log=False).start()
     try:
         assert server.loaded is not None
         assert server.loaded.kind == "wsgi"
@@ -104,7 +104,7 @@ def test_run_is_exported() -> None:
 
 
 def test_run_serves_until_sigterm() -> None:
-    code = "import aserve; raise SystemExit(aserve.run('tests.apps.asgi_apps:app', port=0))"
+    code = "import aserve; raise SystemExit(aserve.run('tests.support.apps.asgi_apps:app', port=0))"
     with ServerProcess("-c", code, command=[sys.executable]) as process:
         port = process.wait_listening()
         assert http_get(port) == (200, b"hello")
@@ -155,7 +155,7 @@ def test_start_raises_on_lifespan_startup_failure() -> None:
 
 
 def test_start_raises_on_bad_app() -> None:
-    server = Server("tests.apps.loadable:no_arguments", port=0)
+    server = Server("tests.support.apps.loadable:no_arguments", port=0)
     with pytest.raises(aserve.errors.AppLoadError, match="neither an ASGI nor a WSGI app"):
         server.start()
 

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.apps import asgi_apps, wsgi_apps
-from tests.apps.procs import ServerProcess
+from tests.support.apps import asgi_apps, wsgi_apps
+from tests.support.procs import ServerProcess
 
-ASGI_APP = "tests.apps.asgi_apps:app"
-WSGI_APP = "tests.apps.wsgi_apps:app"
+ASGI_APP = "tests.support.apps.asgi_apps:app"
+WSGI_APP = "tests.support.apps.wsgi_apps:app"
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_sigterm_when_idle_exits_zero() -> None:
 
 
 def test_lifespan_startup_failure_exits_3() -> None:
-    with ServerProcess("--port", "0", "tests.apps.asgi_apps:failing_startup") as server:
+    with ServerProcess("--port", "0", "tests.support.apps.asgi_apps:failing_startup") as server:
         assert server.wait() == 3
     assert "Application startup failed: database unreachable" in server.stderr
     assert "serving" not in server.stderr
