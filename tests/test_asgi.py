@@ -24,7 +24,9 @@ from aserve.errors import ClientDisconnected
 from aserve.runners import asgi
 from aserve.runners.asgi import parse_target, split_target
 from aserve.types import Message, Receive, Scope, Send
-from tests.conftest import LogRecords, ServeFactory, raw_exchange, running
+from tests.support.client import raw_exchange
+from tests.support.logs import LogRecords
+from tests.support.servers import ServeFactory, running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

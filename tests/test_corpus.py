@@ -71,8 +71,8 @@ from aserve.protocols.http11 import (
     Request,
 )
 from aserve.types import Receive, Scope, Send
-from tests.conftest import running
 from tests.support import limits_with
+from tests.support.servers import running
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "gunicorn-requests"
 if not (CORPUS / "manifest.json").is_file():

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import http_get
 from tests.support.apps import wsgi_apps
+from tests.support.client import http_get
 from tests.support.procs import ServerProcess, run_cli
 
 WSGI_APP = "tests.support.apps.wsgi_apps:app"

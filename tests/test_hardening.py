@@ -23,9 +23,11 @@ import pytest
 
 from aserve.errors import ClientDisconnected
 from aserve.types import Message, Receive, Scope, Send
-from tests.conftest import LogRecords, raw_exchange, running
 from tests.support.apps import asgi_apps, wsgi_apps
+from tests.support.client import raw_exchange
+from tests.support.logs import LogRecords
 from tests.support.procs import ServerProcess
+from tests.support.servers import running
 
 HELLO = b"hello"
 

@@ -16,7 +16,8 @@ from aserve import Server
 from aserve.errors import LifespanError
 from aserve.server import EXIT_LIFESPAN_FAILED
 from aserve.types import Receive, Scope, Send
-from tests.conftest import LogRecords, running
+from tests.support.logs import LogRecords
+from tests.support.servers import running
 
 
 async def ok(send: Send) -> None:

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from aserve.server import GC_YOUNG_THRESHOLD
-from tests.conftest import http_get, running
 from tests.support.apps import wsgi_apps
+from tests.support.client import http_get
 from tests.support.procs import ServerProcess
+from tests.support.servers import running
 
 linux_only = pytest.mark.skipif(
     not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is a Linux scheduling policy"

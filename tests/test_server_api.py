@@ -17,8 +17,8 @@ import aserve
 from aserve import Config, Server
 from aserve.errors import ConfigError, LifespanError
 from aserve.types import Receive, Scope, Send
-from tests.conftest import http_get
 from tests.support.apps import asgi_apps, loadable
+from tests.support.client import http_get
 from tests.support.procs import ServerProcess
 
 

@@ -26,7 +26,9 @@ import pytest
 
 import aserve.runners.asgi
 from aserve.net.connection import RequestBody
-from tests.conftest import LogRecords, raw_exchange, running
+from tests.support.client import raw_exchange
+from tests.support.logs import LogRecords
+from tests.support.servers import running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TEXT = ("Content-Type", "text/plain")
