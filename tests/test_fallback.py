@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.apps import wsgi_apps
-from tests.support.client import http_get
+from tests.support.client import Client, http_get, raw_exchange
 from tests.support.procs import ServerProcess, run_cli
 
 WSGI_APP = "tests.support.apps.wsgi_apps:app"
@@ -21,15 +21,6 @@ WSGI_APP = "tests.support.apps.wsgi_apps:app"
 def wsgiref_server() -> Iterator[tuple[ServerProcess, int]]:
     with ServerProcess("--server", "wsgiref", "--port", "0", WSGI_APP) as server:
         yield server, server.wait_listening()
-
-
-def raw_request(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_startup_line_names_wsgiref(wsgiref_server: tuple[ServerProcess, int]) -> None:
@@ -81,7 +72,7 @@ def test_concurrent_requests_run_in_threads(wsgiref_server: tuple[ServerProcess,
 
 def test_drops_headers_with_underscores(wsgiref_server: tuple[ServerProcess, int]) -> None:
     _, port = wsgiref_server
-    response = raw_request(
+    (response,) = raw_exchange(
         port,
         b"GET /headers HTTP/1.1\r\n"
         b"Host: example.test\r\n"
@@ -90,10 +81,10 @@ def test_drops_headers_with_underscores(wsgiref_server: tuple[ServerProcess, int
         b"X_Other: dropped\r\n"
         b"Connection: close\r\n"
         b"\r\n",
+        timeout=10,
     )
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
-    assert body.split(b"\n") == [
+    assert response.head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert response.body.split(b"\n") == [
         b"HTTP_CONNECTION=close",
         b"HTTP_HOST=example.test",
         b"HTTP_X_AUTH_USER=alice",
@@ -120,12 +111,9 @@ def test_serves_over_unix_socket(tmp_path: Path) -> None:
             sock.settimeout(10)
             sock.connect(path)
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        response = b"".join(chunks)
-        assert response.startswith(b"HTTP/1.0 200 OK\r\n")
-        assert response.endswith(b"\r\n\r\nhello")
+            (response,) = Client(sock).until_closed()
+        assert response.head.startswith(b"HTTP/1.0 200 OK\r\n")
+        assert response.body == b"hello"
         server.send_signal(signal.SIGTERM)
         assert server.wait() == 0
     assert "Traceback" not in server.stderr
