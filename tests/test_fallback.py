@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.apps import wsgi_apps
-from tests.support.client import Client, http_get, raw_exchange
+from tests.support.client import Client, http_get, raw_exchange, refused
 from tests.support.procs import ServerProcess, run_cli
 
 WSGI_APP = "tests.support.apps.wsgi_apps:app"
@@ -99,8 +99,7 @@ def test_signal_exits_zero(wsgiref_server: tuple[ServerProcess, int], sig: signa
     assert server.wait() == 0
     assert "aserve (wsgiref) stopped" in server.stderr
     assert "Traceback" not in server.stderr
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert refused(port)
 
 
 def test_serves_over_unix_socket(tmp_path: Path) -> None:

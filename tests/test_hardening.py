@@ -25,6 +25,7 @@ from tests.support.apps import asgi_apps, wsgi_apps
 from tests.support.client import Client, connect, raw_exchange
 from tests.support.http import Response
 from tests.support.logs import LogRecords
+from tests.support.polling import wait_until
 from tests.support.procs import ServerProcess
 from tests.support.servers import running
 
@@ -276,9 +277,7 @@ def test_stalled_body_raises_client_disconnected_in_a_wsgi_app(error_log: LogRec
     ):
         client.sendall(b"PUT / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
         (response,), elapsed = closed_after(client)
-        deadline = time.monotonic() + 2
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: bool(seen), 2)
     assert response.head.startswith(b"HTTP/1.1 408 "), response
     assert 0.3 < elapsed < 1.2, elapsed
     assert seen == ["ClientDisconnected"]
@@ -421,9 +420,7 @@ def test_chunked_body_over_the_limit_raises_client_disconnected_in_a_wsgi_app(
         time.sleep(0.1)  # the app is reading
         client.sendall(chunked(b"b" * 60) + b"0\r\n\r\n")
         (response,) = client.until_closed()
-        deadline = time.monotonic() + 2
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: bool(seen), 2)
     assert response.head.startswith(b"HTTP/1.1 413 "), response
     assert seen == ["ClientDisconnected"]
     assert error_log.messages() == []
@@ -472,9 +469,7 @@ def test_new_connection_beyond_the_limit_gets_503_when_all_are_busy() -> None:
     ):
         get_on(first, b"/block")
         get_on(second, b"/block")
-        deadline = time.monotonic() + 2
-        while gate.entered < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: gate.entered >= 2, 2)
         with connect(server.port) as third:
             get_on(third)
             (refused,) = third.until_closed()

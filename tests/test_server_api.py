@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import threading
 import time
@@ -18,13 +17,8 @@ from aserve import Config, Server
 from aserve.errors import ConfigError, LifespanError
 from aserve.types import Receive, Scope, Send
 from tests.support.apps import asgi_apps, loadable
-from tests.support.client import http_get
+from tests.support.client import http_get, refused
 from tests.support.procs import ServerProcess
-
-
-def assert_closed(port: int) -> None:
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
 def test_start_serves_and_stop_closes_the_port() -> None:
@@ -43,7 +37,7 @@ def test_start_serves_and_stop_closes_the_port() -> None:
     assert server._thread is not None
     assert not server._thread.is_alive()
     assert server.exit_code == 0
-    assert_closed(port)
+    assert refused(port)
 
 
 def test_start_serves_wsgi_by_import_string() -> None:
@@ -55,7 +49,7 @@ def test_start_serves_wsgi_by_import_string() -> None:
         assert http_get(port) == (200, b"hello")
     finally:
         server.stop()
-    assert_closed(port)
+    assert refused(port)
 
 
 def test_context_manager() -> None:
@@ -63,7 +57,7 @@ def test_context_manager() -> None:
         port = server.port
         assert http_get(port) == (200, b"ok")
     assert server.exit_code == 0
-    assert_closed(port)
+    assert refused(port)
 
 
 def test_stop_waits_for_in_flight_request() -> None:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.apps import asgi_apps, wsgi_apps
-from tests.support.client import Client
+from tests.support.client import Client, refused
+from tests.support.polling import wait_until
 from tests.support.procs import ServerProcess
 
 ASGI_APP = "tests.support.apps.asgi_apps:app"
@@ -40,15 +41,7 @@ def connect(port: int, opened: list[http.client.HTTPConnection]) -> http.client.
 
 def assert_refused_soon(port: int, within: float = 1.0) -> None:
     """New connections are refused once the listening socket is closed."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                pass
-        except ConnectionRefusedError:
-            return
-        assert time.monotonic() < deadline, "the server still accepts connections"
-        time.sleep(0.02)
+    assert wait_until(lambda: refused(port), within), "the server still accepts connections"
 
 
 def line_index(server: ServerProcess, text: str) -> int:

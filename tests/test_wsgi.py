@@ -27,6 +27,7 @@ from aserve.net.connection import RequestBody
 from tests.support.client import connect, raw_exchange
 from tests.support.http import Response
 from tests.support.logs import LogRecords
+from tests.support.polling import wait_until
 from tests.support.servers import running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -79,15 +80,6 @@ def respond(
 ) -> list[bytes]:
     start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return [body]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def max_send_buffer() -> int:

@@ -157,6 +157,15 @@ def raw_exchange(
         return client.exchange(data, truncated_ok=truncated_ok)
 
 
+def refused(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:`port` any more: a connection is refused."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def http_get(port: int, path: str = "/") -> tuple[int, bytes]:
     """Status and body of one GET over a fresh connection (http.client: a second opinion)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

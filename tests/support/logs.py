@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from tests.support.polling import wait_until
 
 
 class LogRecords(logging.Handler):
@@ -35,10 +36,7 @@ class LogRecords(logging.Handler):
 
     def wait_for_error(self, timeout: float = 5.0) -> logging.LogRecord:
         """The first ERROR record; an app thread may log it after the client has its reply."""
-        deadline = time.monotonic() + timeout
-        while not self.errors:
-            assert time.monotonic() < deadline, "nothing logged at ERROR"
-            time.sleep(0.01)
+        assert wait_until(lambda: bool(self.errors), timeout), "nothing logged at ERROR"
         return self.errors[0]
 
 
