@@ -62,17 +62,16 @@ import pytest
 from aserve import Server
 from aserve.protocols.http11 import (
     Connection,
-    Data,
     EndOfMessage,
     Event,
     Limits,
     ProtocolFailure,
-    Request,
 )
 from aserve.types import Receive, Scope, Send
 from tests.support import limits_with
 from tests.support.client import connect
 from tests.support.http import Response
+from tests.support.http11_events import Summary, summary
 from tests.support.servers import running
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "gunicorn-requests"
@@ -518,8 +517,6 @@ def test_server_replay(replayer: Replayer, case: Case, interface: str) -> None:
 
 # -- bare http11.Connection --------------------------------------------------------------------
 
-Summary = tuple[object, ...]
-
 
 def replay(raw: bytes, cuts: list[int], limits: Limits) -> list[Summary]:
     """Feed `raw` cut at `cuts`, answering each complete request; the events, Data joined."""
@@ -536,36 +533,12 @@ def replay(raw: bytes, cuts: list[int], limits: Limits) -> list[Summary]:
                 conn.response_head(200, [(b"content-length", b"0")], b"")
                 conn.end_bytes()
                 if not conn.start_next_cycle():
-                    return summarize(events)
+                    return summary(events)
                 continue
             events.append(event)
             if isinstance(event, ProtocolFailure):
-                return summarize(events)
-    return summarize(events)
-
-
-def summarize(events: list[Event]) -> list[Summary]:
-    out: list[Summary] = []
-    body = b""
-    for event in events:
-        if isinstance(event, Data):
-            body += event.data
-            continue
-        if body:
-            out.append(("data", body))
-            body = b""
-        if isinstance(event, Request):
-            out.append(
-                ("request", event.method, event.target, event.http_version, tuple(event.headers))
-            )
-        elif isinstance(event, EndOfMessage):
-            out.append(("end",))
-        else:
-            assert isinstance(event, ProtocolFailure)
-            out.append(("failure", event.status))
-    if body:
-        out.append(("data", body))
-    return out
+                return summary(events)
+    return summary(events)
 
 
 def expected_events(case: Case) -> list[Summary]:
@@ -573,7 +546,7 @@ def expected_events(case: Case) -> list[Summary]:
     out: list[Summary] = []
     for expected in case.requests:
         if expected.missing_host:
-            return [*out, ("failure", 400)]
+            return [*out, ("failure", 400, True)]
         out.append(("request", expected.method, expected.target, expected.version))
         if expected.body:
             out.append(("data", expected.body))
