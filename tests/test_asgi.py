@@ -22,6 +22,7 @@ from aserve.runners import asgi
 from aserve.runners.asgi import parse_target, split_target
 from aserve.types import Message, Receive, Scope, Send
 from tests.support.client import connect, raw_exchange
+from tests.support.django_config import configure_django
 from tests.support.logs import LogRecords
 from tests.support.servers import ServeFactory, running
 
@@ -685,23 +686,11 @@ def test_send_after_the_client_left_raises_oserror_quietly(error_log: LogRecords
 
 
 def test_django_asgi_handler_end_to_end(serve: ServeFactory) -> None:
-    import django
-    from django.conf import settings
+    configure_django()
     from django.core.handlers.asgi import ASGIHandler
     from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
     from django.test.utils import override_settings
     from django.urls import path
-
-    if not settings.configured:
-        settings.configure(
-            SECRET_KEY="aserve-tests",
-            ALLOWED_HOSTS=["*"],
-            ROOT_URLCONF=__name__,
-            INSTALLED_APPS=[],
-            MIDDLEWARE=[],
-            DATABASES={},
-        )
-    django.setup()
 
     def echo(request: HttpRequest, name: str) -> HttpResponse:
         text = f"{request.method} {request.path} {name} {len(request.body)}"

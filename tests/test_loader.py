@@ -19,6 +19,7 @@ from aserve.errors import AppLoadError
 from aserve.loader import Kind, detect_interface, load
 from aserve.types import Message, Receive, Scope, Send, WSGIApp
 from tests.support.apps import loadable
+from tests.support.django_config import configure_django
 
 # ---------------------------------------------------------------- import strings
 
@@ -444,25 +445,11 @@ def test_async_function_with_four_arguments_is_still_asgi() -> None:
 
 @pytest.fixture(scope="module")
 def django_handlers() -> tuple[object, object]:
-    import django
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(
-            SECRET_KEY="aserve-loader-tests",
-            ALLOWED_HOSTS=["*"],
-            ROOT_URLCONF=__name__,
-            INSTALLED_APPS=[],
-            MIDDLEWARE=[],
-        )
-    django.setup()
+    configure_django()
     from django.core.handlers.asgi import ASGIHandler
     from django.core.handlers.wsgi import WSGIHandler
 
     return WSGIHandler(), ASGIHandler()
-
-
-urlpatterns: list[object] = []
 
 
 def test_detects_django_wsgi_handler(django_handlers: tuple[object, object]) -> None:

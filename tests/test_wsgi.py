@@ -25,6 +25,7 @@ import pytest
 import aserve.runners.asgi
 from aserve.net.connection import RequestBody
 from tests.support.client import connect, raw_exchange
+from tests.support.django_config import configure_django
 from tests.support.http import Response
 from tests.support.logs import LogRecords
 from tests.support.polling import wait_until
@@ -893,20 +894,7 @@ def _django_stream(request: Any) -> Any:
 @pytest.fixture
 def django_app() -> Iterator[WSGIApplication]:
     pytest.importorskip("django")
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(
-            SECRET_KEY="aserve-tests-only",
-            DEBUG=False,
-            ALLOWED_HOSTS=["test"],
-            ROOT_URLCONF=__name__,
-            MIDDLEWARE=[],
-            INSTALLED_APPS=[],
-            DATABASES={},
-            USE_TZ=True,
-            LOGGING_CONFIG=None,
-        )
+    configure_django()
     from django.test.utils import override_settings
     from django.urls import path
 
@@ -916,7 +904,7 @@ def django_app() -> Iterator[WSGIApplication]:
         path("echo/", _django_echo),
         path("stream/", _django_stream),
     ]
-    # Settings may already be configured by another test module: override what matters here.
+    # The settings are the whole process's: override what matters here.
     with override_settings(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["test"], MIDDLEWARE=[]):
         from django.core.wsgi import get_wsgi_application
 
