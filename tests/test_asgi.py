@@ -373,8 +373,8 @@ def test_streaming_body_reaches_the_client_before_the_app_finishes(serve: ServeF
     server = serve(app)
     with connect(server.port) as client:
         client.sendall(request())
-        head = client.head()
-        assert b"transfer-encoding: chunked\r\n" in head.head
+        response = client.head()
+        assert b"transfer-encoding: chunked\r\n" in response.head
         assert client.part().wire == b"5\r\nfirst\r\n"
         more.set()
         assert client.rest_of_body() == b"6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n"

@@ -1,5 +1,6 @@
-"""Helpers shared by the tests and the benchmarks, one concern a module: the HTTP response
-parser and client sockets, servers and processes, captured logs, limits, and the test apps."""
+"""Helpers shared by the tests and the benchmarks, one concern a module: the response parser
+and client sockets, servers, processes, captured logs, limits, polling, Django's settings,
+http11 event summaries, and the test apps."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ class Client:
     def __init__(self, sock: socket.socket, *, reset_is_close: bool = False) -> None:
         self.sock = sock
         self.parser = ResponseParser()
-        # Every response read whole so far, also when a later read fails.
+        # Every response read so far, kept when a later read fails or times out.
         self.received: list[Response] = []
         self._reset_is_close = reset_is_close
 
