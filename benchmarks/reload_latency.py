@@ -28,6 +28,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+# Run as a script, this file has benchmarks/ first on sys.path, not the repository root that
+# holds the tests' response parser.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.client import Client  # noqa: E402
+from tests.support.http import FramingError  # noqa: E402
+
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 URL_PATH = "/version/"
@@ -200,24 +209,15 @@ def probe(port: int) -> Probe:
         return Probe("refused")
     except OSError:
         return Probe("error")
-    chunks = []
     with sock:
         try:
             sock.sendall(request)
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except OSError:
+            responses = Client(sock).until_closed()
+        except (OSError, FramingError):
             return Probe("error")
-    head, separator, body = b"".join(chunks).partition(b"\r\n\r\n")
-    parts = head.split(b" ", 2)
-    if (
-        not separator
-        or len(parts) < 2
-        or not parts[0].startswith(b"HTTP/1.")
-        or not parts[1].isdigit()
-    ):
+    if len(responses) != 1:
         return Probe("error")
-    return Probe("ok", int(parts[1]), body)
+    return Probe("ok", responses[0].status, responses[0].body)
 
 
 def marker(version: int) -> bytes:

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import soak  # benchmarks/soak.py, beside this script
+import soak  # benchmarks/soak.py, beside this script; it puts the repository root on sys.path
+
+from tests.support.http import FramingError, Response, ResponseParser
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -77,8 +79,7 @@ async def trickle_one(
                 position = (position + 1) % len(TRICKLE)
             if read.done():
                 try:
-                    reply = read.result()
-                    status = reply[9:12].decode("ascii", "replace") if reply else "close"
+                    status = status_of(read.result())
                 except OSError:
                     status = "reset"
                 stats.closed_by_server += 1
@@ -148,17 +149,25 @@ class Latencies:
         }
 
 
-async def read_reply(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    body = await reader.readexactly(length)
-    if not head.startswith(b"HTTP/1.1 200") or body != HELLO:
-        raise ValueError(f"unexpected reply {head[:40]!r}")
-    return body
+def status_of(reply: bytes) -> str:
+    """The status of the response `reply` begins with, for the tally of what slow
+    connections got back."""
+    if not reply:
+        return "close"
+    parser = ResponseParser()
+    parser.feed(reply)
+    try:
+        head = parser.next_event()
+    except FramingError:
+        return "garbled"
+    return str(head.status) if isinstance(head, Response) else "partial"
+
+
+async def read_reply(responses: soak.Responses) -> bytes:
+    response = await responses.next()
+    if not response.head.startswith(b"HTTP/1.1 200") or response.body != HELLO:
+        raise ValueError(f"unexpected reply {response.head[:40]!r}")
+    return response.body
 
 
 async def keep_alive_client(port: int, until: float, out: Latencies) -> None:
@@ -171,13 +180,14 @@ async def keep_alive_client(port: int, until: float, out: Latencies) -> None:
             out.errors[type(exc).__name__] += 1
             await asyncio.sleep(0.05)
             continue
+        responses = soak.Responses(reader)
         try:
             while loop.time() < until:
                 began = time.perf_counter()
                 writer.write(b"GET /hello HTTP/1.1\r\nHost: normal\r\n\r\n")
-                await read_reply(reader)
+                await read_reply(responses)
                 out.seconds.append(time.perf_counter() - began)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (OSError, soak.Unexpected, ValueError) as exc:
             out.errors[type(exc).__name__] += 1
         finally:
             writer.close()
@@ -196,9 +206,9 @@ async def fresh_connection_client(port: int, until: float, out: Latencies) -> No
             continue
         try:
             writer.write(b"GET /hello HTTP/1.1\r\nHost: normal\r\nConnection: close\r\n\r\n")
-            await read_reply(reader)
+            await read_reply(soak.Responses(reader))
             out.seconds.append(time.perf_counter() - began)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (OSError, soak.Unexpected, ValueError) as exc:
             out.errors[type(exc).__name__] += 1
         finally:
             writer.close()

@@ -30,10 +30,17 @@ from pathlib import Path
 from typing import IO, Any
 from wsgiref.validate import validator
 
-from aserve.bench.apps import answer_lifespan
-from aserve.types import Environ, Message, Receive, Scope, Send, StartResponse
-
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, this file has benchmarks/ first on sys.path, not the repository root that
+# holds the tests' response parser (the server imports this module as benchmarks.soak from it).
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from aserve.bench.apps import answer_lifespan  # noqa: E402
+from aserve.types import Environ, Message, Receive, Scope, Send, StartResponse  # noqa: E402
+from tests.support.client import raw_exchange  # noqa: E402
+from tests.support.http import Closed, FramingError, Response, ResponseParser  # noqa: E402
+
 HOST = "127.0.0.1"
 HELLO = b"Hello, world!"
 BIG_CHUNK = b"x" * 16384
@@ -176,10 +183,10 @@ async def sample(pid: int, port: int, label: str, seconds: float, requests: int)
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
         writer.write(b"GET /_stats HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n")
-        _, _, body = await read_response(reader)
+        response = await Responses(reader).next()
     finally:
         writer.close()
-    stats = json.loads(body)
+    stats = json.loads(response.body)
     figures.blocks, figures.objects = stats["blocks"], stats["objects"]
     return figures
 
@@ -235,12 +242,9 @@ def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the server exited with code {process.returncode} at startup")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1) as sock:
-            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n")
-            reply = b""
-            while chunk := sock.recv(4096):
-                reply += chunk
-            if reply.startswith(b"HTTP/1.1 200") and reply.endswith(HELLO):
+        with contextlib.suppress(OSError):
+            request = b"GET /hello HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n"
+            if answers_hello(raw_exchange(port, request, timeout=1)):
                 return
         time.sleep(0.1)
     raise SystemExit("the server did not answer within 20 s")
@@ -260,27 +264,33 @@ class Tally:
     problems: Counter[str] = field(default_factory=Counter)
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
-    """Status, headers (lower-cased names) and body of one response; chunked is decoded."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    if b"content-length" in headers:
-        body = await reader.readexactly(int(headers[b"content-length"]))
-    elif headers.get(b"transfer-encoding") == b"chunked":
-        pieces = []
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            pieces.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-        await reader.readuntil(b"\r\n")
-        body = b"".join(pieces)
-    else:
-        body = await reader.read()
-    return status, headers, body
+class Responses:
+    """The responses on one connection, parsed as its StreamReader delivers the bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._parser = ResponseParser()
+
+    async def next(self, *, truncated_ok: bool = False) -> Response:
+        result = await self._next(truncated_ok)
+        if isinstance(result, Closed):
+            raise Unexpected("closed instead of answering")
+        return result
+
+    async def closed(self) -> bool:
+        """The server closed the connection without sending anything more."""
+        return isinstance(await self._next(False), Closed)
+
+    async def _next(self, truncated_ok: bool) -> Response | Closed:
+        try:
+            while (result := self._parser.next_response(truncated_ok=truncated_ok)) is None:
+                if data := await self._reader.read(65536):
+                    self._parser.feed(data)
+                else:
+                    self._parser.feed_eof()
+        except FramingError as exc:
+            raise Unexpected(f"bad framing: {exc}") from exc
+        return result
 
 
 def request_bytes(rng: random.Random, last: bool = False) -> tuple[bytes, bytes]:
@@ -307,14 +317,15 @@ def abort(writer: asyncio.StreamWriter, reset: bool) -> None:
     writer.transport.abort()
 
 
-async def expect(reader: asyncio.StreamReader, status: int, body: bytes | None) -> None:
-    got_status, _, got_body = await read_response(reader)
-    if got_status != status or (body is not None and got_body != body):
-        raise Unexpected(f"status {got_status}, {len(got_body)} body bytes")
+async def expect(responses: Responses, status: int, body: bytes | None) -> None:
+    response = await responses.next()
+    if response.status != status or (body is not None and response.body != body):
+        raise Unexpected(f"status {response.status}, {len(response.body)} body bytes")
 
 
 async def keep_alive(port: int, rng: random.Random, tally: Tally) -> None:
     reader, writer = await asyncio.open_connection(HOST, port)
+    responses = Responses(reader)
     try:
         count = rng.randint(1, 20)
         close_last = rng.random() < 0.3
@@ -323,8 +334,8 @@ async def keep_alive(port: int, rng: random.Random, tally: Tally) -> None:
             data, body = request_bytes(rng, last)
             writer.write(data)
             tally.requests += 1
-            await expect(reader, 200, body)
-        if close_last and await reader.read(1) != b"":
+            await expect(responses, 200, body)
+        if close_last and not await responses.closed():
             raise Unexpected("open after Connection: close")
     finally:
         writer.close()
@@ -332,12 +343,13 @@ async def keep_alive(port: int, rng: random.Random, tally: Tally) -> None:
 
 async def pipelined(port: int, rng: random.Random, tally: Tally) -> None:
     reader, writer = await asyncio.open_connection(HOST, port)
+    responses = Responses(reader)
     try:
         pairs = [request_bytes(rng) for _ in range(rng.randint(2, 16))]
         writer.write(b"".join(data for data, _ in pairs))
         tally.requests += len(pairs)
         for _, body in pairs:
-            await expect(reader, 200, body)
+            await expect(responses, 200, body)
     finally:
         writer.close()
 
@@ -365,23 +377,24 @@ async def aborted_response(port: int, rng: random.Random, tally: Tally) -> None:
 async def erroring(port: int, rng: random.Random, tally: Tally) -> None:
     """The app raises before its response (500, then close) or in the middle of it (close)."""
     reader, writer = await asyncio.open_connection(HOST, port)
+    responses = Responses(reader)
     try:
         warm = rng.randint(0, 3)  # a few good requests first, on the same connection
         for _ in range(warm):
             data, body = request_bytes(rng)
             writer.write(data)
-            await expect(reader, 200, body)
+            await expect(responses, 200, body)
         late = rng.random() < 0.5
         writer.write(b"GET /raise%s HTTP/1.1\r\nHost: soak\r\n\r\n" % (b"-late" if late else b""))
         tally.requests += warm + 1
         if late:
-            head = await reader.readuntil(b"\r\n\r\n")
-            rest = await reader.read()  # up to the close: the body must be cut short
-            if not head.startswith(b"HTTP/1.1 200") or rest.endswith(b"0\r\n\r\n"):
+            # Up to the close: the body must be cut short, without its last chunk.
+            response = await responses.next(truncated_ok=True)
+            if not response.head.startswith(b"HTTP/1.1 200") or response.complete:
                 raise Unexpected("a failed response was not cut short")
         else:
-            await expect(reader, 500, None)
-            if await reader.read(1) != b"":
+            await expect(responses, 500, None)
+            if not await responses.closed():
                 raise Unexpected("open after a 500")
     finally:
         writer.close()
@@ -390,6 +403,7 @@ async def erroring(port: int, rng: random.Random, tally: Tally) -> None:
 async def malformed(port: int, rng: random.Random, tally: Tally) -> None:
     """A request the server must refuse with 400 and a close."""
     reader, writer = await asyncio.open_connection(HOST, port)
+    responses = Responses(reader)
     try:
         writer.write(
             rng.choice(
@@ -403,8 +417,8 @@ async def malformed(port: int, rng: random.Random, tally: Tally) -> None:
             )
         )
         tally.requests += 1
-        await expect(reader, 400, None)
-        if await reader.read(1) != b"":
+        await expect(responses, 400, None)
+        if not await responses.closed():
             raise Unexpected("open after a 400")
     finally:
         writer.close()
@@ -592,12 +606,20 @@ def soak(args: argparse.Namespace, interface: str) -> dict[str, Any]:
 
 
 def check_alive(port: int) -> bool:
-    with socket.create_connection((HOST, port), 5) as sock:
-        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while chunk := sock.recv(4096):
-            reply += chunk
-    return reply.startswith(b"HTTP/1.1 200") and reply.endswith(HELLO)
+    request = b"GET /hello HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n"
+    try:
+        return answers_hello(raw_exchange(port, request))
+    except FramingError:
+        return False
+
+
+def answers_hello(responses: list[Response]) -> bool:
+    """One response: a 200 with the hello body."""
+    return (
+        len(responses) == 1
+        and responses[0].head.startswith(b"HTTP/1.1 200")
+        and responses[0].body == HELLO
+    )
 
 
 def print_result(result: dict[str, Any]) -> None:

@@ -7,12 +7,9 @@ import contextvars
 import hashlib
 import importlib
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,7 +19,10 @@ import pytest
 
 from aserve.errors import ClientDisconnected
 from aserve.types import Message, Receive, Scope, Send
-from tests.conftest import LogRecords, ServeFactory, raw_exchange, running
+from tests.support.client import connect, raw_exchange
+from tests.support.django_config import configure_django
+from tests.support.logs import LogRecords
+from tests.support.servers import ServeFactory, running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -31,91 +31,6 @@ urlpatterns: list[Any] = []
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    wire_body: bytes
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-
-class Reader:
-    """Reads HTTP/1.1 responses off a blocking client socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.buffer += chunk
-        return bool(chunk)
-
-    def until(self, separator: bytes) -> bytes:
-        while separator not in self.buffer:
-            if not self._fill():
-                raise EOFError(f"connection closed before {separator!r}: {self.buffer!r}")
-        data, _, self.buffer = self.buffer.partition(separator)
-        return data + separator
-
-    def exact(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            if not self._fill():
-                raise EOFError(f"connection closed after {len(self.buffer)} of {size} bytes")
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def rest(self) -> bytes:
-        """Everything until the server closes the connection."""
-        try:
-            while self._fill():
-                pass
-        except ConnectionResetError:
-            pass
-        data, self.buffer = self.buffer, b""
-        return data
-
-    def response(self, method: bytes = b"GET") -> Response:
-        head = self.until(b"\r\n\r\n")
-        lines = head[:-4].split(b"\r\n")
-        status = int(lines[0].split(b" ")[1])
-        headers = []
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers.append((name.lower(), value.strip()))
-        response = Response(status, headers, b"", b"")
-        if method == b"HEAD" or status < 200 or status in (204, 304):
-            return response
-        if response.header(b"transfer-encoding") == b"chunked":
-            wire, body = [], []
-            while True:
-                size_line = self.until(b"\r\n")
-                size = int(size_line, 16)
-                data = self.exact(size + 2)
-                wire.append(size_line + data)
-                body.append(data[:-2])
-                if size == 0:
-                    break
-            response.body, response.wire_body = b"".join(body), b"".join(wire)
-        elif (length := response.header(b"content-length")) is not None:
-            response.body = response.wire_body = self.exact(int(length))
-        else:
-            response.body = response.wire_body = self.rest()
-        return response
-
-
-@contextmanager
-def connect(port: int, timeout: float = 5.0) -> Iterator[tuple[socket.socket, Reader]]:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        yield sock, Reader(sock)
 
 
 def request(
@@ -148,15 +63,15 @@ def test_http_scope_follows_the_spec(serve: ServeFactory) -> None:
             await respond(send)
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(
+    with connect(server.port) as client:
+        client.sendall(
             b"GET /caf%C3%A9/a%2Fb?x=1&y=%20z HTTP/1.1\r\nHost: example.test\r\n"
             b"X-Custom: One\r\nx-custom: two\r\nUser-Agent: Test/1\r\n\r\n"
         )
-        assert reader.response().status == 200
-        sock.sendall(b"POST /plain HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
-        assert reader.response().status == 200
-        client = sock.getsockname()[:2]
+        assert client.response().status == 200
+        client.sendall(b"POST /plain HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+        assert client.response().status == 200
+        address = client.sock.getsockname()[:2]
 
     first, second = scopes
     assert first["type"] == "http"
@@ -174,7 +89,7 @@ def test_http_scope_follows_the_spec(serve: ServeFactory) -> None:
         (b"x-custom", b"two"),
         (b"user-agent", b"Test/1"),
     ]
-    assert first["client"] == (client[0], client[1])
+    assert first["client"] == (address[0], address[1])
     assert first["server"] == ("127.0.0.1", server.port)
     assert first["state"] == {}
 
@@ -195,10 +110,10 @@ def test_absolute_form_target_keeps_only_path_and_query(serve: ServeFactory) -> 
             await respond(send)
 
     server = serve(app)
-    response = raw_exchange(
+    (response,) = raw_exchange(
         server.port, b"GET http://example.test/abs/p?q=1 HTTP/1.1\r\nHost: example.test\r\n\r\n"
     )
-    assert response.startswith(b"HTTP/1.1 200 ")
+    assert response.head.startswith(b"HTTP/1.1 200 ")
     assert scopes[0]["path"] == "/abs/p"
     assert scopes[0]["raw_path"] == b"/abs/p"
     assert scopes[0]["query_string"] == b"q=1"
@@ -266,12 +181,12 @@ def test_chunked_upload_arrives_in_pieces_with_more_body(serve: ServeFactory) ->
         await respond(send, b"".join(m["body"] for m in messages))
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(request(b"/up", method=b"POST", extra=b"transfer-encoding: chunked\r\n"))
-        sock.sendall(b"5\r\nhello\r\n")
+    with connect(server.port) as client:
+        client.sendall(request(b"/up", method=b"POST", extra=b"transfer-encoding: chunked\r\n"))
+        client.sendall(b"5\r\nhello\r\n")
         assert first_read.wait(5)
-        sock.sendall(b"6\r\n world\r\n0\r\n\r\n")
-        response = reader.response()
+        client.sendall(b"6\r\n world\r\n0\r\n\r\n")
+        response = client.response()
     assert response.body == b"hello world"
     assert messages[0] == {"type": "http.request", "body": b"hello", "more_body": True}
     assert all(m["type"] == "http.request" for m in messages)
@@ -289,18 +204,15 @@ def test_expect_continue_is_sent_when_the_app_first_reads(serve: ServeFactory) -
         await respond(send, message["body"])
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(
+    with connect(server.port) as client:
+        client.sendall(
             request(b"/", method=b"POST", extra=b"expect: 100-continue\r\ncontent-length: 5\r\n")
         )
-        sock.settimeout(0.3)
-        with pytest.raises(TimeoutError):
-            sock.recv(100)
-        sock.settimeout(5)
+        assert client.nothing_arrives(0.3)
         go.set()
-        assert reader.until(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
-        sock.sendall(b"hello")
-        response = reader.response()
+        assert client.response().head == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(b"hello")
+        response = client.response()
     assert response.status == 200
     assert response.body == b"hello"
 
@@ -311,16 +223,16 @@ def test_expect_continue_is_never_sent_when_the_app_does_not_read(serve: ServeFa
             await respond(send, b"no thanks", status=417)
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(
+    with connect(server.port) as client:
+        client.sendall(
             request(b"/", method=b"PUT", extra=b"expect: 100-continue\r\ncontent-length: 9999\r\n")
         )
-        data = reader.rest()
+        responses = client.until_closed()
     # The client may still send the body it announced: the connection cannot be reused.
-    assert data.startswith(b"HTTP/1.1 417 ")
-    assert b"100 Continue" not in data
-    assert data.endswith(b"\r\n\r\nno thanks")
-    assert b"connection: close\r\n" in data
+    assert [r.status for r in responses] == [417]  # and no 100 Continue
+    assert responses[0].head.startswith(b"HTTP/1.1 417 ")
+    assert responses[0].body == b"no thanks"
+    assert b"connection: close\r\n" in responses[0].head
 
 
 def test_receive_after_the_response_is_http_disconnect(serve: ServeFactory) -> None:
@@ -368,8 +280,8 @@ def test_long_poll_sees_disconnect_soon_after_the_client_closes(
         disconnected.set()
 
     server = serve(app)
-    with connect(server.port) as (sock, _):
-        sock.sendall(request(b"/poll"))
+    with connect(server.port) as client:
+        client.sendall(request(b"/poll"))
         assert waiting.wait(5)
         time.sleep(0.05)
         assert not disconnected.is_set()
@@ -398,11 +310,11 @@ def test_half_close_in_the_middle_of_the_body_ends_the_request(
                 return
 
     server = serve(app)
-    with connect(server.port, timeout=2.0) as (sock, reader):
-        sock.sendall(request(b"/", method=b"POST", extra=b"content-length: 10\r\n") + b"abc")
-        sock.shutdown(socket.SHUT_WR)
+    with connect(server.port, timeout=2.0) as client:
+        client.sendall(request(b"/", method=b"POST", extra=b"content-length: 10\r\n") + b"abc")
+        client.half_close()
         # The body can never be completed: the app is told, and the connection does not linger.
-        reader.rest()
+        client.until_closed()
     assert seen[-1] == {"type": "http.disconnect"}
     assert b"".join(m.get("body", b"") for m in seen) == b"abc"
     assert error_log.errors == []
@@ -422,25 +334,24 @@ async def hello_world_unsized(scope: Scope, receive: Receive, send: Send) -> Non
 
 def test_response_without_length_is_chunked_on_http11(serve: ServeFactory) -> None:
     server = serve(hello_world_unsized)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(request())
-        response = reader.response()
+    with connect(server.port) as client:
+        client.sendall(request())
+        response = client.response()
         assert response.header(b"transfer-encoding") == b"chunked"
         assert response.header(b"content-length") is None
         assert response.wire_body == b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
         # Still keep-alive: a second request on the same connection is answered.
-        sock.sendall(request())
-        assert reader.response().body == b"hello world"
+        client.sendall(request())
+        assert client.response().body == b"hello world"
 
 
 def test_response_without_length_is_close_delimited_on_http10(serve: ServeFactory) -> None:
     server = serve(hello_world_unsized)
-    data = raw_exchange(server.port, request(version=b"1.0"))
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 ")
-    assert b"transfer-encoding" not in head.lower()
-    assert b"connection: close" in head
-    assert body == b"hello world"
+    (response,) = raw_exchange(server.port, request(version=b"1.0"))
+    assert response.head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in response.head.lower()
+    assert b"connection: close" in response.head
+    assert response.body == b"hello world"
 
 
 def test_streaming_body_reaches_the_client_before_the_app_finishes(serve: ServeFactory) -> None:
@@ -458,13 +369,13 @@ def test_streaming_body_reaches_the_client_before_the_app_finishes(serve: ServeF
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(request())
-        head = reader.until(b"\r\n\r\n")
-        assert b"transfer-encoding: chunked\r\n" in head
-        assert reader.until(b"first\r\n") == b"5\r\nfirst\r\n"
+    with connect(server.port) as client:
+        client.sendall(request())
+        response = client.head()
+        assert b"transfer-encoding: chunked\r\n" in response.head
+        assert client.part().wire == b"5\r\nfirst\r\n"
         more.set()
-        assert reader.until(b"0\r\n\r\n") == b"6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n"
+        assert client.rest_of_body() == b"6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n"
 
 
 def test_head_goes_out_while_the_app_awaits_before_its_body(serve: ServeFactory) -> None:
@@ -479,13 +390,12 @@ def test_head_goes_out_while_the_app_awaits_before_its_body(serve: ServeFactory)
         await send({"type": "http.response.body", "body": b"late"})
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
+    with connect(server.port) as client:
         for _ in range(2):  # and again on the same connection
-            sock.sendall(request())
-            head = reader.until(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            client.sendall(request())
+            assert client.head().head.startswith(b"HTTP/1.1 200 OK\r\n")
             body_now.set()
-            assert reader.until(b"0\r\n\r\n") == b"4\r\nlate\r\n0\r\n\r\n"
+            assert client.rest_of_body() == b"4\r\nlate\r\n0\r\n\r\n"
             body_now.clear()
 
 
@@ -499,19 +409,19 @@ def test_head_response_has_headers_but_no_body(serve: ServeFactory) -> None:
             await hello_world_unsized(scope, receive, send)
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(request(b"/sized", method=b"HEAD"))
-        sized = reader.response(b"HEAD")
-        sock.sendall(request(b"/unsized", method=b"HEAD"))
-        unsized = reader.response(b"HEAD")
-        sock.sendall(request(b"/sized"))
-        after = reader.response()
+    with connect(server.port) as client:
+        client.sendall(request(b"/sized", method=b"HEAD"))
+        sized = client.response(b"HEAD")
+        client.sendall(request(b"/unsized", method=b"HEAD"))
+        unsized = client.response(b"HEAD")
+        client.sendall(request(b"/sized"))
+        after = client.response()
     assert sized.status == 200
     assert sized.header(b"content-length") == b"5"
     assert unsized.header(b"transfer-encoding") is None
     # Nothing was written for the HEAD bodies: the next response follows the head directly.
     assert after.body == b"hello"
-    assert reader.buffer == b""
+    assert client.buffered == b""
 
 
 Script = Callable[[Send], Any]
@@ -571,10 +481,10 @@ def test_failure_before_the_response_is_sent_gives_500(
             await script(send)
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(request())
-        response = reader.response()
-        assert reader.rest() == b""
+    with connect(server.port) as client:
+        client.sendall(request())
+        response = client.response()
+        assert client.until_closed() == []
     assert response.status == 500
     assert response.header(b"connection") == b"close"
     assert b"x\r\ny" not in response.body
@@ -619,13 +529,13 @@ def test_failure_after_the_response_started_closes_the_connection(
             await script(send)
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(request())
-        head = reader.until(b"\r\n\r\n")
-        rest = reader.rest()
-    assert head.startswith(b"HTTP/1.1 200 ")
+    with connect(server.port) as client:
+        client.sendall(request())
+        (response,) = client.until_closed(truncated_ok=True)
+    assert response.head.startswith(b"HTTP/1.1 200 ")
     # The chunked body is cut short: no last chunk tells the client it was complete.
-    assert rest == b"7\r\npartial\r\n"
+    assert response.wire_body == b"7\r\npartial\r\n"
+    assert not response.complete
     assert error_log.messages() == [logged]
 
 
@@ -646,14 +556,15 @@ def test_body_after_the_response_ended_is_refused_and_logged(
 
     server = serve(app)
     # Well under the keep-alive timeout: only an explicit close ends this read in time.
-    with connect(server.port, timeout=2.0) as (sock, reader):
-        sock.sendall(request())
-        response = reader.response()
-        rest = reader.rest()
+    with connect(server.port, timeout=2.0) as client:
+        client.sendall(request())
+        response = client.response()
+        rest = client.until_closed()
     assert response.status == 200
     assert response.body == b"done"
     # Nothing of the refused message reaches the client, and the connection ends.
-    assert rest == b""
+    assert rest == []
+
     assert len(errors) == 1
     assert error_log.messages() == ["Exception in ASGI application"]
 
@@ -719,30 +630,21 @@ def test_send_waits_while_the_client_does_not_read(serve: ServeFactory) -> None:
         await send({"type": "http.response.body", "body": b""})
 
     server = serve(app)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", server.port))
-        sock.sendall(request())
+    with connect(server.port, timeout=10, receive_buffer=65536) as client:
+        client.sendall(request())
         time.sleep(0.5)
         stalled = sent[0]
         time.sleep(0.2)
         assert sent[0] == stalled, "the app kept sending to a client that does not read"
         assert 0 < stalled <= bound
+        response = client.head()
         received = 0
-        head_size = -1
         worst = 0
-        data = b""
-        while head_size < 0 or received < head_size + total:
-            piece = sock.recv(262144)
-            assert piece, "connection closed early"
-            if head_size < 0:
-                data += piece
-                if b"\r\n\r\n" in data:
-                    head_size = data.index(b"\r\n\r\n") + 4
-            received += len(piece)
-            worst = max(worst, sent[0] - (received - max(head_size, 0)))
-    assert received == head_size + total
+        for part in client.parts():
+            received += len(part.data)
+            worst = max(worst, sent[0] - received)
+    assert response.complete, "connection closed early"
+    assert received == total
     assert sent[0] == total
     assert worst <= bound
 
@@ -766,9 +668,10 @@ def test_send_after_the_client_left_raises_oserror_quietly(error_log: LogRecords
             raise
 
     with running(app) as server:
-        with connect(server.port) as (sock, reader):
-            sock.sendall(request())
-            reader.until(b"4\r\ntick\r\n")
+        with connect(server.port) as client:
+            client.sendall(request())
+            client.head()
+            assert client.part().wire == b"4\r\ntick\r\n"
         assert gave_up.wait(2)
     # The server has finished every request when `running` returns: anything logged is in.
     assert len(raised) == 1
@@ -781,23 +684,11 @@ def test_send_after_the_client_left_raises_oserror_quietly(error_log: LogRecords
 
 
 def test_django_asgi_handler_end_to_end(serve: ServeFactory) -> None:
-    import django
-    from django.conf import settings
+    configure_django()
     from django.core.handlers.asgi import ASGIHandler
     from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
     from django.test.utils import override_settings
     from django.urls import path
-
-    if not settings.configured:
-        settings.configure(
-            SECRET_KEY="aserve-tests",
-            ALLOWED_HOSTS=["*"],
-            ROOT_URLCONF=__name__,
-            INSTALLED_APPS=[],
-            MIDDLEWARE=[],
-            DATABASES={},
-        )
-    django.setup()
 
     def echo(request: HttpRequest, name: str) -> HttpResponse:
         text = f"{request.method} {request.path} {name} {len(request.body)}"
@@ -857,15 +748,15 @@ def test_example_events_stream_until_the_client_leaves(
             finished.set()
 
     server = serve(app)
-    with connect(server.port) as (sock, reader):
-        sock.sendall(request(b"/events"))
-        head = reader.until(b"\r\n\r\n")
+    with connect(server.port) as client:
+        client.sendall(request(b"/events"))
+        response = client.head()
         started = time.monotonic()
-        events = [reader.until(b"\n\n\r\n") for _ in range(3)]
+        events = [client.part().data for _ in range(3)]
         elapsed = time.monotonic() - started
-    assert head.startswith(b"HTTP/1.1 200 ")
-    assert b"content-type: text/event-stream" in head
-    assert [e[:-2].split(b"\r\n", 1)[1] for e in events] == [
+    assert response.head.startswith(b"HTTP/1.1 200 ")
+    assert b"content-type: text/event-stream" in response.head
+    assert events == [
         b"id: 1\ndata: tick 1\n\n",
         b"id: 2\ndata: tick 2\n\n",
         b"id: 3\ndata: tick 3\n\n",

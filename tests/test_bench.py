@@ -29,7 +29,7 @@ from aserve.bench.stats import foreign_share, median, percentile, ratio
 from aserve.bench.system import pinned, process_tree, reset_peak, tree_memory
 from aserve.bench.targets import evaluate
 from aserve.types import Environ, Message
-from tests.conftest import running
+from tests.support.servers import running
 
 MiB = 1024 * 1024
 

@@ -16,10 +16,10 @@ import pytest
 from aserve import __version__
 from aserve.cli import parse
 from aserve.config import Config
-from tests.apps.procs import ROOT, ServerProcess, run_cli
+from tests.support.procs import ROOT, ServerProcess, run_cli
 
-ASGI_APP = "tests.apps.asgi_apps:app"
-WSGI_APP = "tests.apps.wsgi_apps:app"
+ASGI_APP = "tests.support.apps.asgi_apps:app"
+WSGI_APP = "tests.support.apps.wsgi_apps:app"
 CONSOLE_SCRIPT = Path(sys.executable).with_name("aserve")
 
 
@@ -104,13 +104,19 @@ def assert_usage_error(args: list[str], *needles: str) -> str:
         (["--root-path", "app/", ASGI_APP], ["--root-path must start with '/'"]),
         ([], ["required: APP"]),
         (["--port", "0"], ["required: APP"]),
-        (["tests.apps.no_such_module:app"], ["module 'tests.apps.no_such_module' not found"]),
+        (
+            ["tests.support.apps.no_such_module:app"],
+            ["module 'tests.support.apps.no_such_module' not found"],
+        ),
         (["no_colon_here"], ["APP must look like 'module:attribute'"]),
-        (["tests.apps.loadable:missing"], ["has no attribute 'missing'"]),
-        (["tests.apps.loadable:NUMBER"], ["not a callable app"]),
-        (["tests.apps.loadable:no_arguments"], ["neither an ASGI nor a WSGI app"]),
-        (["tests.apps.loadable:four_arguments"], ["neither an ASGI nor a WSGI app"]),
-        (["--factory", "tests.apps.loadable:broken_factory"], ["RuntimeError: settings missing"]),
+        (["tests.support.apps.loadable:missing"], ["has no attribute 'missing'"]),
+        (["tests.support.apps.loadable:NUMBER"], ["not a callable app"]),
+        (["tests.support.apps.loadable:no_arguments"], ["neither an ASGI nor a WSGI app"]),
+        (["tests.support.apps.loadable:four_arguments"], ["neither an ASGI nor a WSGI app"]),
+        (
+            ["--factory", "tests.support.apps.loadable:broken_factory"],
+            ["RuntimeError: settings missing"],
+        ),
         (["--server", "wsgiref", ASGI_APP], ["ASGI app", "WSGI apps only"]),
         (["--server", "wsgiref", "--interface", "asgi", ASGI_APP], ["WSGI apps only"]),
     ],
@@ -149,7 +155,9 @@ def busy_port() -> Iterator[int]:
 
 
 @pytest.mark.parametrize(
-    "app", [WSGI_APP, "tests.apps.asgi_apps:plain", ASGI_APP], ids=["wsgi", "asgi", "lifespan"]
+    "app",
+    [WSGI_APP, "tests.support.apps.asgi_apps:plain", ASGI_APP],
+    ids=["wsgi", "asgi", "lifespan"],
 )
 def test_port_already_in_use(busy_port: int, app: str) -> None:
     line = assert_usage_error(["--port", str(busy_port), app], "cannot bind")

@@ -46,7 +46,6 @@ import itertools
 import json
 import random
 import re
-import socket
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -63,16 +62,17 @@ import pytest
 from aserve import Server
 from aserve.protocols.http11 import (
     Connection,
-    Data,
     EndOfMessage,
     Event,
     Limits,
     ProtocolFailure,
-    Request,
 )
 from aserve.types import Receive, Scope, Send
-from tests.conftest import running
 from tests.support import limits_with
+from tests.support.client import connect
+from tests.support.http import Response
+from tests.support.http11_events import Summary, summary
+from tests.support.servers import running
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "gunicorn-requests"
 if not (CORPUS / "manifest.json").is_file():
@@ -403,48 +403,22 @@ def comparable(seen: Seen, interface: str) -> Seen:
 # -- talking to a server -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes
+def exchange(port: int, data: bytes) -> tuple[int, list[Response], bool]:
+    """Send `data`, half-close, read the responses until the server closes.
 
-
-def exchange(port: int, data: bytes) -> tuple[int, bytes, bool]:
-    """Send `data`, half-close, read until the server closes.
-
-    Returns our port, what came back, and whether the server kept the connection open past
-    `REPLAY_TIMEOUT`.
+    Returns our port, the responses, and whether the server kept the connection open past
+    `REPLAY_TIMEOUT` (then the responses are those that came before).
     """
-    chunks = []
-    hung = False
-    with socket.create_connection(("127.0.0.1", port), timeout=REPLAY_TIMEOUT) as sock:
-        local_port = sock.getsockname()[1]
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+    # A close with unread request bytes resets; what came before still counts.
+    with connect(port, timeout=REPLAY_TIMEOUT, reset_is_close=True) as client:
         try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass  # a close with unread request bytes resets; what came before still counts
+            responses = client.exchange(data)
         except TimeoutError:
-            hung = True
-    return local_port, b"".join(chunks), hung
-
-
-def parse_responses(data: bytes) -> list[Response]:
-    responses = []
-    while data:
-        head, sep, data = data.partition(b"\r\n\r\n")
-        assert sep, f"truncated response head {head!r}"
-        status_line, *lines = head.split(b"\r\n")
-        assert status_line.startswith(b"HTTP/1.1 "), status_line
-        fields = dict(line.split(b": ", 1) for line in lines)
-        fields = {name.lower(): value for name, value in fields.items()}
-        length = int(fields[b"content-length"])
-        assert len(data) >= length, "truncated response body"
-        responses.append(Response(int(status_line.split(b" ")[1]), data[:length]))
-        data = data[length:]
-    return responses
+            return client.local_port, client.received, True
+        for response in responses:
+            assert response.version == b"HTTP/1.1", response
+            assert response.header(b"content-length") is not None, response
+        return client.local_port, responses, False
 
 
 @dataclass(frozen=True)
@@ -485,9 +459,9 @@ class Replayer:
         key = (interface, case.id)
         if key not in self._outcomes:
             server = self.server(interface, case.origin_form, case.settings)
-            port, data, hung = exchange(server.port, case.raw)
+            port, responses, hung = exchange(server.port, case.raw)
             self._outcomes[key] = Outcome(
-                tuple(parse_responses(data)), tuple(self.recorders[interface].pop(port)), hung
+                tuple(responses), tuple(self.recorders[interface].pop(port)), hung
             )
         return self._outcomes[key]
 
@@ -543,8 +517,6 @@ def test_server_replay(replayer: Replayer, case: Case, interface: str) -> None:
 
 # -- bare http11.Connection --------------------------------------------------------------------
 
-Summary = tuple[object, ...]
-
 
 def replay(raw: bytes, cuts: list[int], limits: Limits) -> list[Summary]:
     """Feed `raw` cut at `cuts`, answering each complete request; the events, Data joined."""
@@ -561,36 +533,12 @@ def replay(raw: bytes, cuts: list[int], limits: Limits) -> list[Summary]:
                 conn.response_head(200, [(b"content-length", b"0")], b"")
                 conn.end_bytes()
                 if not conn.start_next_cycle():
-                    return summarize(events)
+                    return summary(events)
                 continue
             events.append(event)
             if isinstance(event, ProtocolFailure):
-                return summarize(events)
-    return summarize(events)
-
-
-def summarize(events: list[Event]) -> list[Summary]:
-    out: list[Summary] = []
-    body = b""
-    for event in events:
-        if isinstance(event, Data):
-            body += event.data
-            continue
-        if body:
-            out.append(("data", body))
-            body = b""
-        if isinstance(event, Request):
-            out.append(
-                ("request", event.method, event.target, event.http_version, tuple(event.headers))
-            )
-        elif isinstance(event, EndOfMessage):
-            out.append(("end",))
-        else:
-            assert isinstance(event, ProtocolFailure)
-            out.append(("failure", event.status))
-    if body:
-        out.append(("data", body))
-    return out
+                return summary(events)
+    return summary(events)
 
 
 def expected_events(case: Case) -> list[Summary]:
@@ -598,7 +546,7 @@ def expected_events(case: Case) -> list[Summary]:
     out: list[Summary] = []
     for expected in case.requests:
         if expected.missing_host:
-            return [*out, ("failure", 400)]
+            return [*out, ("failure", 400, True)]
         out.append(("request", expected.method, expected.target, expected.version))
         if expected.body:
             out.append(("data", expected.body))

@@ -10,26 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.apps import wsgi_apps
-from tests.apps.procs import ServerProcess, run_cli
-from tests.conftest import http_get
+from tests.support.apps import wsgi_apps
+from tests.support.client import Client, http_get, raw_exchange, refused
+from tests.support.procs import ServerProcess, run_cli
 
-WSGI_APP = "tests.apps.wsgi_apps:app"
+WSGI_APP = "tests.support.apps.wsgi_apps:app"
 
 
 @pytest.fixture
 def wsgiref_server() -> Iterator[tuple[ServerProcess, int]]:
     with ServerProcess("--server", "wsgiref", "--port", "0", WSGI_APP) as server:
         yield server, server.wait_listening()
-
-
-def raw_request(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_startup_line_names_wsgiref(wsgiref_server: tuple[ServerProcess, int]) -> None:
@@ -81,7 +72,7 @@ def test_concurrent_requests_run_in_threads(wsgiref_server: tuple[ServerProcess,
 
 def test_drops_headers_with_underscores(wsgiref_server: tuple[ServerProcess, int]) -> None:
     _, port = wsgiref_server
-    response = raw_request(
+    (response,) = raw_exchange(
         port,
         b"GET /headers HTTP/1.1\r\n"
         b"Host: example.test\r\n"
@@ -90,10 +81,10 @@ def test_drops_headers_with_underscores(wsgiref_server: tuple[ServerProcess, int
         b"X_Other: dropped\r\n"
         b"Connection: close\r\n"
         b"\r\n",
+        timeout=10,
     )
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
-    assert body.split(b"\n") == [
+    assert response.head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert response.body.split(b"\n") == [
         b"HTTP_CONNECTION=close",
         b"HTTP_HOST=example.test",
         b"HTTP_X_AUTH_USER=alice",
@@ -108,8 +99,7 @@ def test_signal_exits_zero(wsgiref_server: tuple[ServerProcess, int], sig: signa
     assert server.wait() == 0
     assert "aserve (wsgiref) stopped" in server.stderr
     assert "Traceback" not in server.stderr
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert refused(port)
 
 
 def test_serves_over_unix_socket(tmp_path: Path) -> None:
@@ -120,22 +110,19 @@ def test_serves_over_unix_socket(tmp_path: Path) -> None:
             sock.settimeout(10)
             sock.connect(path)
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        response = b"".join(chunks)
-        assert response.startswith(b"HTTP/1.0 200 OK\r\n")
-        assert response.endswith(b"\r\n\r\nhello")
+            (response,) = Client(sock).until_closed()
+        assert response.head.startswith(b"HTTP/1.0 200 OK\r\n")
+        assert response.body == b"hello"
         server.send_signal(signal.SIGTERM)
         assert server.wait() == 0
     assert "Traceback" not in server.stderr
 
 
 def test_asgi_app_is_refused() -> None:
-    result = run_cli("--server", "wsgiref", "--port", "0", "tests.apps.asgi_apps:app")
+    result = run_cli("--server", "wsgiref", "--port", "0", "tests.support.apps.asgi_apps:app")
     assert result.returncode == 2
     assert result.stderr == (
-        "aserve: error: tests.apps.asgi_apps:app is an ASGI app; "
+        "aserve: error: tests.support.apps.asgi_apps:app is an ASGI app; "
         "--server wsgiref serves WSGI apps only\n"
     )
 

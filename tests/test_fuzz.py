@@ -28,8 +28,8 @@ from aserve.protocols.http11 import (
     ProtocolFailure,
     Request,
 )
-from tests.http11_events import Summary, summary
 from tests.support import limits_with
+from tests.support.http11_events import Summary, summary
 
 _LONG_RUN = int(os.environ.get("ASERVE_FUZZ_EXAMPLES", "0") or "0")
 FUZZ = settings(

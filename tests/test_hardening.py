@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import re
 import select
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from wsgiref.types import StartResponse, WSGIEnvironment
 from wsgiref.validate import validator
@@ -23,9 +21,13 @@ import pytest
 
 from aserve.errors import ClientDisconnected
 from aserve.types import Message, Receive, Scope, Send
-from tests.apps import asgi_apps, wsgi_apps
-from tests.apps.procs import ServerProcess
-from tests.conftest import LogRecords, raw_exchange, running
+from tests.support.apps import asgi_apps, wsgi_apps
+from tests.support.client import Client, connect, raw_exchange
+from tests.support.http import Response
+from tests.support.logs import LogRecords
+from tests.support.polling import wait_until
+from tests.support.procs import ServerProcess
+from tests.support.servers import running
 
 HELLO = b"hello"
 
@@ -133,59 +135,26 @@ def wsgi_reader(seen: list[str]) -> Callable[[WSGIEnvironment, StartResponse], I
 # -- socket helpers --------------------------------------------------------------------------
 
 
-@contextmanager
-def connection(port: int, timeout: float = 5.0) -> Iterator[socket.socket]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def read_response(sock: socket.socket) -> bytes:
-    """One response with a Content-Length, read off a connection that stays open."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    match = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
-    assert match is not None, head
-    while len(body) < int(match.group(1)):
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {data!r}"
-        body += chunk
-    return head + b"\r\n\r\n" + body
-
-
-def trickle(sock: socket.socket, data: bytes, interval: float) -> tuple[bytes, float]:
-    """Send `data` a byte every `interval` until the server answers or closes: everything it
-    then sends, and how long after the first byte its answer came."""
+def trickle(client: Client, data: bytes, interval: float) -> tuple[list[Response], float]:
+    """Send `data` a byte every `interval` until the server answers or closes: the responses
+    it then sends, and how long after the first byte its answer came."""
     start = time.monotonic()
     for byte in data:
-        sock.sendall(bytes([byte]))
-        readable, _, _ = select.select([sock], [], [], interval)
+        client.sendall(bytes([byte]))
+        readable, _, _ = select.select([client.sock], [], [], interval)
         if readable:
             break
     else:
         raise AssertionError("the server let the whole trickle through")
     elapsed = time.monotonic() - start
-    return read_until_closed(sock), elapsed
+    return client.until_closed(), elapsed
 
 
-def closed_after(sock: socket.socket) -> tuple[bytes, float]:
-    """What the server sends until it closes, and how long that took."""
+def closed_after(client: Client, *, truncated_ok: bool = False) -> tuple[list[Response], float]:
+    """The responses the server sends until it closes, and how long that took."""
     start = time.monotonic()
-    data = read_until_closed(sock)
-    return data, time.monotonic() - start
+    responses = client.until_closed(truncated_ok=truncated_ok)
+    return responses, time.monotonic() - start
 
 
 GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -198,39 +167,39 @@ SLOW_HEAD = b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: " + b"s" * 200
 def test_trickled_first_head_gets_408_when_its_time_is_up() -> None:
     with (
         running(hello, lifespan="off", timeout_request_head=0.6) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        data, elapsed = trickle(sock, SLOW_HEAD, 0.05)
+        (response,), elapsed = trickle(client, SLOW_HEAD, 0.05)
     # A byte every 50 ms kept coming, and the head was still cut off on time.
-    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
-    assert b"connection: close\r\n" in data
+    assert response.head.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), response
+    assert b"connection: close\r\n" in response.head
     assert 0.5 < elapsed < 1.3, elapsed
 
 
 def test_trickled_head_on_a_keep_alive_connection_is_not_cut_by_the_idle_timer() -> None:
     with (
         running(hello, lifespan="off", timeout_keep_alive=0.3, timeout_request_head=0.8) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(GET)
-        assert read_response(sock).endswith(HELLO)
+        client.sendall(GET)
+        assert client.response().body == HELLO
         # The head begins within the keep-alive period; from its first byte it has 0.8 s,
         # which bytes trickling in do not extend and the 0.3 s idle period does not cut.
-        data, elapsed = trickle(sock, SLOW_HEAD, 0.05)
-    assert data.startswith(b"HTTP/1.1 408 "), data
+        (response,), elapsed = trickle(client, SLOW_HEAD, 0.05)
+    assert response.head.startswith(b"HTTP/1.1 408 "), response
     assert 0.7 < elapsed < 1.5, elapsed
 
 
 def test_empty_lines_do_not_extend_the_keep_alive_period() -> None:
     with (
         running(hello, lifespan="off", timeout_keep_alive=0.3) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(GET)
-        assert read_response(sock).endswith(HELLO)
-        data, elapsed = trickle(sock, b"\r\n" * 100, 0.05)
+        client.sendall(GET)
+        assert client.response().body == HELLO
+        responses, elapsed = trickle(client, b"\r\n" * 100, 0.05)
     # Bytes that start no request are no activity: a silent close, as for any idle connection.
-    assert data == b""
+    assert responses == []
     assert elapsed < 0.6, elapsed
 
 
@@ -242,44 +211,44 @@ def test_a_connection_that_sends_nothing_is_closed_silently(keep_alive: float, h
         running(
             hello, lifespan="off", timeout_keep_alive=keep_alive, timeout_request_head=head
         ) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        data, elapsed = closed_after(sock)
+        responses, elapsed = closed_after(client)
     # Nothing was asked, so nothing is answered (a browser's preconnected socket looks so).
-    assert data == b""
+    assert responses == []
     assert 0.2 < elapsed < 1.0, elapsed
 
 
 def test_a_head_sent_in_pieces_within_the_timeout_is_served() -> None:
     with (
         running(hello, lifespan="off", timeout_request_head=0.8) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
         for piece in (b"GET / HT", b"TP/1.1\r\nHo", b"st: test\r\n", b"\r\n"):
-            sock.sendall(piece)
+            client.sendall(piece)
             time.sleep(0.15)
-        assert read_response(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert client.response().head.startswith(b"HTTP/1.1 200 OK\r\n")
 
 
 def test_head_timeout_counts_from_the_end_of_the_response_for_a_pipelined_head() -> None:
     gate = Gate()
     with (
         running(gate, lifespan="off", timeout_request_head=0.5) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
         # The start of the next head arrives while /block is answered (for 0.7 s).
-        sock.sendall(b"GET /block HTTP/1.1\r\nHost: test\r\n\r\nGET / HT")
+        client.sendall(b"GET /block HTTP/1.1\r\nHost: test\r\n\r\nGET / HT")
         time.sleep(0.7)
         gate.release()
-        assert read_response(sock).endswith(HELLO)
+        assert client.response().body == HELLO
         time.sleep(0.2)
         # 0.9 s after its first byte, but 0.2 s after the server was ready for it.
-        sock.sendall(b"TP/1.1\r\nHost: test\r\n\r\n")
-        assert read_response(sock).endswith(HELLO)
+        client.sendall(b"TP/1.1\r\nHost: test\r\n\r\n")
+        assert client.response().body == HELLO
         # The next head that stops half-way is cut off in turn.
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: te")
-        data, elapsed = closed_after(sock)
-    assert data.startswith(b"HTTP/1.1 408 "), data
+        client.sendall(b"GET / HTTP/1.1\r\nHost: te")
+        (response,), elapsed = closed_after(client)
+    assert response.head.startswith(b"HTTP/1.1 408 "), response
     assert 0.4 < elapsed < 1.2, elapsed
 
 
@@ -290,11 +259,11 @@ def test_stalled_body_ends_with_408_and_an_asgi_disconnect() -> None:
     app = BodyReader()
     with (
         running(app, lifespan="off", timeout_request_body=0.4) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
-        data, elapsed = closed_after(sock)
-    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
+        client.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
+        (response,), elapsed = closed_after(client)
+    assert response.head.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), response
     assert 0.3 < elapsed < 1.2, elapsed
     assert app.types == ["http.request", "http.disconnect"]
     assert app.messages[0]["body"] == b"abc"
@@ -304,14 +273,12 @@ def test_stalled_body_raises_client_disconnected_in_a_wsgi_app(error_log: LogRec
     seen: list[str] = []
     with (
         running(validator(wsgi_reader(seen)), timeout_request_body=0.4) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(b"PUT / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
-        data, elapsed = closed_after(sock)
-        deadline = time.monotonic() + 2
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert data.startswith(b"HTTP/1.1 408 "), data
+        client.sendall(b"PUT / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
+        (response,), elapsed = closed_after(client)
+        wait_until(lambda: bool(seen), 2)
+    assert response.head.startswith(b"HTTP/1.1 408 "), response
     assert 0.3 < elapsed < 1.2, elapsed
     assert seen == ["ClientDisconnected"]
     assert error_log.messages() == []  # the client's fault, not the app's
@@ -321,16 +288,16 @@ def test_body_timeout_is_an_idle_timeout_not_a_total() -> None:
     app = BodyReader()
     with (
         running(app, lifespan="off", timeout_request_body=0.4) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\n")
+        client.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\n")
         # 1 s in all, never 0.4 s without a byte.
         for piece in (b"01", b"23", b"45", b"67", b"89"):
             time.sleep(0.2)
-            sock.sendall(piece)
-        response = read_response(sock)
-    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert response.endswith(b"\r\n\r\n0123456789")
+            client.sendall(piece)
+        response = client.response()
+    assert response.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.body == b"0123456789"
 
 
 def test_body_timeout_waits_until_the_app_asks_for_the_body() -> None:
@@ -339,29 +306,30 @@ def test_body_timeout_waits_until_the_app_asks_for_the_body() -> None:
     app = BodyReader(delay=0.6)
     with (
         running(app, lifespan="off", timeout_request_body=0.3) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(
+        client.sendall(
             b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
         )
-        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
-        sock.sendall(b"body")
-        response = read_response(sock)
-    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert response.endswith(b"\r\n\r\nbody")
+        assert client.response().head == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(b"body")
+        response = client.response()
+    assert response.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.body == b"body"
 
 
 def test_body_timeout_after_the_response_started_closes_without_a_408() -> None:
     app = BodyReader(stream_first=True)
     with (
         running(app, lifespan="off", timeout_request_body=0.3) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
-        data, _ = closed_after(sock)
-    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert data.endswith(b"5\r\nearly\r\n")  # cut off, and the close says so
-    assert b"408" not in data
+        client.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
+        (response,), _ = closed_after(client, truncated_ok=True)
+    assert response.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.wire_body.endswith(b"5\r\nearly\r\n")  # cut off, and the close says so
+    assert not response.complete
+    assert b"408" not in response.head + response.wire_body
     assert app.types == ["http.request", "http.disconnect"]
 
 
@@ -371,15 +339,15 @@ def test_body_timeout_after_the_response_started_closes_without_a_408() -> None:
 def test_content_length_over_the_limit_gets_413_before_the_app_runs() -> None:
     app = BodyReader()
     with running(app, lifespan="off", limit_request_body=100) as server:
-        fits = raw_exchange(
+        (fits,) = raw_exchange(
             server.port, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
         )
-        too_big = raw_exchange(
+        (too_big,) = raw_exchange(
             server.port, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n"
         )
-    assert fits.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert too_big.startswith(b"HTTP/1.1 413 "), too_big
-    assert b"connection: close\r\n" in too_big
+    assert fits.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert too_big.head.startswith(b"HTTP/1.1 413 "), too_big
+    assert b"connection: close\r\n" in too_big.head
     assert app.calls == 1
 
 
@@ -390,12 +358,12 @@ def test_413_reaches_a_client_that_keeps_sending_its_body() -> None:
     body = b"x" * (4 * 1024 * 1024)
     with (
         running(app, lifespan="off", limit_request_body=1024) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
         head = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
-        sock.sendall(head + body)
-        data = read_until_closed(sock)
-    assert data.startswith(b"HTTP/1.1 413 "), data
+        client.sendall(head + body)
+        (response,) = client.until_closed()
+    assert response.head.startswith(b"HTTP/1.1 413 "), response
     assert app.calls == 0
 
 
@@ -409,12 +377,12 @@ def test_500_reaches_a_client_whose_body_the_failing_app_never_read(
     body = b"x" * (4 * 1024 * 1024)
     with (
         running(failing, lifespan="off") as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body))
-        sock.sendall(body)
-        data = read_until_closed(sock)
-    assert data.startswith(b"HTTP/1.1 500 "), data
+        client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body))
+        client.sendall(body)
+        (response,) = client.until_closed()
+    assert response.head.startswith(b"HTTP/1.1 500 "), response
     assert error_log.messages() == ["Exception in ASGI application"]
 
 
@@ -429,13 +397,13 @@ def test_chunked_body_over_the_limit_disconnects_the_asgi_app_and_gets_413() -> 
     app = BodyReader()
     with (
         running(app, lifespan="off", limit_request_body=100) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(CHUNKED_POST + chunked(b"a" * 60))
+        client.sendall(CHUNKED_POST + chunked(b"a" * 60))
         time.sleep(0.1)  # the app has the first chunk
-        sock.sendall(chunked(b"b" * 60) + b"0\r\n\r\n")
-        data = read_until_closed(sock)
-    assert data.startswith(b"HTTP/1.1 413 "), data
+        client.sendall(chunked(b"b" * 60) + b"0\r\n\r\n")
+        (response,) = client.until_closed()
+    assert response.head.startswith(b"HTTP/1.1 413 "), response
     assert app.types == ["http.request", "http.disconnect"]
     assert app.messages[0]["body"] == b"a" * 60
 
@@ -446,16 +414,14 @@ def test_chunked_body_over_the_limit_raises_client_disconnected_in_a_wsgi_app(
     seen: list[str] = []
     with (
         running(validator(wsgi_reader(seen)), limit_request_body=100) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(CHUNKED_POST + chunked(b"a" * 60))
+        client.sendall(CHUNKED_POST + chunked(b"a" * 60))
         time.sleep(0.1)  # the app is reading
-        sock.sendall(chunked(b"b" * 60) + b"0\r\n\r\n")
-        data = read_until_closed(sock)
-        deadline = time.monotonic() + 2
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert data.startswith(b"HTTP/1.1 413 "), data
+        client.sendall(chunked(b"b" * 60) + b"0\r\n\r\n")
+        (response,) = client.until_closed()
+        wait_until(lambda: bool(seen), 2)
+    assert response.head.startswith(b"HTTP/1.1 413 "), response
     assert seen == ["ClientDisconnected"]
     assert error_log.messages() == []
 
@@ -464,112 +430,112 @@ def test_chunked_body_over_the_limit_after_the_response_started_cuts_it_off() ->
     app = BodyReader(stream_first=True)
     with (
         running(app, lifespan="off", limit_request_body=100) as server,
-        connection(server.port) as sock,
+        connect(server.port) as client,
     ):
-        sock.sendall(CHUNKED_POST + chunked(b"a" * 60))
+        client.sendall(CHUNKED_POST + chunked(b"a" * 60))
         time.sleep(0.1)
-        sock.sendall(chunked(b"b" * 60) + b"0\r\n\r\n")
-        data = read_until_closed(sock)
-    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert data.endswith(b"5\r\nearly\r\n")
-    assert b"413" not in data
+        client.sendall(chunked(b"b" * 60) + b"0\r\n\r\n")
+        (response,) = client.until_closed(truncated_ok=True)
+    assert response.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.wire_body.endswith(b"5\r\nearly\r\n")
+    assert not response.complete
+    assert b"413" not in response.head + response.wire_body
     assert app.types == ["http.request", "http.disconnect"]
 
 
 def test_chunked_body_within_the_limit_is_served() -> None:
     app = BodyReader()
     with running(app, lifespan="off", limit_request_body=100) as server:
-        data = raw_exchange(
+        (response,) = raw_exchange(
             server.port, CHUNKED_POST + chunked(b"a" * 60, b"b" * 40) + b"0\r\n\r\n"
         )
-    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert data.endswith(b"a" * 60 + b"b" * 40)
+    assert response.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.body == b"a" * 60 + b"b" * 40
 
 
 # -- 4. the connection limit -------------------------------------------------------------------
 
 
-def get_on(sock: socket.socket, path: bytes = b"/") -> None:
-    sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
+def get_on(client: Client, path: bytes = b"/") -> None:
+    client.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
 
 
 def test_new_connection_beyond_the_limit_gets_503_when_all_are_busy() -> None:
     gate = Gate()
     with (
         running(gate, lifespan="off", limit_concurrency=2) as server,
-        connection(server.port) as first,
-        connection(server.port) as second,
+        connect(server.port) as first,
+        connect(server.port) as second,
     ):
         get_on(first, b"/block")
         get_on(second, b"/block")
-        deadline = time.monotonic() + 2
-        while gate.entered < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with connection(server.port) as third:
+        wait_until(lambda: gate.entered >= 2, 2)
+        with connect(server.port) as third:
             get_on(third)
-            refused = read_until_closed(third)
+            (refused,) = third.until_closed()
         gate.release()
-        assert read_response(first).endswith(HELLO)
-        assert read_response(second).endswith(HELLO)
+        assert first.response().body == HELLO
+        assert second.response().body == HELLO
         # Room again once the busy connections are gone.
-        again = raw_exchange(server.port, GET)
-    assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), refused
-    assert b"connection: close\r\n" in refused
-    assert again.startswith(b"HTTP/1.1 200 OK\r\n")
+        (again,) = raw_exchange(server.port, GET)
+    assert refused.head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), refused
+    assert b"connection: close\r\n" in refused.head
+    assert again.head.startswith(b"HTTP/1.1 200 OK\r\n")
 
 
 def test_at_the_limit_the_longest_idle_connection_makes_room() -> None:
     with (
         running(hello, lifespan="off", limit_concurrency=2, timeout_keep_alive=30) as server,
-        connection(server.port) as oldest,
-        connection(server.port) as newer,
+        connect(server.port) as oldest,
+        connect(server.port) as newer,
     ):
-        for sock in (oldest, newer):
-            get_on(sock)
-            assert read_response(sock).endswith(HELLO)
-        with connection(server.port) as third:
+        for client in (oldest, newer):
+            get_on(client)
+            assert client.response().body == HELLO
+        with connect(server.port) as third:
             get_on(third)
-            assert read_response(third).endswith(HELLO)
+            assert third.response().body == HELLO
             # The idle connection used longest ago was closed, silently, between requests.
-            assert oldest.recv(100) == b""
+            assert oldest.until_closed() == []
             get_on(newer)
-            assert read_response(newer).endswith(HELLO)
+            assert newer.response().body == HELLO
 
 
 def test_a_busy_connection_is_never_evicted_for_a_new_one() -> None:
     gate = Gate()
     with (
         running(gate, lifespan="off", limit_concurrency=2, timeout_keep_alive=30) as server,
-        connection(server.port) as busy,
-        connection(server.port) as idle,
+        connect(server.port) as busy,
+        connect(server.port) as idle,
     ):
         get_on(busy, b"/block")
         get_on(idle)
-        assert read_response(idle).endswith(HELLO)
-        with connection(server.port) as third:
+        assert idle.response().body == HELLO
+        with connect(server.port) as third:
             get_on(third)
-            assert read_response(third).endswith(HELLO)
-            assert idle.recv(100) == b""
-            with connection(server.port) as fourth:
+            assert third.response().body == HELLO
+            assert idle.until_closed() == []
+            with connect(server.port) as fourth:
                 # Now both are busy or in use: third is idle, so it goes.
                 get_on(fourth)
-                assert read_response(fourth).endswith(HELLO)
-                assert third.recv(100) == b""
+                assert fourth.response().body == HELLO
+                assert third.until_closed() == []
         gate.release()
-        assert read_response(busy).endswith(HELLO)
+        assert busy.response().body == HELLO
 
 
 def test_connections_closing_after_an_error_do_not_count_against_the_limit() -> None:
     with (
         running(hello, lifespan="off", limit_concurrency=1) as server,
-        connection(server.port) as bad,
+        connect(server.port) as bad,
     ):
         bad.sendall(b"BAD REQUEST\r\n\r\n")
         # Answered and half-closed by the server; this client has not closed its side.
-        assert read_until_closed(bad).startswith(b"HTTP/1.1 400 ")
-        with connection(server.port) as good:
+        (answer,) = bad.until_closed()
+        assert answer.head.startswith(b"HTTP/1.1 400 ")
+        with connect(server.port) as good:
             get_on(good)
-            assert read_response(good).endswith(HELLO)
+            assert good.response().body == HELLO
 
 
 def test_slowloris_connections_cannot_lock_out_a_normal_client() -> None:
@@ -579,12 +545,12 @@ def test_slowloris_connections_cannot_lock_out_a_normal_client() -> None:
             for sock in slow:
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
             time.sleep(0.1)
-            with connection(server.port) as normal:
+            with connect(server.port) as normal:
                 get_on(normal)
-                assert read_response(normal).endswith(HELLO)
+                assert normal.response().body == HELLO
             # A connection still sending its head counts as idle: the oldest one made room.
-            evicted = read_until_closed(slow[0])
-            assert evicted.startswith(b"HTTP/1.1 503 "), evicted
+            (evicted,) = Client(slow[0]).until_closed()
+            assert evicted.head.startswith(b"HTTP/1.1 503 "), evicted
         finally:
             for sock in slow:
                 sock.close()
@@ -596,9 +562,10 @@ def test_slowloris_connections_cannot_lock_out_a_normal_client() -> None:
 @pytest.mark.parametrize(("limit", "answered"), [(2, 3), (8, 6)])
 def test_pipelined_requests_beyond_the_limit_are_left_unanswered(limit: int, answered: int) -> None:
     with running(hello, lifespan="off", limit_pipeline=limit) as server:
-        data = raw_exchange(server.port, GET * 6)
-    assert data.count(b"HTTP/1.1 200 OK\r\n") == answered
-    assert data.endswith(HELLO)  # whole responses, then the close
+        responses = raw_exchange(server.port, GET * 6)
+    status_lines = [(r.version, r.status, r.reason) for r in responses]
+    assert status_lines == [(b"HTTP/1.1", 200, b"OK")] * answered
+    assert [r.body for r in responses] == [HELLO] * answered  # whole responses, then the close
 
 
 # -- 6. a saturated WSGI pool ------------------------------------------------------------------
@@ -644,7 +611,8 @@ def test_saturated_pool_queues_requests_without_timing_them_out() -> None:
         time.sleep(0.15)
         # Meanwhile the loop answers what needs no thread.
         start = time.monotonic()
-        assert raw_exchange(server.port, b"BAD\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        (bad,) = raw_exchange(server.port, b"BAD\r\n\r\n")
+        assert bad.head.startswith(b"HTTP/1.1 400 ")
         assert time.monotonic() - start < 0.3
         bodies = [future.result(10) for future in futures]
     assert bodies == [b"%05d" % i * 4000 for i in range(12)]
@@ -673,28 +641,30 @@ def test_running_out_of_descriptors_pauses_accepting_and_recovers(loop: str) -> 
         "0",
         "--timeout-keep-alive",
         "30",
-        "tests.apps.asgi_apps:app",
+        "tests.support.apps.asgi_apps:app",
         command=[sys.executable, "-c", LOW_FD_SERVER],
     )
     with server:
         port = server.wait_listening()
-        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(80)]
+        clients = [
+            Client(socket.create_connection(("127.0.0.1", port), timeout=5)) for _ in range(80)
+        ]
         try:
             server.wait_for("Cannot accept connections: Too many open files")
             # Those accepted are served; the rest wait in the listen backlog, not dropped.
             get_on(clients[0])
-            assert read_response(clients[0]).endswith(HELLO)
-            for sock in clients[:-1]:
-                sock.close()
+            assert clients[0].response().body == HELLO
+            for client in clients[:-1]:
+                client.sock.close()
             get_on(clients[-1])
-            assert read_response(clients[-1]).endswith(HELLO)
+            assert clients[-1].response().body == HELLO
             server.wait_for("Accepting connections again")
-            with connection(port) as late:
+            with connect(port) as late:
                 get_on(late)
-                assert read_response(late).endswith(HELLO)
+                assert late.response().body == HELLO
         finally:
-            for sock in clients:
-                sock.close()
+            for client in clients:
+                client.sock.close()
         server.send_signal(signal.SIGTERM)
         assert server.wait() == 0, server.stderr
     assert server.stderr.count("Cannot accept connections") == 1, server.stderr
@@ -754,8 +724,8 @@ def hammer(
 @pytest.mark.parametrize(
     ("app", "path", "body"),
     [
-        ("tests.apps.asgi_apps:app", "/stream/0.2", asgi_apps.BODY),
-        ("tests.apps.wsgi_apps:app", "/sleep/0.2", wsgi_apps.BODY),
+        ("tests.support.apps.asgi_apps:app", "/stream/0.2", asgi_apps.BODY),
+        ("tests.support.apps.wsgi_apps:app", "/sleep/0.2", wsgi_apps.BODY),
     ],
     ids=["asgi-mid-body", "wsgi-before-start"],
 )
@@ -782,17 +752,16 @@ def test_sigterm_under_load_truncates_nothing(app: str, path: str, body: bytes) 
 
 def test_sigterm_past_the_grace_period_closes_what_it_cuts_off() -> None:
     with ServerProcess(
-        "--port", "0", "--timeout-graceful-shutdown", "0.3", "tests.apps.asgi_apps:app"
+        "--port", "0", "--timeout-graceful-shutdown", "0.3", "tests.support.apps.asgi_apps:app"
     ) as server:
         port = server.wait_listening()
-        with connection(port) as sock:
-            get_on(sock, b"/stream/5")
+        with connect(port) as client:
+            get_on(client, b"/stream/5")
             server.wait_for("app: started /stream/5")
             server.send_signal(signal.SIGTERM)
-            data, elapsed = closed_after(sock)
+            (response,), elapsed = closed_after(client, truncated_ok=True)
         assert server.wait(5) == 0, server.stderr
     # Half the body, then the connection ends: the client can tell it was cut off.
-    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
-    _, _, received = data.partition(b"\r\n\r\n")
-    assert len(received) == len(asgi_apps.BODY) // 2
+    assert response.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert len(response.body) == len(asgi_apps.BODY) // 2
     assert elapsed < 2.0, elapsed

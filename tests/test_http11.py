@@ -20,8 +20,8 @@ from aserve.protocols.http11 import (
     status_line,
 )
 from aserve.types import Headers
-from tests.http11_events import Summary, feed, pull, summary
 from tests.support import limits_with
+from tests.support.http11_events import Summary, feed, pull, summary
 
 DEFAULTS = b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\nserver: aserve\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

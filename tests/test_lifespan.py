@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -16,7 +14,10 @@ from aserve import Server
 from aserve.errors import LifespanError
 from aserve.server import EXIT_LIFESPAN_FAILED
 from aserve.types import Receive, Scope, Send
-from tests.conftest import LogRecords, running
+from tests.support.client import refused
+from tests.support.logs import LogRecords
+from tests.support.polling import wait_until
+from tests.support.servers import running
 
 
 async def ok(send: Send) -> None:
@@ -32,18 +33,6 @@ def run_in_thread(server: Server) -> int:
     thread.join(10)
     assert not thread.is_alive(), "Server.run() did not return"
     return codes[0]
-
-
-def wait_until_refused(port: int, timeout: float = 2.0) -> bool:
-    """True once the listening socket is closed (graceful shutdown has begun)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except ConnectionRefusedError:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_startup_and_shutdown_run_once_in_order() -> None:
@@ -119,7 +108,8 @@ def test_shutdown_waits_for_the_request_in_progress() -> None:
         assert in_request.wait(5)
         stopper = threading.Thread(target=server.stop)
         stopper.start()
-        assert wait_until_refused(port), "the server kept accepting after stop()"
+        # The listening socket closes as graceful shutdown begins.
+        assert wait_until(lambda: refused(port), 2.0), "the server kept accepting after stop()"
     finally:
         release.set()
     stopper.join(10)

@@ -18,25 +18,26 @@ import pytest
 from aserve.errors import AppLoadError
 from aserve.loader import Kind, detect_interface, load
 from aserve.types import Message, Receive, Scope, Send, WSGIApp
-from tests.apps import loadable
+from tests.support.apps import loadable
+from tests.support.django_config import configure_django
 
 # ---------------------------------------------------------------- import strings
 
 
 def test_imports_module_and_attribute() -> None:
-    loaded = load("tests.apps.loadable:asgi_app")
+    loaded = load("tests.support.apps.loadable:asgi_app")
     assert loaded.kind == "asgi"
     assert loaded.app is loadable.asgi_app
-    assert loaded.name == "tests.apps.loadable:asgi_app"
+    assert loaded.name == "tests.support.apps.loadable:asgi_app"
 
 
 def test_imports_dotted_attribute_path() -> None:
-    assert load("tests.apps.loadable:holder.app").app is loadable.asgi_app
-    assert load("tests.apps.loadable:holder.inner.inner.app").app is loadable.asgi_app
+    assert load("tests.support.apps.loadable:holder.app").app is loadable.asgi_app
+    assert load("tests.support.apps.loadable:holder.inner.inner.app").app is loadable.asgi_app
 
 
 def test_imports_wsgi_app_by_string() -> None:
-    loaded = load("tests.apps.loadable:wsgi_app")
+    loaded = load("tests.support.apps.loadable:wsgi_app")
     assert loaded.kind == "wsgi"
     assert loaded.app is loadable.wsgi_app
 
@@ -56,8 +57,8 @@ def test_malformed_import_string(target: str) -> None:
 
 
 def test_module_not_found() -> None:
-    assert load_error("tests.apps.no_such_module:app") == (
-        "module 'tests.apps.no_such_module' not found"
+    assert load_error("tests.support.apps.no_such_module:app") == (
+        "module 'tests.support.apps.no_such_module' not found"
     )
 
 
@@ -68,20 +69,20 @@ def test_top_level_module_not_found() -> None:
 
 
 def test_attribute_missing() -> None:
-    assert load_error("tests.apps.loadable:missing") == (
-        "module 'tests.apps.loadable' has no attribute 'missing'"
+    assert load_error("tests.support.apps.loadable:missing") == (
+        "module 'tests.support.apps.loadable' has no attribute 'missing'"
     )
 
 
 def test_nested_attribute_missing() -> None:
-    message = load_error("tests.apps.loadable:holder.nope")
-    assert message == "module 'tests.apps.loadable' has no attribute 'holder.nope'"
+    message = load_error("tests.support.apps.loadable:holder.nope")
+    assert message == "module 'tests.support.apps.loadable' has no attribute 'holder.nope'"
 
 
 @pytest.mark.parametrize("attr", ["NUMBER", "holder.not_an_app"])
 def test_not_callable(attr: str) -> None:
-    message = load_error(f"tests.apps.loadable:{attr}")
-    assert message.startswith(f"tests.apps.loadable:{attr} is a int")
+    message = load_error(f"tests.support.apps.loadable:{attr}")
+    assert message.startswith(f"tests.support.apps.loadable:{attr} is a int")
     assert "not a callable app" in message
 
 
@@ -93,8 +94,10 @@ def test_not_callable(attr: str) -> None:
     ],
 )
 def test_neither_asgi_nor_wsgi(attr: str, signature: str) -> None:
-    message = load_error(f"tests.apps.loadable:{attr}")
-    assert message.startswith(f"tests.apps.loadable:{attr} is neither an ASGI nor a WSGI app")
+    message = load_error(f"tests.support.apps.loadable:{attr}")
+    assert message.startswith(
+        f"tests.support.apps.loadable:{attr} is neither an ASGI nor a WSGI app"
+    )
     assert f"(its signature is {signature});" in message
     assert "--interface" in message
 
@@ -203,7 +206,7 @@ def test_syntax_error_names_file_and_line(user_dir: Path) -> None:
 
 @pytest.mark.parametrize(("attr", "kind"), [("make_asgi", "asgi"), ("make_wsgi", "wsgi")])
 def test_factory_is_called(attr: str, kind: Kind) -> None:
-    loaded = load(f"tests.apps.loadable:{attr}", factory=True)
+    loaded = load(f"tests.support.apps.loadable:{attr}", factory=True)
     assert loaded.kind == kind
     assert loaded.app is (loadable.asgi_app if kind == "asgi" else loadable.wsgi_app)
 
@@ -221,23 +224,27 @@ def test_factory_passed_as_object() -> None:
 
 
 def test_factory_that_raises() -> None:
-    assert load_error("tests.apps.loadable:broken_factory", factory=True) == (
-        "app factory tests.apps.loadable:broken_factory raised: RuntimeError: settings missing"
+    assert load_error("tests.support.apps.loadable:broken_factory", factory=True) == (
+        "app factory tests.support.apps.loadable:broken_factory raised: "
+        "RuntimeError: settings missing"
     )
 
 
 def test_factory_not_callable() -> None:
-    message = load_error("tests.apps.loadable:NUMBER", factory=True)
-    assert message == "tests.apps.loadable:NUMBER is not callable, so it cannot be an app factory"
+    message = load_error("tests.support.apps.loadable:NUMBER", factory=True)
+    assert (
+        message
+        == "tests.support.apps.loadable:NUMBER is not callable, so it cannot be an app factory"
+    )
 
 
 def test_factory_returning_a_non_app() -> None:
-    message = load_error("tests.apps.loadable:no_arguments", factory=True)
+    message = load_error("tests.support.apps.loadable:no_arguments", factory=True)
     assert "is a NoneType, not a callable app" in message
 
 
 def test_without_factory_flag_a_factory_is_not_an_app() -> None:
-    assert "neither an ASGI nor a WSGI app" in load_error("tests.apps.loadable:make_asgi")
+    assert "neither an ASGI nor a WSGI app" in load_error("tests.support.apps.loadable:make_asgi")
 
 
 # ---------------------------------------------------------------- interface detection
@@ -438,25 +445,11 @@ def test_async_function_with_four_arguments_is_still_asgi() -> None:
 
 @pytest.fixture(scope="module")
 def django_handlers() -> tuple[object, object]:
-    import django
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(
-            SECRET_KEY="aserve-loader-tests",
-            ALLOWED_HOSTS=["*"],
-            ROOT_URLCONF=__name__,
-            INSTALLED_APPS=[],
-            MIDDLEWARE=[],
-        )
-    django.setup()
+    configure_django()
     from django.core.handlers.asgi import ASGIHandler
     from django.core.handlers.wsgi import WSGIHandler
 
     return WSGIHandler(), ASGIHandler()
-
-
-urlpatterns: list[object] = []
 
 
 def test_detects_django_wsgi_handler(django_handlers: tuple[object, object]) -> None:
@@ -501,7 +494,7 @@ def test_explicit_asgi_overrides_detection() -> None:
 
 
 def test_explicit_interface_accepts_an_undetectable_callable() -> None:
-    loaded = load("tests.apps.loadable:four_arguments", interface="wsgi")
+    loaded = load("tests.support.apps.loadable:four_arguments", interface="wsgi")
     assert loaded.kind == "wsgi"
     assert loaded.app is loadable.four_arguments
 

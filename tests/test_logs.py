@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from aserve.logs import ACCESS, AccessLog, configure
-from tests.conftest import http_get, running
+from tests.support.client import http_get
+from tests.support.servers import running
 
 LINE = re.compile(
     r'^\d\d:\d\d:\d\d INFO    127\.0\.0\.1:\d+ - "GET /x\?y=1 HTTP/1\.1" 200 14 \d+\.\dms$'

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from aserve.process import GC_YOUNG_THRESHOLD
-from tests.apps import wsgi_apps
-from tests.apps.procs import ServerProcess
-from tests.conftest import http_get, running
+from tests.support.apps import wsgi_apps
+from tests.support.client import http_get
+from tests.support.procs import ServerProcess
+from tests.support.servers import running
 
 linux_only = pytest.mark.skipif(
     not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is a Linux scheduling policy"
@@ -21,7 +22,7 @@ linux_only = pytest.mark.skipif(
 
 
 def runtime_of(*args: str) -> dict[str, Any]:
-    """The /runtime report of `aserve tests.apps...:app ARGS` run as a child process."""
+    """The /runtime report of `aserve tests.support.apps...:app ARGS` run as a child process."""
     with ServerProcess(*args, "--port", "0", "--no-access-log") as process:
         status, body = http_get(process.wait_listening(), "/runtime")
     assert status == 200, body
@@ -30,7 +31,7 @@ def runtime_of(*args: str) -> dict[str, Any]:
 
 
 def test_cli_worker_freezes_startup_objects_and_raises_the_young_threshold() -> None:
-    state = runtime_of("tests.apps.wsgi_apps:app")
+    state = runtime_of("tests.support.apps.wsgi_apps:app")
     _, middle, old = gc.get_threshold()  # this process keeps Python's defaults
     assert state["gc_threshold"] == [GC_YOUNG_THRESHOLD, middle, old]
     assert state["gc_frozen"] > 1000  # the modules and the app at least
@@ -38,13 +39,13 @@ def test_cli_worker_freezes_startup_objects_and_raises_the_young_threshold() -> 
 
 
 def test_no_tune_gc_leaves_the_collector_alone() -> None:
-    state = runtime_of("tests.apps.wsgi_apps:app", "--no-tune-gc")
+    state = runtime_of("tests.support.apps.wsgi_apps:app", "--no-tune-gc")
     assert state["gc_threshold"] == list(gc.get_threshold())
     assert state["gc_frozen"] == 0
 
 
 def test_app_that_sets_its_own_thresholds_keeps_them() -> None:
-    state = runtime_of("tests.apps.own_gc:app")
+    state = runtime_of("tests.support.apps.own_gc:app")
     assert state["gc_threshold"] == [1234, 5, 6]
     assert state["gc_frozen"] > 1000
 
@@ -72,4 +73,4 @@ def test_wsgi_pool_threads_are_sched_batch_and_the_caller_is_not() -> None:
 
 @linux_only
 def test_cli_wsgi_threads_are_sched_batch() -> None:
-    assert runtime_of("tests.apps.wsgi_apps:app")["sched_batch"] is True
+    assert runtime_of("tests.support.apps.wsgi_apps:app")["sched_batch"] is True

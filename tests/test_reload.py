@@ -8,7 +8,6 @@ import http.client
 import os
 import re
 import signal
-import socket
 import subprocess
 import textwrap
 import threading
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.apps.procs import ServerProcess
+from tests.support.client import connect, refused
+from tests.support.procs import ServerProcess
 
 # The supervisor's first line: "aserve supervisor on http://127.0.0.1:PORT, watching DIR".
 SUPERVISOR_ON = r"aserve supervisor on http://127\.0\.0\.1:(\d+), watching "
@@ -547,15 +547,17 @@ def test_open_event_stream_does_not_hold_up_reload(
     (project / "app.py").write_text(asgi_source("one"))
     server = reloader("--timeout-graceful-shutdown", "0.5")
     old = server.wait_ready()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
-        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert b"data: tick" in sock.recv(65536)
+    with connect(server.port, timeout=WAIT) as client:
+        client.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.head().status == 200
+        assert b"data: tick" in client.part().data
         (project / "app.py").write_text(asgi_source("two"))
         wait_for_body(server.port, b"two")
         # Then the old worker gives up on the stream: the connection ends.
         deadline = time.monotonic() + WAIT
-        while sock.recv(65536):
+        for _ in client.parts():
             assert time.monotonic() < deadline, "the event stream was never closed"
+        assert client.until_closed() == []
     assert wait_gone({old}) == set()
     server.wait_for(r"Cancelling 1 request\(s\) still running after 0\.5s")
 
@@ -647,8 +649,7 @@ def test_signal_stops_worker_and_supervisor(
     assert re.search(r"INFO +aserve stopped$", log, re.MULTILINE)  # the worker drained
     assert log.rstrip().endswith("aserve supervisor stopped")
     assert "Traceback" not in log
-    with pytest.raises(ConnectionRefusedError):
-        get(server.port)
+    assert refused(server.port)
 
 
 def test_signal_lets_request_in_flight_finish(reloader: Callable[..., Reloader]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import threading
 import time
@@ -17,14 +16,9 @@ import aserve
 from aserve import Config, Server
 from aserve.errors import ConfigError, LifespanError
 from aserve.types import Receive, Scope, Send
-from tests.apps import asgi_apps, loadable
-from tests.apps.procs import ServerProcess
-from tests.conftest import http_get
-
-
-def assert_closed(port: int) -> None:
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+from tests.support.apps import asgi_apps, loadable
+from tests.support.client import http_get, refused
+from tests.support.procs import ServerProcess
 
 
 def test_start_serves_and_stop_closes_the_port() -> None:
@@ -43,11 +37,11 @@ def test_start_serves_and_stop_closes_the_port() -> None:
     assert server._thread is not None
     assert not server._thread.is_alive()
     assert server.exit_code == 0
-    assert_closed(port)
+    assert refused(port)
 
 
 def test_start_serves_wsgi_by_import_string() -> None:
-    server = Server("tests.apps.wsgi_apps:app", port=0, access_log=False).start()
+    server = Server("tests.support.apps.wsgi_apps:app", port=0, access_log=False).start()
     try:
         assert server.loaded is not None
         assert server.loaded.kind == "wsgi"
@@ -55,7 +49,7 @@ def test_start_serves_wsgi_by_import_string() -> None:
         assert http_get(port) == (200, b"hello")
     finally:
         server.stop()
-    assert_closed(port)
+    assert refused(port)
 
 
 def test_context_manager() -> None:
@@ -63,7 +57,7 @@ def test_context_manager() -> None:
         port = server.port
         assert http_get(port) == (200, b"ok")
     assert server.exit_code == 0
-    assert_closed(port)
+    assert refused(port)
 
 
 def test_stop_waits_for_in_flight_request() -> None:
@@ -104,7 +98,7 @@ def test_run_is_exported() -> None:
 
 
 def test_run_serves_until_sigterm() -> None:
-    code = "import aserve; raise SystemExit(aserve.run('tests.apps.asgi_apps:app', port=0))"
+    code = "import aserve; raise SystemExit(aserve.run('tests.support.apps.asgi_apps:app', port=0))"
     with ServerProcess("-c", code, command=[sys.executable]) as process:
         port = process.wait_listening()
         assert http_get(port) == (200, b"hello")
@@ -155,7 +149,7 @@ def test_start_raises_on_lifespan_startup_failure() -> None:
 
 
 def test_start_raises_on_bad_app() -> None:
-    server = Server("tests.apps.loadable:no_arguments", port=0)
+    server = Server("tests.support.apps.loadable:no_arguments", port=0)
     with pytest.raises(aserve.errors.AppLoadError, match="neither an ASGI nor a WSGI app"):
         server.start()
 

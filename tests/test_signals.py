@@ -10,11 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.apps import asgi_apps, wsgi_apps
-from tests.apps.procs import ServerProcess
+from tests.support.apps import asgi_apps, wsgi_apps
+from tests.support.client import Client, refused
+from tests.support.polling import wait_until
+from tests.support.procs import ServerProcess
 
-ASGI_APP = "tests.apps.asgi_apps:app"
-WSGI_APP = "tests.apps.wsgi_apps:app"
+ASGI_APP = "tests.support.apps.asgi_apps:app"
+WSGI_APP = "tests.support.apps.wsgi_apps:app"
 
 
 @pytest.fixture
@@ -39,15 +41,7 @@ def connect(port: int, opened: list[http.client.HTTPConnection]) -> http.client.
 
 def assert_refused_soon(port: int, within: float = 1.0) -> None:
     """New connections are refused once the listening socket is closed."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                pass
-        except ConnectionRefusedError:
-            return
-        assert time.monotonic() < deadline, "the server still accepts connections"
-        time.sleep(0.02)
+    assert wait_until(lambda: refused(port), within), "the server still accepts connections"
 
 
 def line_index(server: ServerProcess, text: str) -> int:
@@ -164,7 +158,7 @@ def test_idle_keep_alive_connection_closed_at_shutdown(
         signalled = time.monotonic()
         server.send_signal(signal.SIGTERM)
         sock.settimeout(3.0)
-        assert sock.recv(1) == b""  # closed by the server, not left to time out
+        assert Client(sock).until_closed() == []  # closed by the server, not left to time out
         assert server.wait(timeout=3) == 0, server.stderr
         elapsed = time.monotonic() - signalled
     assert elapsed < 1.5, elapsed
@@ -180,7 +174,7 @@ def test_sigterm_when_idle_exits_zero() -> None:
 
 
 def test_lifespan_startup_failure_exits_3() -> None:
-    with ServerProcess("--port", "0", "tests.apps.asgi_apps:failing_startup") as server:
+    with ServerProcess("--port", "0", "tests.support.apps.asgi_apps:failing_startup") as server:
         assert server.wait() == 3
     assert "Application startup failed: database unreachable" in server.stderr
     assert "serving" not in server.stderr

@@ -14,8 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
@@ -26,7 +24,12 @@ import pytest
 
 import aserve.protocols.target
 from aserve.exchange import RequestBody
-from tests.conftest import LogRecords, raw_exchange, running
+from tests.support.client import connect, raw_exchange
+from tests.support.django_config import configure_django
+from tests.support.http import Response
+from tests.support.logs import LogRecords
+from tests.support.polling import wait_until
+from tests.support.servers import running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TEXT = ("Content-Type", "text/plain")
@@ -38,119 +41,6 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-    # The raw bytes of the body as framed on the wire (chunk sizes included).
-    wire: bytes = b""
-    # False when the connection ended before the framing said the body was over.
-    complete: bool = True
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
-
-    @property
-    def names(self) -> list[str]:
-        return [key.lower() for key, _ in self.headers]
-
-
-class Reader:
-    """Reads HTTP/1.1 responses off a blocking client socket (or out of bytes already read)."""
-
-    def __init__(self, sock: socket.socket | None, data: bytes = b"") -> None:
-        self.sock = sock
-        self.buffer = data
-
-    def _fill(self) -> bool:
-        if self.sock is None:
-            return False
-        try:
-            chunk = self.sock.recv(262144)
-        except ConnectionResetError:
-            chunk = b""
-        self.buffer += chunk
-        return bool(chunk)
-
-    def until(self, marker: bytes) -> bytes | None:
-        while marker not in self.buffer:
-            if not self._fill():
-                return None
-        data, _, self.buffer = self.buffer.partition(marker)
-        return data + marker
-
-    def exact(self, size: int) -> bytes:
-        while len(self.buffer) < size and self._fill():
-            pass
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def rest(self) -> bytes:
-        while self._fill():
-            pass
-        data, self.buffer = self.buffer, b""
-        return data
-
-    def head(self) -> Reply:
-        head = self.until(b"\r\n\r\n")
-        assert head is not None, f"connection closed before a response head: {self.buffer!r}"
-        lines = head[:-4].decode("latin-1").split("\r\n")
-        _, status, reason = [*lines[0].split(" ", 2), ""][:3]
-        headers = []
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers.append((name, value.strip()))
-        return Reply(int(status), reason, headers)
-
-    def response(self, method: str = "GET") -> Reply:
-        reply = self.head()
-        if method == "HEAD" or reply.status < 200 or reply.status in (204, 304):
-            return reply
-        if reply.header("transfer-encoding") == "chunked":
-            wire, body = [], []
-            while True:
-                size_line = self.until(b"\r\n")
-                if size_line is None:
-                    reply.complete = False
-                    wire.append(self.rest())
-                    break
-                size = int(size_line.split(b";")[0], 16)
-                data = self.exact(size + 2)
-                wire.append(size_line + data)
-                if len(data) < size + 2:
-                    reply.complete = False
-                    body.append(data[:size])
-                    break
-                body.append(data[:-2])
-                if size == 0:
-                    break
-            reply.body, reply.wire = b"".join(body), b"".join(wire)
-        elif (length := reply.header("content-length")) is not None:
-            reply.body = reply.wire = self.exact(int(length))
-            reply.complete = len(reply.body) == int(length)
-        else:
-            reply.body = reply.wire = self.rest()
-        return reply
-
-
-@contextmanager
-def connect(
-    port: int, timeout: float = 5.0, *, receive_buffer: int = 0
-) -> Iterator[tuple[socket.socket, Reader]]:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        if receive_buffer:
-            # A fixed size turns off the kernel's receive-buffer autotuning.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-        yield sock, Reader(sock)
 
 
 def build(
@@ -174,9 +64,13 @@ def fetch(
     target: str,
     headers: Sequence[tuple[str, str]] = (),
     body: bytes = b"",
-) -> Reply:
-    """One request on a fresh connection that the client half-closes."""
-    return Reader(None, raw_exchange(port, build(method, target, headers, body))).response(method)
+    *,
+    truncated_ok: bool = False,
+) -> Response:
+    """The one response to a request on a fresh connection that the client half-closes."""
+    data = build(method, target, headers, body)
+    (reply,) = raw_exchange(port, data, truncated_ok=truncated_ok)
+    return reply
 
 
 def respond(
@@ -187,28 +81,6 @@ def respond(
 ) -> list[bytes]:
     start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return [body]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def nothing_arrives(sock: socket.socket, seconds: float = 0.3) -> bool:
-    """True when the server sends nothing for `seconds`."""
-    previous = sock.gettimeout()
-    sock.settimeout(seconds)
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except TimeoutError:
-        return True
-    finally:
-        sock.settimeout(previous)
-    return False
 
 
 def max_send_buffer() -> int:
@@ -274,8 +146,8 @@ environ_app = validator(_environ_app)
 
 
 def test_environ_has_cgi_variables_as_strings() -> None:
-    with running(environ_app) as server, connect(server.port) as (sock, reader):
-        sock.sendall(
+    with running(environ_app) as server, connect(server.port) as client:
+        client.sendall(
             build(
                 "POST",
                 "/caf%C3%A9/x?q=%20y&name=caf%C3%A9&empty=",
@@ -283,8 +155,8 @@ def test_environ_has_cgi_variables_as_strings() -> None:
                 b"{}",
             )
         )
-        reply = reader.response()
-        client_port = sock.getsockname()[1]
+        reply = client.response()
+        client_port = client.local_port
         server_port = server.port
     assert reply.status == 200
     env = json.loads(reply.body)
@@ -383,10 +255,9 @@ def test_script_name_comes_from_root_path() -> None:
 
 def test_server_protocol_follows_the_request_version() -> None:
     with running(environ_app) as server:
-        data = raw_exchange(server.port, b"GET /old HTTP/1.0\r\n\r\n")
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
-    env = json.loads(body)
+        (reply,) = raw_exchange(server.port, b"GET /old HTTP/1.0\r\n\r\n")
+    assert reply.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    env = json.loads(reply.body)
     assert env["SERVER_PROTOCOL"] == "HTTP/1.0"
     assert "HTTP_HOST" not in env
 
@@ -436,13 +307,13 @@ def test_input_in_small_chunked_pieces() -> None:
     # Chunk boundaries fall inside lines: readline must stitch pieces across reads.
     pieces = [READ_BODY[i : i + 4] for i in range(0, len(READ_BODY), 4)]
     body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
-    with running(validator(_reading_app)) as server, connect(server.port) as (sock, reader):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(build("POST", "/", [("Transfer-Encoding", "chunked")]))
+    with running(validator(_reading_app)) as server, connect(server.port) as client:
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.sendall(build("POST", "/", [("Transfer-Encoding", "chunked")]))
         for index in range(0, len(body), 7):
-            sock.sendall(body[index : index + 7])
+            client.sendall(body[index : index + 7])
             time.sleep(0.002)
-        reply = reader.response()
+        reply = client.response()
     assert reply.status == 200
     assert json.loads(reply.body) == READ_STEPS
 
@@ -506,14 +377,14 @@ def test_large_upload_streams_through_a_bounded_buffer(monkeypatch: pytest.Monke
         return respond(start_response, f"{received} {digest.hexdigest()}".encode())
 
     expected = hashlib.sha256()
-    with running(validator(app)) as server, connect(server.port, timeout=20) as (sock, reader):
-        sock.sendall(build("POST", "/upload", [("Content-Length", str(total))]))
+    with running(validator(app)) as server, connect(server.port, timeout=20) as client:
+        client.sendall(build("POST", "/upload", [("Content-Length", str(total))]))
         for index in range(total // block):
             # Generated on the fly: the client never holds the upload either.
             piece = index.to_bytes(4, "big") * (block // 4)
             expected.update(piece)
-            sock.sendall(piece)
-        reply = reader.response()
+            client.sendall(piece)
+        reply = client.response()
     assert reply.status == 200
     assert reply.body.decode() == f"{total} {expected.hexdigest()}"
     # Never more than the flow buffer plus one read from the socket (uvloop reads 256 KiB).
@@ -529,33 +400,34 @@ def test_expect_continue_is_sent_when_the_app_first_reads() -> None:
         body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
         return respond(start_response, b"got " + body)
 
-    with running(validator(app)) as server, connect(server.port) as (sock, reader):
-        sock.sendall(build("POST", "/", [("Content-Length", "5"), ("Expect", "100-continue")]))
-        assert nothing_arrives(sock)  # the app has not touched wsgi.input yet
+    with running(validator(app)) as server, connect(server.port) as client:
+        client.sendall(build("POST", "/", [("Content-Length", "5"), ("Expect", "100-continue")]))
+        assert client.nothing_arrives()  # the app has not touched wsgi.input yet
         go.set()
-        assert reader.until(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
-        sock.sendall(b"hello")
-        reply = reader.response()
+        assert client.response().head == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(b"hello")
+        reply = client.response()
         assert (reply.status, reply.body) == (200, b"got hello")
         # The connection stays usable, and the next request gets its own interim response.
-        sock.sendall(build("POST", "/", [("Content-Length", "5"), ("Expect", "100-continue")]))
-        assert reader.until(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
-        sock.sendall(b"again")
-        assert reader.response().body == b"got again"
+        client.sendall(build("POST", "/", [("Content-Length", "5"), ("Expect", "100-continue")]))
+        assert client.response().head == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(b"again")
+        assert client.response().body == b"got again"
 
 
 def test_expect_continue_is_not_sent_when_the_app_answers_without_reading() -> None:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return respond(start_response, b"too big\n", "413 Content Too Large")
 
-    with running(validator(app)) as server, connect(server.port) as (sock, reader):
+    with running(validator(app)) as server, connect(server.port) as client:
         head = build("PUT", "/", [("Content-Length", "50000000"), ("Expect", "100-continue")])
-        sock.sendall(head)
-        reply = reader.response()
-        rest = reader.rest()  # the body never came: the server must close, not wait for it
+        client.sendall(head)
+        reply = client.response()
+        # The body never came: the server must close, not wait for it.
+        rest = client.until_closed()
     assert (reply.status, reply.body) == (413, b"too big\n")
-    assert reply.header("connection") == "close"
-    assert rest == b""
+    assert reply.header(b"connection") == b"close"
+    assert rest == []
 
 
 # -- the response -----------------------------------------------------------------------------
@@ -572,7 +444,7 @@ def test_write_callable_comes_before_the_iterable() -> None:
     with running(validator(app)) as server:
         reply = fetch(server.port, "GET", "/")
     assert (reply.status, reply.body) == (200, b"one,two,three")
-    assert reply.header("transfer-encoding") == "chunked"
+    assert reply.header(b"transfer-encoding") == b"chunked"
 
 
 def test_start_response_with_exc_info_before_headers_replaces_the_response() -> None:
@@ -587,8 +459,8 @@ def test_start_response_with_exc_info_before_headers_replaces_the_response() -> 
     with running(validator(app)) as server:
         reply = fetch(server.port, "GET", "/")
     assert (reply.status, reply.body) == (503, b"sorry")
-    assert reply.header("x-second") == "yes"
-    assert "x-first" not in reply.names
+    assert reply.header(b"x-second") == b"yes"
+    assert b"x-first" not in reply.names
 
 
 def test_start_response_with_exc_info_after_headers_reraises(error_log: LogRecords) -> None:
@@ -602,10 +474,11 @@ def test_start_response_with_exc_info_after_headers_reraises(error_log: LogRecor
         yield b"never"
 
     with running(validator(app)) as server:
-        reply = fetch(server.port, "GET", "/")
+        reply = fetch(server.port, "GET", "/", truncated_ok=True)
         record = error_log.wait_for_error()
     assert reply.status == 200
     assert reply.body == b"partial"
+
     assert not reply.complete  # no last chunk: the client can tell the body is truncated
     assert record.exc_info is not None
     assert record.exc_info[0] is KeyError
@@ -637,10 +510,10 @@ def test_the_apps_reason_phrase_is_sent() -> None:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return respond(start_response, b"x", "299 Custom Phrase")
 
-    with running(validator(app)) as server, connect(server.port) as (sock, reader):
-        sock.sendall(build("GET", "/"))
-        reply = reader.response()
-    assert (reply.status, reply.reason) == (299, "Custom Phrase")
+    with running(validator(app)) as server, connect(server.port) as client:
+        client.sendall(build("GET", "/"))
+        reply = client.response()
+    assert (reply.status, reply.reason) == (299, b"Custom Phrase")
 
 
 def test_headers_wait_for_the_first_non_empty_chunk() -> None:
@@ -656,14 +529,17 @@ def test_headers_wait_for_the_first_non_empty_chunk() -> None:
         yield b""
         yield b"more"
 
-    with running(validator(app)) as server, connect(server.port) as (sock, reader):
-        sock.sendall(build("GET", "/"))
-        assert nothing_arrives(sock)  # PEP 3333: no head before the first non-empty chunk
+    with running(validator(app)) as server, connect(server.port) as client:
+        client.sendall(build("GET", "/"))
+        assert client.nothing_arrives()  # PEP 3333: no head before the first non-empty chunk
         go.set()
-        reply = reader.response()
+        reply = client.response()
     assert (reply.status, reply.body) == (200, b"datamore")
     # Empty chunks are never framed: a zero-size chunk would end the body early.
-    assert reply.wire in (b"4\r\ndata\r\n4\r\nmore\r\n0\r\n\r\n", b"8\r\ndatamore\r\n0\r\n\r\n")
+    assert reply.wire_body in (
+        b"4\r\ndata\r\n4\r\nmore\r\n0\r\n\r\n",
+        b"8\r\ndatamore\r\n0\r\n\r\n",
+    )
 
 
 def test_empty_iterables_still_get_a_status_line_and_headers() -> None:
@@ -677,17 +553,17 @@ def test_empty_iterables_still_get_a_status_line_and_headers() -> None:
             return iter(())
         return respond(start_response, b"third")
 
-    with running(validator(app)) as server, connect(server.port) as (sock, reader):
+    with running(validator(app)) as server, connect(server.port) as client:
         for path in ("/nothing", "/moved", "/third"):
-            sock.sendall(build("GET", path))
-        nothing, moved, third = reader.response(), reader.response(), reader.response()
-    assert (nothing.status, nothing.reason) == (204, "No Content")
-    assert nothing.header("x-kind") == "empty"
-    assert "content-length" not in nothing.names
-    assert "transfer-encoding" not in nothing.names
-    assert (moved.status, moved.header("location")) == (302, "/elsewhere")
+            client.sendall(build("GET", path))
+        nothing, moved, third = client.response(), client.response(), client.response()
+    assert (nothing.status, nothing.reason) == (204, b"No Content")
+    assert nothing.header(b"x-kind") == b"empty"
+    assert b"content-length" not in nothing.names
+    assert b"transfer-encoding" not in nothing.names
+    assert (moved.status, moved.header(b"location")) == (302, b"/elsewhere")
     assert moved.body == b""
-    assert moved.wire == b"0\r\n\r\n" or moved.header("content-length") == "0"
+    assert moved.wire_body == b"0\r\n\r\n" or moved.header(b"content-length") == b"0"
     assert (third.status, third.body) == (200, b"third")
 
 
@@ -711,7 +587,7 @@ def test_close_is_called_once(
         return bodies[-1]
 
     with running(validator(app)) as server:
-        reply = fetch(server.port, "GET", "/")
+        reply = fetch(server.port, "GET", "/", truncated_ok=True)
         assert bodies[0].closed.wait(2)
     assert (reply.status, reply.body) == (status, body)
     assert reply.complete is complete
@@ -744,10 +620,10 @@ def test_close_is_called_when_the_client_disconnects(
         return bodies[-1]
 
     with running(validator(app), threads=1) as server:
-        with connect(server.port) as (sock, reader):
-            sock.sendall(build("GET", "/endless"))
-            assert reader.head().status == 200
-            assert reader.until(b"tick\n") is not None
+        with connect(server.port) as client:
+            client.sendall(build("GET", "/endless"))
+            assert client.head().status == 200
+            assert b"tick\n" in client.part().data
             # Stop reading: the fast generator fills the buffers and its thread blocks.
             time.sleep(stall)
             sent = bodies[0].sent
@@ -770,7 +646,7 @@ def test_exception_before_start_response_is_a_500(error_log: LogRecords) -> None
         reply = fetch(server.port, "GET", "/")
         record = error_log.wait_for_error()
     assert reply.status == 500
-    assert reply.header("connection") == "close"
+    assert reply.header(b"connection") == b"close"
     assert reply.body == b"Internal Server Error\n"
     assert "no such thing" not in reply.body.decode()  # no traceback leaks to the client
     assert record.getMessage() == "Exception in WSGI application"
@@ -784,13 +660,13 @@ def test_exception_after_the_first_chunk_closes_the_connection(error_log: LogRec
         yield b"first"
         raise OSError("disk on fire")
 
-    with running(validator(app)) as server, connect(server.port) as (sock, reader):
-        sock.sendall(build("GET", "/"))
-        reply = reader.response()
-        rest = reader.rest()
+    with running(validator(app)) as server, connect(server.port) as client:
+        client.sendall(build("GET", "/"))
+        reply = client.response(truncated_ok=True)
+        rest = client.until_closed()
         record = error_log.wait_for_error()
     assert (reply.status, reply.body, reply.complete) == (200, b"first", False)
-    assert rest == b""
+    assert rest == []
     assert record.exc_info is not None
     assert record.exc_info[0] is OSError
 
@@ -811,7 +687,7 @@ def test_invalid_header_from_the_app_is_a_500(
         reply = fetch(server.port, "GET", "/")
         record = error_log.wait_for_error()
     assert reply.status == 500
-    assert "injected" not in reply.names
+    assert b"injected" not in reply.names
     assert "Invalid WSGI response" in record.getMessage()
 
 
@@ -838,12 +714,17 @@ def test_body_longer_than_content_length_midway_is_cut_off(error_log: LogRecords
         go.wait(5)
         yield b"defgh"
 
-    with running(validator(app)) as server, connect(server.port) as (sock, reader):
-        sock.sendall(build("GET", "/"))
-        assert reader.head().header("content-length") == "5"
-        assert reader.exact(3) == b"abc"
+    with running(validator(app)) as server, connect(server.port) as client:
+        client.sendall(build("GET", "/"))
+        reply = client.head()
+        assert reply.header(b"content-length") == b"5"
+        while len(reply.body) < 3:
+            client.part()
+        assert reply.body == b"abc"
         go.set()
-        assert reader.rest() == b""  # none of the overflowing chunk, then the close
+        # None of the overflowing chunk, then the close.
+        assert client.until_closed(truncated_ok=True) == [reply]
+        assert reply.body == b"abc"
         record = error_log.wait_for_error()
     assert "longer than its Content-Length" in record.getMessage()
 
@@ -853,11 +734,11 @@ def test_body_shorter_than_content_length_closes_the_connection() -> None:
         start_response("200 OK", [TEXT, ("Content-Length", "10")])
         return [b"abc"]
 
-    with running(validator(app)) as server, connect(server.port) as (sock, reader):
-        sock.sendall(build("GET", "/"))
-        head = reader.head()
-        body = reader.rest()  # the client was not half-closed: only the server can end this
-    assert (head.status, head.header("content-length"), body) == (200, "10", b"abc")
+    with running(validator(app)) as server, connect(server.port) as client:
+        client.sendall(build("GET", "/"))
+        # The client was not half-closed: only the server can end this.
+        (reply,) = client.until_closed(truncated_ok=True)
+    assert (reply.status, reply.header(b"content-length"), reply.body) == (200, b"10", b"abc")
 
 
 def test_file_wrapper_serves_a_file_and_closes_it(tmp_path: Path) -> None:
@@ -902,21 +783,20 @@ def test_response_backpressure_keeps_the_app_near_the_reader() -> None:
     received = 0
     with (
         running(validator(app)) as server,
-        connect(server.port, timeout=10, receive_buffer=262144) as (sock, reader),
+        connect(server.port, timeout=10, receive_buffer=262144) as client,
     ):
-        sock.sendall(build("GET", "/big"))
-        assert reader.head().status == 200
-        received = len(reader.buffer)
-        reader.buffer = b""
+        client.sendall(build("GET", "/big"))
+        reply = client.head()
+        assert reply.status == 200
+        parts = client.parts()
         for checkpoint in (1, 24, 48):
             while received < checkpoint * 1024 * 1024:
-                received += len(sock.recv(1 << 20))
+                received += len(next(parts).data)
             time.sleep(0.3)  # a slow reader: the app must stall, not run ahead
             gaps.append(produced - received)
-        while received < total:
-            data = sock.recv(1 << 20)
-            assert data
-            received += len(data)
+        for part in parts:
+            received += len(part.data)
+    assert reply.complete
     assert received == total
     # The kernel's send buffer (autotuned up to tcp_wmem's maximum, 4 MiB by default) plus the
     # client's fixed receive buffer let the app run that far ahead, and a few chunks more;
@@ -950,8 +830,8 @@ def test_thread_pool_bounds_concurrency_and_the_loop_stays_responsive() -> None:
             assert wait_until(lambda: entered == 2)
             quick = pool.submit(fetch, server.port, "GET", "/quick")
             # The loop answers what needs no thread while both threads block.
-            garbage = raw_exchange(server.port, b"NOT A REQUEST\r\n\r\n")
-            assert garbage.startswith(b"HTTP/1.1 400 ")
+            (garbage,) = raw_exchange(server.port, b"NOT A REQUEST\r\n\r\n")
+            assert garbage.head.startswith(b"HTTP/1.1 400 ")
             time.sleep(0.3)
             assert entered == 2
             assert not quick.done()  # queued behind the two slow requests
@@ -1014,20 +894,7 @@ def _django_stream(request: Any) -> Any:
 @pytest.fixture
 def django_app() -> Iterator[WSGIApplication]:
     pytest.importorskip("django")
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(
-            SECRET_KEY="aserve-tests-only",
-            DEBUG=False,
-            ALLOWED_HOSTS=["test"],
-            ROOT_URLCONF=__name__,
-            MIDDLEWARE=[],
-            INSTALLED_APPS=[],
-            DATABASES={},
-            USE_TZ=True,
-            LOGGING_CONFIG=None,
-        )
+    configure_django()
     from django.test.utils import override_settings
     from django.urls import path
 
@@ -1037,7 +904,7 @@ def django_app() -> Iterator[WSGIApplication]:
         path("echo/", _django_echo),
         path("stream/", _django_stream),
     ]
-    # Settings may already be configured by another test module: override what matters here.
+    # The settings are the whole process's: override what matters here.
     with override_settings(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["test"], MIDDLEWARE=[]):
         from django.core.wsgi import get_wsgi_application
 
@@ -1069,7 +936,7 @@ def test_django_wsgi_handler_end_to_end(django_app: WSGIApplication) -> None:
     finally:
         request_finished.disconnect(on_finished)
     assert (hello.status, hello.body) == (200, b"hello ada at /hello/")
-    assert hello.header("content-type") == "text/plain; charset=utf-8"
+    assert hello.header(b"content-type") == b"text/plain; charset=utf-8"
     assert (unicode_path.status, unicode_path.body) == (200, "hello nobody at /café/".encode())
     assert echo.status == 200
     assert json.loads(echo.body) == {
@@ -1080,7 +947,7 @@ def test_django_wsgi_handler_end_to_end(django_app: WSGIApplication) -> None:
         "script_name": "",
     }
     assert (stream.status, stream.body) == (200, b"part0;part1;part2;")
-    assert stream.header("transfer-encoding") == "chunked"
+    assert stream.header(b"transfer-encoding") == b"chunked"
     assert missing.status == 404
 
 
@@ -1105,7 +972,7 @@ def test_example_stream_sends_every_line(
     with running(validator(stream_example.app)) as server:
         reply = fetch(server.port, "GET", "/stream")
     assert reply.status == 200
-    assert reply.header("transfer-encoding") == "chunked"
+    assert reply.header(b"transfer-encoding") == b"chunked"
     lines = [f"line {n} of 10\n".encode() for n in range(1, 11)]
     assert reply.body == b"".join(lines)
 
@@ -1115,15 +982,15 @@ def test_example_stream_delivers_a_line_before_the_next_exists(
 ) -> None:
     monkeypatch.setattr(stream_example, "INTERVAL", 0.4)
     monkeypatch.setattr(stream_example, "LINES", 2)
-    with running(validator(stream_example.app)) as server, connect(server.port) as (sock, reader):
-        sock.sendall(build("GET", "/stream"))
-        assert reader.head().status == 200
-        assert reader.until(b"line 1 of 2\n\r\n") is not None
+    with running(validator(stream_example.app)) as server, connect(server.port) as client:
+        client.sendall(build("GET", "/stream"))
+        assert client.head().status == 200
+        assert client.part().data == b"line 1 of 2\n"
         # The first line is out while the app sleeps before producing the second.
-        assert reader.buffer == b""
-        assert nothing_arrives(sock, 0.1)
-        assert reader.until(b"line 2 of 2\n") is not None
-        assert reader.until(b"0\r\n\r\n") is not None
+        assert client.buffered == b""
+        assert client.nothing_arrives(0.1)
+        assert client.part().data == b"line 2 of 2\n"
+        assert client.response().complete
 
 
 def test_example_upload_counts_and_hashes(stream_example: ModuleType) -> None:
@@ -1147,6 +1014,6 @@ def test_example_upload_counts_and_hashes(stream_example: ModuleType) -> None:
         index = fetch(server.port, "GET", "/")
     assert (plain.status, plain.body) == (200, expected)
     assert (streamed.status, streamed.body) == (200, expected)
-    assert (wrong_method.status, wrong_method.header("allow")) == (405, "POST, PUT")
+    assert (wrong_method.status, wrong_method.header(b"allow")) == (405, b"POST, PUT")
     assert missing.status == 404
     assert b"/stream" in index.body and b"/upload" in index.body

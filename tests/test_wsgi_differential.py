@@ -13,7 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from wsgiref.validate import validator
 
-from tests.conftest import running
+from tests.support.servers import running
 
 LARGE_VALUE = "v" * 6000
 RESPONSE_HEADER = "h" * 20000

@@ -1,13 +1,9 @@
-"""Helpers shared by the tests (and the benchmarks): settings, clients, servers, processes."""
+"""Helpers shared by the tests and the benchmarks, one concern a module: the response parser
+and client sockets, servers, processes, captured logs, limits, polling, Django's settings,
+http11 event summaries, and the test apps."""
 
 from __future__ import annotations
 
-from aserve.config import Config
-from aserve.protocols.http11 import Limits
-from aserve.server import request_limits
+from tests.support.limits import limits_with
 
-
-def limits_with(**changes: int) -> Limits:
-    """The protocol limits of the default settings, with some changed (by `Limits` name)."""
-    settings = {"limit_" + name: value for name, value in changes.items()}
-    return request_limits(Config().replace(**settings))
+__all__ = ["limits_with"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from tests.apps.wsgi_apps import app
+from tests.support.apps.wsgi_apps import app
 
 gc.set_threshold(1234, 5, 6)
 

@@ -1,0 +1,1 @@
+"""Apps the tests serve or load by import string (`tests.support.apps.MODULE:attr`)."""
