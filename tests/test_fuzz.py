@@ -77,6 +77,8 @@ class Drive:
     closed: bool = False
     after_failure: list[Event] = field(default_factory=list)
     requests: int = 0
+    # Each response written, whole.
+    responses: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.conn = Connection(self.limits or limits_with())
@@ -132,7 +134,9 @@ class Drive:
             head = conn.response_head(200, [(b"content-type", b"text/plain")], DEFAULTS)
         else:
             head = conn.response_head(204, [], DEFAULTS)
-        self.out += head + conn.body_bytes(body) + conn.end_bytes()
+        response = head + conn.body_bytes(body) + conn.end_bytes()
+        self.out += response
+        self.responses.append(response)
         self.answered = True
         keep_alive = conn.start_next_cycle()
         self.current = None
@@ -142,6 +146,32 @@ class Drive:
     def summary(self) -> list[Summary]:
         """Comparable tuples; adjacent Data pieces are joined (their split is free)."""
         return summary(self.events)
+
+
+def with_close(response: bytes) -> bytes:
+    """`response` as it is when it ends the connection instead of keeping it."""
+    kept = b"connection: keep-alive\r\n" + DEFAULTS
+    if kept in response:
+        return response.replace(kept, b"connection: close\r\n" + DEFAULTS)
+    return response.replace(DEFAULTS, b"connection: close\r\n" + DEFAULTS, 1)
+
+
+def assert_same_or_closed_sooner(pieces: Drive, whole: Drive) -> None:
+    """The connection fed in pieces behaves as when fed whole, but for one freedom: a request
+    answered before the rest of its chunked body arrived gets a response that says close (how
+    much is left cannot be known), and the connection ends there."""
+    if pieces.out == whole.out:
+        assert pieces.summary() == whole.summary()
+        return
+    last = len(pieces.responses) - 1
+    assert pieces.closed and not pieces.failed
+    assert pieces.responses[:last] == whole.responses[:last]
+    assert pieces.responses[last] == with_close(whole.responses[last])
+    assert pieces.responses[last] != whole.responses[last]
+    request = [e for e in pieces.events if isinstance(e, Request)][last]
+    assert (b"transfer-encoding", b"chunked") in request.headers
+    seen = pieces.summary()
+    assert seen == whole.summary()[: len(seen)]
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -580,8 +610,7 @@ def test_valid_pipelines_answered_early_or_late(
     requests = [s for s in whole.summary() if s[0] == "request"]
     assert requests == [spec.expected()[0] for spec in specs][: len(requests)]
     pieces = Drive(respond=respond, response=response).run(split(data, cuts))
-    assert pieces.summary() == whole.summary()
-    assert pieces.out == whole.out
+    assert_same_or_closed_sooner(pieces, whole)
 
 
 @FUZZ
@@ -591,7 +620,7 @@ def test_mutated_requests(data: bytes, cuts: list[int], respond: Respond) -> Non
     check_invariants(whole, data)
     pieces = Drive(respond=respond).run(split(data, cuts))
     check_invariants(pieces, data)
-    assert pieces.summary() == whole.summary()
+    assert_same_or_closed_sooner(pieces, whole)
 
 
 @FUZZ
@@ -601,7 +630,7 @@ def test_token_soup(data: bytes, cuts: list[int], respond: Respond) -> None:
     check_invariants(whole, data)
     pieces = Drive(respond=respond).run(split(data, cuts))
     check_invariants(pieces, data)
-    assert pieces.summary() == whole.summary()
+    assert_same_or_closed_sooner(pieces, whole)
 
 
 @FUZZ
@@ -711,20 +740,16 @@ def test_chunk_extension_is_bounded() -> None:
     assert not any(isinstance(e, EndOfMessage) for e in events)
 
 
-def test_bad_chunk_in_drained_body_gets_no_second_response() -> None:
+def test_an_unfinished_chunked_body_is_never_drained() -> None:
+    # What is left of a chunked body is unknown, so its response says close: a bad chunk in
+    # a drained body could otherwise draw a second response to one request.
     conn = Connection(limits_with())
     conn.receive_data(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
     )
     request = conn.next_event()
     assert isinstance(request, Request)
-    conn.response_head(200, [(b"content-length", b"0")], DEFAULTS)
+    head = conn.response_head(200, [(b"content-length", b"0")], DEFAULTS)
     conn.end_bytes()
-    assert conn.start_next_cycle()  # the rest of the body is drained
-    conn.receive_data(b"zz\r\nabc\r\n0\r\n\r\n")
-    events: list[Event] = []
-    while (event := conn.next_event()) is not None:
-        events.append(event)
-    assert [type(e) for e in events] == [ProtocolFailure], events
-    failure = events[0]
-    assert isinstance(failure, ProtocolFailure) and not failure.respond
+    assert b"connection: close\r\n" in head
+    assert not conn.start_next_cycle()

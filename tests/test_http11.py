@@ -822,26 +822,50 @@ def test_unread_body_received_but_not_pulled_is_dropped() -> None:
     assert [s[:3] for s in summary(pull(conn))] == [("request", b"GET", b"/b"), ("end",)]
 
 
-def test_unread_body_over_the_drain_limit_ends_the_connection() -> None:
+@pytest.mark.parametrize(("length", "kept"), [(13, True), (14, False), (1_000_000, False)])
+def test_the_response_says_close_when_more_body_may_come_than_is_drained(
+    length: int, kept: bool
+) -> None:
+    # A response never promises a connection that the drain limit then closes: with 3 bytes
+    # arrived and a drain of 10, 10 more can be drained and 11 cannot.
     conn = Connection(limits_with(drain=10))
-    feed(conn, b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
-    respond(conn, body=b"early")
-    assert conn.start_next_cycle() is True
-    events = feed(conn, b"x" * 5)
-    assert events == []
-    events = feed(conn, b"x" * 50)
-    # No second response may follow the first: the connection just ends.
-    assert summary(events) == [("failure", 413, False)]
-    assert conn.keep_alive is False
+    feed(conn, b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\nabc" % length)
+    out = respond(conn, body=b"early")
+    assert (b"connection: close\r\n" in out) is not kept
+    assert conn.start_next_cycle() is kept
 
 
-def test_unread_chunked_body_is_discarded_too() -> None:
+@pytest.mark.parametrize(("length", "kept"), [(13, True), (14, False)])
+def test_an_http10_keep_alive_response_is_kept_only_when_drainable(length: int, kept: bool) -> None:
+    conn = Connection(limits_with(drain=10))
+    feed(
+        conn,
+        b"POST /a HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: %d\r\n\r\nabc" % length,
+    )
+    out = respond(conn, body=b"early")
+    assert (b"connection: keep-alive\r\n" in out) is kept
+    assert (b"connection: close\r\n" in out) is not kept
+    assert conn.start_next_cycle() is kept
+
+
+def test_an_incomplete_chunked_body_makes_the_response_say_close() -> None:
+    # How much of a chunked body is left cannot be known: the connection may have to close.
     conn = Connection(limits_with(drain=100))
     feed(conn, b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-    respond(conn)
-    assert conn.start_next_cycle()
-    events = feed(conn, b"4\r\ndefg\r\n0\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
-    assert [s[:3] for s in summary(events)] == [("request", b"GET", b"/b"), ("end",)]
+    assert b"connection: close\r\n" in respond(conn)
+    assert conn.start_next_cycle() is False
+
+
+def test_a_complete_unread_chunked_body_is_dropped_and_the_connection_kept() -> None:
+    conn = Connection(limits_with(drain=0))
+    conn.receive_data(
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    assert isinstance(conn.next_event(), Request)
+    assert b"connection: close" not in respond(conn)
+    assert conn.start_next_cycle() is True
+    assert [s[:3] for s in summary(pull(conn))] == [("request", b"GET", b"/b"), ("end",)]
 
 
 # -- Upgrade ---------------------------------------------------------------------------------
@@ -854,6 +878,7 @@ H2C_UPGRADE = (
 
 @pytest.mark.parametrize("piece", [0, 1, 5])
 def test_h2c_upgrade_is_answered_as_http11(piece: int) -> None:
+    # The request after it is only parsed once the upgrade request is answered.
     conn = Connection(limits_with())
     raw = H2C_UPGRADE + b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n"
     events: list[Event] = []
@@ -868,21 +893,84 @@ def test_h2c_upgrade_is_answered_as_http11(piece: int) -> None:
 
 @pytest.mark.parametrize(
     "framing",
-    [b"Content-Length: 28\r\n", b"Transfer-Encoding: chunked\r\n"],
+    [b"Content-Length: %d\r\n", b"Transfer-Encoding: chunked\r\n"],
     ids=["content-length", "chunked"],
 )
-def test_upgrade_request_with_a_body_is_refused(framing: bytes) -> None:
-    # httptools skips the body of an Upgrade request: parsed as the next request, it would be
-    # smuggled past whatever checked the first one. aserve refuses the request instead.
+def test_upgrade_request_with_a_body_is_served_with_it(framing: bytes) -> None:
+    # RFC 9110 §7.8: an Upgrade nobody accepts is ignored and the request served, body and
+    # all (curl --http2 -d on http://). llhttp skips such a body: parsed as the next request,
+    # it would be smuggled past whatever checked the first. Here it is the body, framed by
+    # its own Content-Length or chunks, and only what follows it is the next request.
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+    body = (
+        smuggled
+        if framing.startswith(b"Content-Length")
+        else b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    )
+    raw = (
+        b"POST /u HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        + (framing % len(smuggled) if b"%d" in framing else framing)
+        + b"\r\n"
+        + body
+        + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    for cut in (0, 1, 60, len(raw) - 40):
+        conn = Connection(limits_with())
+        events = feed(conn, raw[:cut] if cut else raw) + (feed(conn, raw[cut:]) if cut else [])
+        seen = summary(events)
+        assert [s[:3] if s[0] == "request" else s for s in seen] == [
+            ("request", b"POST", b"/u"),
+            ("data", smuggled),
+            ("end",),
+        ]
+        request = only_request(events)
+        assert request.upgrade is None  # served as plain HTTP: never switched
+        respond(conn, body=b"plain")
+        assert conn.start_next_cycle()
+        assert [s[:3] for s in summary(pull(conn))] == [("request", b"GET", b"/next"), ("end",)]
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        # A body both chunked and sized: llhttp's own 400.
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        # A length that is not 1*DIGIT.
+        b"Content-Length: 5, 5\r\n\r\nhello",
+        # A bad chunk in the body is a bad body, not a new request.
+        b"Transfer-Encoding: chunked\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+    ],
+    ids=["cl-and-te", "list-length", "request-as-chunk"],
+)
+def test_smuggling_through_an_upgrade_request_is_refused(attempt: bytes) -> None:
     conn = Connection(limits_with())
     events = feed(
         conn,
-        b"POST /u HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
-        + framing
-        + b"\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /u HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n" + attempt,
+    )
+    assert not any(isinstance(e, Request) and e.target == b"/smuggled" for e in events + pull(conn))
+    assert failure(events).status == 400
+
+
+def test_connect_with_a_body_is_refused() -> None:
+    # RFC 9110 §9.3.6: CONNECT has no content; llhttp would take it for the tunnel's bytes.
+    conn = Connection(limits_with())
+    events = feed(
+        conn,
+        b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\nContent-Length: 28\r\n\r\n"
+        b"GET /smuggled HTTP/1.1\r\n\r\n",
     )
     assert summary(events) == [("failure", 400, True)]
-    assert feed(conn, b"GET /later HTTP/1.1\r\nHost: h\r\n\r\n") == []
+
+
+def test_nothing_after_an_upgrade_request_is_parsed_before_its_answer() -> None:
+    # What follows may be the new protocol's bytes (a WebSocket accepted) or the next
+    # request (the upgrade ignored): only the answer tells.
+    conn = Connection(limits_with())
+    events = feed(conn, H2C_UPGRADE + b"\x00\x01 not HTTP yet")
+    assert only_request(events).upgrade == b"h2c"
+    assert conn.has_queued_request
+    assert pull(conn) == []
 
 
 def test_connect_without_a_body_is_answered_and_parsing_goes_on() -> None:
@@ -983,6 +1071,11 @@ def tiny_get(path: bytes) -> bytes:
     return b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path
 
 
+def requested(seen: list[Summary]) -> list[bytes]:
+    """The paths of the requests seen, without their query."""
+    return [bytes(cast(bytes, s[2])).partition(b"?")[0] for s in seen if s[0] == "request"]
+
+
 def answer_released(conn: Connection, events: list[Event]) -> list[Summary]:
     """Answer every request as it is released; the events seen, in order."""
     seen = summary(events)
@@ -1002,31 +1095,41 @@ def test_pipelined_requests_within_the_limit_are_all_answered() -> None:
     assert not any(s[0] == "failure" for s in seen)
 
 
-def test_requests_beyond_the_pipeline_limit_end_the_connection_unanswered() -> None:
+def test_requests_beyond_the_pipeline_limit_wait_unparsed_and_are_all_answered() -> None:
+    # Requests as large as a parsing slice: the limit holds to the request.
     conn = Connection(limits_with(pipeline=3))
-    events = feed(conn, b"".join(tiny_get(b"/%d" % i) for i in range(10)))
+    big = [tiny_get(b"/%d?%s" % (i, b"p" * 2000)) for i in range(40)]
+    events = feed(conn, b"".join(big))
+    assert conn._queued <= 3 + 1
+    assert conn.has_queued_request
     seen = answer_released(conn, events)
-    # The one answered first, three parsed ahead of it, then a close without a response
-    # (RFC 9112 §9.3.2: the client retries what went unanswered).
-    assert [s[2] for s in seen if s[0] == "request"] == [b"/0", b"/1", b"/2", b"/3"]
-    assert seen[-1] == ("failure", 503, False)
-    assert feed(conn, tiny_get(b"/later")) == []
+    assert requested(seen) == [b"/%d" % i for i in range(40)]
+    assert not any(s[0] == "failure" for s in seen)
+
+
+def test_a_thousand_tiny_pipelined_requests_in_one_read_are_all_answered_in_order() -> None:
+    conn = Connection(limits_with(pipeline=32))
+    events = feed(conn, b"".join(tiny_get(b"/%d" % i) for i in range(1000)))
+    # Parsing stops within a slice of the limit; the rest of the read waits unparsed.
+    assert conn._queued <= 32 + 2048 // len(tiny_get(b"/999"))
+    seen = answer_released(conn, events)
+    assert requested(seen) == [b"/%d" % i for i in range(1000)]
 
 
 def test_pipeline_limit_counts_requests_behind_the_one_in_progress() -> None:
     conn = Connection(limits_with(pipeline=2))
-    assert [s[2] for s in summary(feed(conn, tiny_get(b"/a"))) if s[0] == "request"] == [b"/a"]
-    # /a is being answered: two more may wait, the third is one too many.
-    assert feed(conn, tiny_get(b"/b") + tiny_get(b"/c")) == []
-    assert not conn._broken
-    assert feed(conn, tiny_get(b"/d")) == []
+    big = [tiny_get(b"/%s?%s" % (name, b"p" * 2040)) for name in (b"a", b"b", b"c", b"d")]
+    assert requested(summary(feed(conn, big[0]))) == [b"/a"]
+    # /a is being answered: two more are parsed, the third waits unparsed.
+    assert feed(conn, b"".join(big[1:])) == []
+    assert conn._queued == 2
+    assert conn.has_queued_request
     seen = answer_released(conn, [])
-    assert [s[2] for s in seen if s[0] == "request"] == [b"/b", b"/c"]
-    assert seen[-1] == ("failure", 503, False)
+    assert requested(seen) == [b"/b", b"/c", b"/d"]
 
 
-def test_requests_kept_under_the_pipeline_limit_keep_their_bodies() -> None:
-    conn = Connection(limits_with(pipeline=1))
+def test_requests_waiting_to_be_parsed_keep_their_bodies() -> None:
+    conn = Connection(limits_with(pipeline=0))
     post = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
     events = feed(conn, tiny_get(b"/a") + post + tiny_get(b"/c"))
     seen = answer_released(conn, events)
@@ -1036,15 +1139,18 @@ def test_requests_kept_under_the_pipeline_limit_keep_their_bodies() -> None:
         ("request", b"POST", b"/p"),
         ("data", b"xyz"),
         ("end",),
-        ("failure", 503, False),
+        ("request", b"GET", b"/c"),
+        ("end",),
     ]
 
 
-def test_pipeline_limit_zero_allows_no_request_ahead() -> None:
+def test_pipeline_limit_zero_parses_one_request_ahead_at_most() -> None:
     conn = Connection(limits_with(pipeline=0))
-    seen = answer_released(conn, feed(conn, tiny_get(b"/a") + tiny_get(b"/b")))
-    assert [s[2] for s in seen if s[0] == "request"] == [b"/a"]
-    assert seen[-1] == ("failure", 503, False)
+    big = [tiny_get(b"/%s?%s" % (name, b"p" * 2040)) for name in (b"a", b"b", b"c")]
+    events = feed(conn, b"".join(big))
+    assert conn._queued <= 1
+    seen = answer_released(conn, events)
+    assert requested(seen) == [b"/a", b"/b", b"/c"]
 
 
 # -- head progress (what the transport's head timeout watches) -----------------------------------

@@ -39,7 +39,15 @@ class Limits:
 class Request:
     """A request head: method, target and lower-cased header names, as the client sent them."""
 
-    __slots__ = ("expect_continue", "headers", "http_version", "keep_alive", "method", "target")
+    __slots__ = (
+        "expect_continue",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+    )
 
     def __init__(
         self,
@@ -49,6 +57,7 @@ class Request:
         headers: Headers,
         keep_alive: bool,
         expect_continue: bool,
+        upgrade: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -56,6 +65,9 @@ class Request:
         self.headers = headers
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
+        # The protocols a bodiless request asks to switch to (its Upgrade field, lower-cased;
+        # RFC 9110 §7.8); the bytes after it are not parsed until it is answered.
+        self.upgrade = upgrade
 
     def __repr__(self) -> str:
         return f"<Request {self.method!r} {self.target!r} HTTP/{self.http_version}>"
@@ -86,14 +98,18 @@ END_OF_MESSAGE = EndOfMessage()
 
 
 class ProtocolFailure:
-    """The client broke the protocol: answer `status` (when `respond`) and close."""
+    """The client broke the protocol: answer `status` (when `respond`) and close.
+    `request_line` is what was understood of the offending request, for the log."""
 
-    __slots__ = ("reason", "respond", "status")
+    __slots__ = ("reason", "request_line", "respond", "status")
 
-    def __init__(self, status: int, reason: str, respond: bool = True) -> None:
+    def __init__(
+        self, status: int, reason: str, respond: bool = True, request_line: str = ""
+    ) -> None:
         self.status = status
         self.reason = reason
         self.respond = respond
+        self.request_line = request_line
 
     def __repr__(self) -> str:
         return f"<ProtocolFailure {self.status} {self.reason!r}>"
@@ -108,6 +124,11 @@ _FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
 # RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ).
 _FORBIDDEN_IN_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PHRASES = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
+# How much of what arrived is fed to httptools at once outside a request body. httptools
+# parses all it is fed, and one read can hold thousands of tiny pipelined requests: fed in
+# slices, parsing stops soon after the pipeline is full (see `_parsing_waits`), the rest of
+# the read waiting in `_held`.
+_SLICE = 2048
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _PHRASES.items()}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
@@ -166,6 +187,7 @@ class _Message:
         "has_body",
         "headers",
         "host_count",
+        "length",
         "unsupported_coding",
         "url",
     )
@@ -178,6 +200,8 @@ class _Message:
         self.expect = False
         self.has_body = False
         self.declared_length = b""
+        # The Content-Length once the head is complete (None: chunked, or no body).
+        self.length: int | None = None
         self.body_size = 0
         self.unsupported_coding: bytes | None = None
 
@@ -290,6 +314,11 @@ def _remember_field(memo: FieldMemo, name: bytes, value: bytes) -> bytes:
     return line
 
 
+def _upgrade_tokens(headers: Headers) -> bytes:
+    """The Upgrade field's protocols, lower-cased (b"" for a CONNECT, which has none)."""
+    return b",".join(value.lower() for name, value in headers if name == b"upgrade")
+
+
 def _special_field(
     framing: _AppFraming, lname: bytes, value: bytes, framing_allowed: bool, http_version: str
 ) -> bool:
@@ -339,6 +368,15 @@ class Connection:
         # that began it is still to be counted (see `_check_fed`).
         self._head_bytes = 0
         self._fresh_head = False
+        # Bytes received but not parsed yet: parsing waits while the pipeline is full, or an
+        # upgrade request (`_upgrade`) is not answered.
+        self._held = b""
+        self._upgrade: Request | None = None
+        # An Upgrade request with a body is served as plain HTTP, and llhttp skips such a body
+        # (it completes the message at the head): a fresh parser is fed a head with only its
+        # framing, silently, and parses the body (see `_after_upgrade`).
+        self._body_after_upgrade = False
+        self._silent = False
         # Requests parsed and not yet handed out by `next_event()`.
         self._queued = 0
         self._discarding = False
@@ -352,40 +390,97 @@ class Connection:
         self._chunked = False
         self._body_allowed = True
         self._length_left: int | None = None
+        # Body bytes of the response sent so far (what the access log reports).
+        self.body_sent = 0
         self.keep_alive = True
 
     # -- receiving --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; events become available from `next_event()`."""
+        held = self._held
+        if held:
+            data = held + data
+            self._held = b""
+        self._parse(data)
+
+    def _parsing_waits(self) -> bool:
+        """Whether parsing must stop until a response: an upgrade request is not answered yet
+        (nothing after it is parsed), or the requests parsed ahead of the one being answered
+        fill the pipeline. httptools keeps its place in a message cut short."""
+        if self._upgrade is not None:
+            return self._part is _BETWEEN
+        queued = self._queued
+        # With none queued, the message being parsed is the one to answer next: never held.
+        return queued > 0 and queued >= self.limits.pipeline + (self.request is None)
+
+    def _parse(self, data: bytes) -> None:
         while data and not self._broken:
-            try:
-                self._parser.feed_data(data)
-            except httptools.HttpParserUpgrade as exc:
-                # No protocol switch is offered: answer the request as plain HTTP/1.1 and parse
-                # what follows as the next request (RFC 9110 §7.8 lets a server ignore
-                # Upgrade). A loop, not recursion: one read may hold many such requests.
-                offset = exc.args[0] if exc.args else len(data)
-                self._parser = httptools.HttpRequestParser(self)
-                data = data[offset:]
-                continue
-            except httptools.HttpParserCallbackError as exc:
-                cause = exc.__context__
-                if self._broken:
-                    return
+            if self._parsing_waits():
+                self._held = data
+                return
+            piece = data
+            if self._part is _BODY:
+                message = self._message
+                size = message.length - message.body_size if message.length is not None else 0
+                if size > 0:
+                    # The rest of a sized body at once; what follows it in slices.
+                    piece = data[:size]
+            elif len(data) > _SLICE:
+                piece = data[:_SLICE]
+            data = data[len(piece) :] if piece is not data else b""
+            unparsed = self._feed(piece)
+            if unparsed:
+                data = unparsed + data if data else unparsed
+
+    def _feed(self, data: bytes) -> bytes:
+        """Give `data` to httptools; what it did not parse (after an upgrade request)."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self._after_upgrade()
+            return data[offset:]
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not self._broken:
                 if isinstance(cause, ProtocolError):
                     self._fail(cause.status, str(cause))
                 else:
                     self._fail(400, f"invalid request: {cause or exc}")
-                return
-            except httptools.HttpParserInvalidMethodError:
-                self._fail(400, "invalid request method")
-                return
-            except httptools.HttpParserError as exc:
-                self._fail(400, f"invalid request: {exc}")
-                return
-            self._check_fed(data)
+            return b""
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(400, "invalid request method")
+            return b""
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"invalid request: {exc}")
+            return b""
+        self._check_fed(data)
+        return b""
+
+    def _after_upgrade(self) -> None:
+        """llhttp stops after the head of a request that asks to switch protocols and treats
+        what follows as the new protocol. aserve switches only when the app accepts (a
+        WebSocket): until the request is answered, what follows waits; then it is HTTP again
+        (RFC 9110 §7.8 lets a server ignore Upgrade)."""
+        self._parser = httptools.HttpRequestParser(self)
+        if not self._body_after_upgrade:
             return
+        self._body_after_upgrade = False
+        message = self._message
+        # llhttp skipped the body: parse it as the body of a plain request, never as what
+        # follows, by feeding a fresh parser a head with the same framing, silently.
+        framing = (
+            b"content-length: %d" % message.length
+            if message.length is not None
+            else b"transfer-encoding: chunked"
+        )
+        self._silent = True
+        try:
+            self._parser.feed_data(b"POST / HTTP/1.1\r\n%s\r\n\r\n" % framing)
+        finally:
+            self._silent = False
+        self._part = _BODY
 
     def _check_fed(self, data: bytes) -> None:
         """Limits that only the bytes fed can tell, after the parser took `data`."""
@@ -398,30 +493,6 @@ class Connection:
                 self._head_bytes += len(data)
                 if self._head_bytes > self.limits.request_head + self.limits.request_field_size:
                     self._fail_head_too_large()
-        if self._queued > self.limits.pipeline + (self.request is None):
-            self._refuse_pipeline_overflow()
-
-    def _refuse_pipeline_overflow(self) -> None:
-        """Keep the requests within `Limits.pipeline` and end the connection after them.
-
-        httptools parses everything one read holds, and a read of tiny pipelined requests can
-        make thousands of Request objects: those beyond the limit are dropped at once, and the
-        connection closes without answering them, which RFC 9112 §9.3.2 tells clients to retry.
-        """
-        allowed = self.limits.pipeline + (self.request is None)
-        events = self._events
-        kept: deque[Event] = deque()
-        requests = 0
-        for event in events:
-            if isinstance(event, Request):
-                requests += 1
-                if requests > allowed:
-                    break
-            kept.append(event)
-        self._events = kept
-        self._queued = allowed
-        self._broken = True
-        kept.append(ProtocolFailure(503, "too many pipelined requests", respond=False))
 
     @property
     def head_in_progress(self) -> bool:
@@ -440,7 +511,18 @@ class Connection:
         self._broken = True
         # In a body drained after its response, a failure ends the connection silently: a
         # second response to the same request would desynchronise the client.
-        self._events.append(ProtocolFailure(status, reason, respond=not self._discarding))
+        self._events.append(
+            ProtocolFailure(status, reason, not self._discarding, self._request_line())
+        )
+
+    def _request_line(self) -> str:
+        """What was understood of the request being parsed, for the log ("" for nothing)."""
+        url = self._message.url
+        if not url or self._part is _BETWEEN:
+            return ""
+        parser = self._parser
+        method = parser.get_method().decode("ascii", "replace")
+        return f"{method} {url.decode('ascii', 'replace')} HTTP/{parser.get_http_version()}"
 
     def next_event(self) -> Event | None:
         """The next event, or None when nothing is ready (or a pipelined request must wait)."""
@@ -467,26 +549,35 @@ class Connection:
 
     @property
     def has_queued_request(self) -> bool:
-        """A pipelined request (or a failure) is parsed and waits for the current response."""
+        """Input waits for the current response: a pipelined request (or a failure) is parsed,
+        or received bytes are held unparsed. Reading more can wait too."""
         # A failure is always the last event queued (parsing stops there), so while `_broken`
         # with events left, it is among them.
-        return self.response_pending and (self._queued > 0 or self._broken) and bool(self._events)
+        return self.response_pending and (
+            ((self._queued > 0 or self._broken) and bool(self._events)) or bool(self._held)
+        )
 
     # httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._silent:
+            return
         self._part = _HEAD
         self._message = _Message()
         self._fresh_head = True
         self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
+        if self._silent:
+            return
         message = self._message
         message.url += url
         if len(message.url) > self.limits.request_line:
             raise ProtocolError("request target too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._silent:
+            return
         limits = self.limits
         message = self._message
         size = len(name) + len(value)
@@ -524,7 +615,8 @@ class Connection:
         message.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._part = _BODY
+        if self._silent:
+            return
         self._fresh_head = False
         message = self._message
         parser = self._parser
@@ -547,25 +639,37 @@ class Connection:
             raise ProtocolError(
                 f"unsupported Transfer-Encoding {message.unsupported_coding!r}", 501
             )
-        if message.has_body and parser.should_upgrade():
-            # httptools skips the body of an Upgrade (or CONNECT) request and would parse it as
-            # the next request, a smuggling vector; aserve switches to no protocol: refuse it.
-            raise ProtocolError("request body with Upgrade or CONNECT is not supported", 400)
-        limit = self.limits.request_body
-        if limit and message.declared_length and int(message.declared_length) > limit:
-            # Refused before the app runs; llhttp has already checked that it is 1*DIGIT.
-            raise ProtocolError("request body larger than the limit", 413)
+        method = parser.get_method()
+        upgrade = parser.should_upgrade()
+        if upgrade and message.has_body and method == b"CONNECT":
+            # RFC 9110 §9.3.6: a CONNECT request has no content, and llhttp would take what
+            # follows the head for the tunnel's bytes.
+            raise ProtocolError("request body with CONNECT", 400)
+        if message.declared_length:
+            # llhttp has already checked that it is 1*DIGIT.
+            message.length = int(message.declared_length)
+            limit = self.limits.request_body
+            if limit and message.length > limit:
+                raise ProtocolError("request body larger than the limit", 413)
         self._queued += 1
-        self._events.append(
-            Request(
-                parser.get_method(),
-                message.url,
-                version,
-                message.headers,
-                parser.should_keep_alive(),
-                message.expect and version == "1.1",
-            )
+        request = Request(
+            method,
+            message.url,
+            version,
+            message.headers,
+            parser.should_keep_alive(),
+            message.expect and version == "1.1",
         )
+        if upgrade and message.has_body:
+            self._body_after_upgrade = True  # served as plain HTTP (see _after_upgrade)
+        elif upgrade:
+            # It may be switched: nothing after it is parsed until it is answered.
+            request.upgrade = _upgrade_tokens(message.headers)
+            self._upgrade = request
+        self._events.append(request)
+        # Only a head found valid moves on: a refused one is no body's start (see
+        # `_more_body_than_drained`).
+        self._part = _BODY
 
     def on_chunk_header(self) -> None:
         # Trailer fields may follow, buffered by httptools like head fields: cap the bytes fed
@@ -588,16 +692,17 @@ class Connection:
                 self._events.append(ProtocolFailure(413, "unread body too large", False))
                 raise ProtocolError("unread body too large", 413)
             return
+        message = self._message
+        message.body_size += len(body)
         limit = self.limits.request_body
-        if limit:
-            # A chunked body has no declared length: count it as it arrives.
-            message = self._message
-            message.body_size += len(body)
-            if message.body_size > limit:
-                raise ProtocolError("request body larger than the limit", 413)
+        # A chunked body has no declared length: count it as it arrives.
+        if limit and message.body_size > limit:
+            raise ProtocolError("request body larger than the limit", 413)
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
+        if self._body_after_upgrade:
+            return  # llhttp's end of an upgrade request at its head: its body is still to come
         # Bytes that follow before the next message begins count towards its head; the feed
         # that completed this one may hold much body, so it is not counted.
         self._part = _BETWEEN
@@ -616,6 +721,7 @@ class Connection:
         self._continue_sent = False
         self.response_pending = True
         self.response_started = False
+        self.body_sent = 0
         self.keep_alive = request.keep_alive
 
     def continue_bytes(self) -> bytes:
@@ -659,6 +765,9 @@ class Connection:
             # The announced body may still come: `start_next_cycle` will close, so say so now
             # (RFC 9110 §10.1.1).
             keep_alive = False
+        elif keep_alive and self._more_body_than_drained():
+            # Never promise a connection that the close after an undrained body would break.
+            keep_alive = False
         body, chunked, length, keep_alive, fields = body_framing(
             status, request.method == b"HEAD", version, content_length, chunked, keep_alive
         )
@@ -686,6 +795,7 @@ class Connection:
             raise AppProtocolError("response body before the response start")
         if not data or not self._body_allowed:
             return b""
+        self.body_sent += len(data)
         if self._length_left is not None:
             self._length_left -= len(data)
             if self._length_left < 0:
@@ -728,8 +838,29 @@ class Connection:
                 return False
             self._discarding = True
             self._discard_left = self.limits.drain
+        if self._upgrade is request:
+            self._upgrade = None  # it was answered without a switch: what follows is HTTP
         self.request = None
+        held = self._held
+        if held:
+            self._held = b""
+            self._parse(held)
         return True
+
+    def _more_body_than_drained(self) -> bool:
+        """Whether more of the current request's body may still arrive than `Limits.drain`
+        lets `start_next_cycle` read and discard (RFC 9112 §9.3: the connection is reusable
+        only once the request is read whole)."""
+        if (
+            self._request_done
+            or self._queued
+            or (self._part is not _BODY and self._part is not _TRAILERS)
+        ):
+            return False  # its message is parsed to the end
+        message = self._message
+        if message.length is None:
+            return True  # chunked: there is no telling how much is left
+        return message.length - message.body_size > self.limits.drain
 
     def error_response(self, status: int, default_headers: bytes, message: str = "") -> bytes:
         """A complete plain-text error response that ends the connection."""
@@ -737,6 +868,7 @@ class Connection:
         self.keep_alive = False
         self.response_started = True
         self.response_pending = False
+        self.body_sent = len(body)
         return b"".join(
             (
                 status_line(status),
