@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
             kwargs["default"] = field.default
         elif typing.get_origin(hint) is list:
-            kwargs.update(action="append", type=kind, default=None, metavar=meta["metavar"])
+            # argparse's append copies its default before appending: [] is never shared.
+            kwargs.update(action="append", type=kind, default=[], metavar=meta["metavar"])
             flag = flag.removesuffix("s")
         else:
             kwargs.update(type=kind, default=field.default, metavar=meta["metavar"])

@@ -77,6 +77,9 @@ class Config:
     )
     access_log: bool = setting(True, "Log one line per response.")
     log_level: LogLevel = setting("info", "Logging threshold.")
+    # A browser reuses a connection within seconds or not at all; 5 s is uvicorn's and Apache's
+    # KeepAliveTimeout, and frees idle connections for the concurrency limit sooner than
+    # nginx's 75 s would.
     timeout_keep_alive: float = setting(
         5.0, "Close keep-alive connections idle for this many seconds.", metavar="SECONDS"
     )
@@ -100,6 +103,9 @@ class Config:
         "this many seconds without one.",
         metavar="SECONDS",
     )
+    # Long enough for ordinary requests to finish, short enough that a Ctrl-C or a reload never
+    # makes a developer wait on a long poll or an event stream (uvicorn waits for them forever;
+    # gunicorn's graceful_timeout is 30 s, for production).
     timeout_graceful_shutdown: float = setting(
         5.0,
         "On SIGTERM/SIGINT, wait this long for in-flight requests before cancelling them.",
@@ -113,10 +119,15 @@ class Config:
     limit_request_line: int = setting(
         8190, "Longest request line in bytes; longer gets 414.", metavar="BYTES"
     )
+    # Apache's LimitRequestFields and gunicorn's limit_request_fields.
     limit_request_fields: int = setting(100, "Most header fields in a request; more gets 431.")
+    # Apache's LimitRequestFieldSize and gunicorn's limit_request_field_size.
     limit_request_field_size: int = setting(
         8190, "Longest header field (name and value) in bytes; longer gets 431.", metavar="BYTES"
     )
+    # Apache and gunicorn bound only each field; 64 KiB in all leaves room for large cookies
+    # (browsers allow 4 KiB each) while bounding what a head costs before the app runs: nginx's
+    # large_client_header_buffers give 32 KiB, Node's --max-http-header-size 16 KiB.
     limit_request_head: int = setting(
         65536, "Largest request head (line and fields) in bytes; larger gets 431.", metavar="BYTES"
     )

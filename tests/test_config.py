@@ -27,16 +27,9 @@ HINTS = typing.get_type_hints(Config)
 DEFAULTS = Config()
 # The settings whose number is a policy: the README's options table and config.py explain them.
 LIMITS = [name for name in FIELDS if name.startswith(("limit_", "timeout_"))]
+
+
 # Those without a comment of their own above them in aserve/config.py yet.
-UNEXPLAINED = {
-    "timeout_keep_alive": "no comment gives the reason for 5 s",
-    "timeout_graceful_shutdown": "no comment gives the reason for 5 s",
-    "limit_request_fields": "explained in the comment above limit_request_line, not its own",
-    "limit_request_field_size": "explained in the comment above limit_request_line, not its own",
-    "limit_request_head": "no comment gives the reason for 65536",
-}
-
-
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -222,23 +215,7 @@ def help_defaults() -> dict[str, str]:
     return shown
 
 
-# argparse shows None, its "not given", for an option that appends; the setting is [] then.
-SHOWN_AS_NONE = pytest.mark.xfail(
-    strict=True, reason="the help of a repeatable option shows (default: None), not []"
-)
-
-
-@pytest.mark.parametrize(
-    "field",
-    [
-        pytest.param(
-            field,
-            marks=[SHOWN_AS_NONE] if typing.get_origin(HINTS[field.name]) is list else [],
-        )
-        for field in CLI_FIELDS
-    ],
-    ids=lambda field: field.name,
-)
+@pytest.mark.parametrize("field", CLI_FIELDS, ids=lambda field: field.name)
 def test_help_shows_the_dataclass_default(field: dataclasses.Field[object]) -> None:
     option = flag(field.name)
     if typing.get_origin(HINTS[field.name]) is list:
@@ -281,18 +258,7 @@ def test_the_readme_gives_each_limits_default(name: str) -> None:
     assert float(documented[flag(name)]) == FIELDS[name].default
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=[pytest.mark.skip(reason=f"{name}: {UNEXPLAINED[name]}")]
-            if name in UNEXPLAINED
-            else [],
-        )
-        for name in LIMITS
-    ],
-)
+@pytest.mark.parametrize("name", LIMITS)
 def test_config_py_explains_each_limit_above_it(name: str) -> None:
     lines = Path(aserve.config.__file__).read_text().splitlines()
     (index,) = [i for i, line in enumerate(lines) if line.startswith(f"    {name}: ")]
