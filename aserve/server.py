@@ -26,7 +26,7 @@ from aserve.process import loop_factory, tune_gc
 from aserve.protocols.http11 import Limits
 from aserve.runners import make_runner
 from aserve.signals import StopSignals
-from aserve.sockets import bind_socket, listening_url
+from aserve.sockets import bound, listening_url
 
 logger = logging.getLogger("aserve.error")
 
@@ -150,17 +150,16 @@ class Server:
             )
         runner = make_runner(loaded, config)
         signals = StopSignals(self._on_stop, self._on_force, "finishing in-flight requests")
-        with signals.installed(loop) if handle_signals else contextlib.nullcontext(False):
+        with contextlib.ExitStack() as stack:
+            if handle_signals:
+                stack.enter_context(signals.installed(loop))
             # Bind before the app's startup: a port in use is then a one-line usage error,
             # not a lifespan cancelled half-way with its traceback.
-            self.sockets = sockets or [bind_socket(config)]
+            self.sockets = sockets or [stack.enter_context(bound(config))]
             try:
                 await runner.startup()
             except LifespanError as exc:
                 logger.error("Application startup failed: %s", exc)
-                if sockets is None:
-                    for sock in self.sockets:
-                        sock.close()
                 self.exit_code = EXIT_LIFESPAN_FAILED
                 self.started.set()
                 await runner.shutdown(0.0)

@@ -16,7 +16,8 @@ import pytest
 from aserve import __version__
 from aserve.cli import parse
 from aserve.config import Config
-from tests.support.procs import ROOT, ServerProcess, run_cli
+from tests.support.client import UnixHTTPConnection
+from tests.support.procs import ROOT, ServerProcess, assert_usage_error, run_cli
 
 ASGI_APP = "tests.support.apps.asgi_apps:app"
 WSGI_APP = "tests.support.apps.wsgi_apps:app"
@@ -75,20 +76,6 @@ def test_help_lists_every_option() -> None:
     # Choices are listed for the enumerated settings.
     assert "{auto,asgi,wsgi}" in result.stdout
     assert "{aserve,wsgiref}" in result.stdout
-
-
-def assert_usage_error(args: list[str], *needles: str) -> str:
-    result = run_cli(*args)
-    assert result.returncode == 2, result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("aserve: error: ")
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in line
-    return line
 
 
 @pytest.mark.parametrize(
@@ -168,18 +155,6 @@ def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
     conn.request("GET", path)
     response = conn.getresponse()
     return response.status, response.read()
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=10)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(10)
-        sock.connect(self.unix_path)
-        self.sock = sock
 
 
 def stop(server: ServerProcess) -> None:

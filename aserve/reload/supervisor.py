@@ -52,7 +52,7 @@ from aserve.reload.ipc import (
 )
 from aserve.server import Server
 from aserve.signals import StopSignals
-from aserve.sockets import bind_socket
+from aserve.sockets import bound
 
 logger = logging.getLogger("aserve.error")
 
@@ -232,16 +232,13 @@ class Supervisor:
         for root in self.roots:
             if not root.is_dir():
                 raise ConfigError(f"--reload-dir {root} is not a directory")
-        sock = bind_socket(self.config)
-        sock.set_inheritable(True)
-        if self.config.uds is None and self.config.fd is None and self.config.port == 0:
-            # Log (and tell the workers) the port the kernel picked, not 0.
-            self.config = self.config.replace(port=sock.getsockname()[1])
-        try:
+        with bound(self.config) as sock:
+            sock.set_inheritable(True)
+            if self.config.uds is None and self.config.fd is None and self.config.port == 0:
+                # Log (and tell the workers) the port the kernel picked, not 0.
+                self.config = self.config.replace(port=sock.getsockname()[1])
             with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
                 return runner.run(self._supervise(sock))
-        finally:
-            sock.close()
 
     async def _supervise(self, sock: socket.socket) -> int:
         signals = StopSignals(self._on_stop, self._on_force, "stopping")

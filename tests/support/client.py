@@ -175,3 +175,17 @@ def http_get(port: int, path: str = "/") -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(self.unix_path)
+        self.sock = sock

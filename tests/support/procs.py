@@ -126,3 +126,19 @@ class ServerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def assert_usage_error(args: list[str], *needles: str) -> str:
+    """`python -m aserve ARGS` fails as a usage error: exit code 2 and one line naming the
+    problem (each of `needles`), no traceback. The line."""
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("aserve: error: ")
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in line
+    return line
