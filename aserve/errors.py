@@ -32,4 +32,11 @@ class AppProtocolError(AserveError):
 
 
 class ClientDisconnected(OSError):
-    """The client went away; raised into WSGI apps reading `wsgi.input`."""
+    """The client went away; raised into WSGI apps reading `wsgi.input`, and from an ASGI
+    `send()` once the connection is gone."""
+
+
+class RequestBodyTooLarge(ClientDisconnected):
+    """The request body passed `--limit-request-body`: the client got its 413 and nothing more
+    of the body will come. An OSError, so that frameworks handle it as the end of the body
+    (Django's UnreadablePostError)."""

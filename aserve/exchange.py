@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from aserve.errors import ClientDisconnected
 from aserve.types import Headers
 
 
@@ -47,6 +48,16 @@ class ResponseSink(Protocol):
         """The peer reads slower than the app writes: wait for `on_writable`."""
         ...
 
+    @property
+    def backlogged(self) -> bool:
+        """Written bytes wait above the low-water mark: a producer should let the loop run."""
+        ...
+
+    @property
+    def closing(self) -> bool:
+        """The connection is closing or gone: nothing more can be sent."""
+        ...
+
     def start_response(self, status: int, headers: Headers, reason: bytes | None) -> None:
         """Check and hold the response head; it goes out with the first body bytes or on
         `flush_head()`. Raises AppProtocolError (nothing sent) for an invalid head."""
@@ -74,6 +85,10 @@ class ResponseSink(Protocol):
         any) is answered."""
         ...
 
+    def abandon(self, cycle: Cycle) -> None:
+        """The client left before the app ran: log it, close, and answer nothing."""
+        ...
+
     def on_writable(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the loop once writing may go on, or the peer is gone."""
         ...
@@ -98,6 +113,7 @@ class RequestBody:
         "_thread_waiter",
         "complete",
         "disconnected",
+        "error",
         "paused",
         "peer_done",
     )
@@ -114,6 +130,8 @@ class RequestBody:
         self._future: asyncio.Future[None] | None = None
         self.complete = False
         self.disconnected = False
+        # Why no more body will come, when it is not the client leaving (see `disconnect`).
+        self.error: ClientDisconnected | None = None
         # The peer sends nothing more (it half-closed): a wait for it to leave ends.
         self.peer_done = False
         # Reading from the socket is paused until the app takes what is buffered.
@@ -138,9 +156,11 @@ class RequestBody:
             waiter, self._thread_waiter = self._thread_waiter, None
         self._wake(waiter)
 
-    def disconnect(self) -> None:
+    def disconnect(self, error: ClientDisconnected | None = None) -> None:
+        """No more body: the client left, or `error` ended the body (over the size limit)."""
         with self._lock:
             self.disconnected = True
+            self.error = error
             waiter, self._thread_waiter = self._thread_waiter, None
         self._wake(waiter)
 
@@ -238,7 +258,6 @@ class Cycle:
         "done",
         "info",
         "request",
-        "response_bytes",
         "sink",
         "started_at",
         "status",
@@ -253,7 +272,6 @@ class Cycle:
         self.body = body
         self.started_at = time.perf_counter()
         self.status = 0
-        self.response_bytes = 0
         self.done = False
 
     @property
@@ -267,6 +285,15 @@ class Cycle:
     @property
     def write_paused(self) -> bool:
         return self.sink.write_paused
+
+    @property
+    def backlogged(self) -> bool:
+        return self.sink.backlogged
+
+    @property
+    def closing(self) -> bool:
+        """Nothing more can be sent (on the loop: the transport knows before `disconnected`)."""
+        return self.sink.closing
 
     def on_writable(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the loop once writing may go on (or the client is gone)."""
@@ -288,7 +315,6 @@ class Cycle:
         if self.done:
             return
         self.sink.send_body(data)
-        self.response_bytes += len(data)
 
     def send_end(self, data: bytes = b"") -> None:
         """Finish the response (with a last piece of body); the connection then moves on."""
@@ -296,7 +322,6 @@ class Cycle:
             return
         self.sink.end_response(data)
         self.done = True
-        self.response_bytes += len(data)
         self.sink.response_done(self)
 
     def fail(self) -> None:
@@ -307,6 +332,12 @@ class Cycle:
             return
         self.done = True
         self.sink.fail_response(self)
+
+    def abandon(self) -> None:
+        """The client left while the request waited for the app: it never runs."""
+        if not self.done:
+            self.done = True
+            self.sink.abandon(self)
 
 
 class AppRunner(Protocol):

@@ -41,11 +41,12 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def access_line(
-    client: str, request_line: str, status: int | str, size: int | str, ms: float
+    client: str, request_line: str, status: int | str, size: int | str, ms: float, note: str = ""
 ) -> str:
     """One access line, the same in every serving mode: client, request line, status, bytes
-    of body sent and milliseconds."""
-    return f'{client} - "{request_line}" {status} {size} {ms:.1f}ms'
+    of body sent and milliseconds, and what went wrong (a client gone, a body cut short)."""
+    line = f'{client} - "{request_line or "-"}" {status} {size} {ms:.1f}ms'
+    return f"{line} ({note})" if note else line
 
 
 def access_logger(enabled: bool) -> logging.Logger | None:

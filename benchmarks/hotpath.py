@@ -47,6 +47,12 @@ class NullTransport:
     def is_reading(self) -> bool:
         return self.reading
 
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16384, 65536)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def pause_reading(self) -> None:
         self.reading = False
 

@@ -64,6 +64,12 @@ class FakeTransport(asyncio.Transport):
     def is_reading(self) -> bool:
         return self.reading
 
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16384, 65536)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": CLIENT, "sockname": SERVER}.get(name, default)
 

@@ -73,6 +73,14 @@ def fetch(
     return reply
 
 
+def fetch_over_open_connection(port: int, target: str) -> Response:
+    """One GET answered on a connection the client keeps open while it waits (a client that
+    half-closes, then has to wait for a busy pool, counts as gone)."""
+    with connect(port, timeout=10) as client:
+        client.sendall(build("GET", target))
+        return client.response()
+
+
 def respond(
     start_response: StartResponse,
     body: bytes,
@@ -826,9 +834,9 @@ def test_thread_pool_bounds_concurrency_and_the_loop_stays_responsive() -> None:
 
     with running(validator(app), threads=2) as server, ThreadPoolExecutor(5) as pool:
         try:
-            slow = [pool.submit(fetch, server.port, "GET", "/slow") for _ in range(4)]
+            slow = [pool.submit(fetch_over_open_connection, server.port, "/slow") for _ in range(4)]
             assert wait_until(lambda: entered == 2)
-            quick = pool.submit(fetch, server.port, "GET", "/quick")
+            quick = pool.submit(fetch_over_open_connection, server.port, "/quick")
             # The loop answers what needs no thread while both threads block.
             (garbage,) = raw_exchange(server.port, b"NOT A REQUEST\r\n\r\n")
             assert garbage.head.startswith(b"HTTP/1.1 400 ")

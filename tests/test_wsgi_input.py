@@ -25,6 +25,7 @@ class TrickleBody:
         self._chunks = [c for c in chunks if c]
         self._disconnect = disconnect
         self.takes = 0
+        self.error: ClientDisconnected | None = None
 
     @property
     def complete(self) -> bool:

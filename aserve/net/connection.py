@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from aserve.errors import RequestBodyTooLarge
 from aserve.exchange import AppRunner, ConnectionInfo, Cycle, RequestBody
 from aserve.logs import AccessLog, access_line
 from aserve.protocols.http11 import (
@@ -37,6 +38,12 @@ LINGER = 2.0
 SHUTDOWN_GRACE = 1.0
 
 _TOO_MANY = "too many connections; try again shortly"
+# What an access line adds when a response did not go out as the app meant it.
+_CLIENT_GONE = "client went away"
+_CUT_SHORT = "response cut short"
+# nginx's status for a request whose client closed before it was answered: the line says
+# what happened, though no status went out.
+_CLIENT_CLOSED_REQUEST = 499
 
 
 class Phase(enum.IntEnum):
@@ -177,6 +184,8 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline = 0.0
         self._timer = _LazyTimer(state.loop, self._on_timer)
         self._connected_at = 0.0
+        # When the request head under way began (for the log of one refused).
+        self._head_began = 0.0
         # Whether a request was ever started here; until then shutdown waits for one.
         self._served = False
         # The server is shutting down: the response in progress is the last.
@@ -186,6 +195,8 @@ class HttpProtocol(asyncio.Protocol):
         # A response head held back to go out in one write with the first body bytes.
         self._head = b""
         self.write_paused = False
+        # Above this many bytes waiting in the transport, a producing app is made to yield.
+        self._low_water = 0
         self._drain_waiters: list[Callable[[], None]] = []
         # Reading paused for one of two reasons: the app's body buffer is full, or a
         # pipelined request waits for the response in progress.
@@ -197,6 +208,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._low_water = self.transport.get_write_buffer_limits()[0]
         state = self.state
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -247,6 +259,7 @@ class HttpProtocol(asyncio.Protocol):
             # A request head began: it must be complete in time, however slowly it trickles
             # in; its bytes never restart the keep-alive period.
             since = self.state.loop.time() if self._served else self._connected_at
+            self._head_began = since
             self._enter(_HEAD, since + self.state.head_timeout)
 
     def pause_writing(self) -> None:
@@ -321,7 +334,14 @@ class HttpProtocol(asyncio.Protocol):
     def _protocol_failure(self, failure: ProtocolFailure) -> None:
         cycle = self.cycle
         if cycle is not None:
-            cycle.body.disconnect()
+            error = None
+            if failure.status == 413:
+                # The app reading the body learns why it ends, and its log can say so.
+                limit = self.state.limits.request_body
+                error = RequestBodyTooLarge(
+                    f"request body larger than --limit-request-body ({limit} bytes); 413 sent"
+                )
+            cycle.body.disconnect(error)
             cycle.done = True
             self.cycle = None
         if failure.respond and (cycle is None or not cycle.response_started or self._head):
@@ -332,6 +352,8 @@ class HttpProtocol(asyncio.Protocol):
             if cycle is not None:
                 cycle.status = failure.status
                 self._log(cycle)
+            else:
+                self._log_refused(failure)
         # The client may still be sending (a body over the limit, more pipelined requests).
         self._linger()
 
@@ -347,6 +369,8 @@ class HttpProtocol(asyncio.Protocol):
             self._write(head)
 
     def send_body(self, data: bytes) -> None:
+        if self.closing:
+            return  # the runner hears of it from `closing`; nothing is counted as sent
         out = self.conn.body_bytes(data)
         head = self._head
         if head:
@@ -367,7 +391,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def response_done(self, cycle: Cycle) -> None:
         """The response is out: go on to the next request, or end the connection."""
-        self._log(cycle)
+        missing = self.conn.body_missing
+        if missing:
+            # The client waits for bytes that never come, until the close (RFC 9112 §6.3).
+            logger.error(
+                "Response body %d bytes short of its Content-Length: closing the connection",
+                missing,
+            )
+        self._log(cycle, _CUT_SHORT if missing else "")
         if self.cycle is not cycle:
             return
         self.cycle = None
@@ -389,16 +420,37 @@ class HttpProtocol(asyncio.Protocol):
     def fail_response(self, cycle: Cycle) -> None:
         if self.cycle is not cycle:
             return  # the connection already ended the exchange (see _protocol_failure)
+        gone = cycle.body.disconnected or self.closing
+        note = _CLIENT_GONE if gone else ""
         if cycle.status == 0 or self._head:
             cycle.status = 500
             self._head = b""
             self._write(self.conn.error_response(500, self.state.default_headers))
-        self._log(cycle)
+        elif not gone:
+            note = _CUT_SHORT
+        self._log(cycle, note)
         self._end_after(cycle)
 
     def close_after_response(self) -> None:
         if self.phase < _LINGER:
             self.shutdown()
+
+    def abandon(self, cycle: Cycle) -> None:
+        if self.cycle is not cycle:
+            return
+        cycle.status = _CLIENT_CLOSED_REQUEST
+        self._log(cycle, "client went away before the app ran")
+        self.close()
+
+    @property
+    def backlogged(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.get_write_buffer_size() > self._low_water
+
+    @property
+    def closing(self) -> bool:
+        transport = self.transport
+        return transport is None or transport.is_closing()
 
     def on_writable(self, callback: Callable[[], None]) -> None:
         if not self.write_paused or self.phase >= _LINGER:
@@ -411,7 +463,7 @@ class HttpProtocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    def _log(self, cycle: Cycle) -> None:
+    def _log(self, cycle: Cycle, note: str = "") -> None:
         log = self.state.access_log
         if log is None:
             return
@@ -422,10 +474,28 @@ class HttpProtocol(asyncio.Protocol):
                 f"{request.method.decode('ascii', 'replace')} "
                 f"{request.target.decode('ascii', 'replace')} HTTP/{request.http_version}",
                 cycle.status,
-                cycle.response_bytes,
+                self.conn.body_sent,
                 (time.perf_counter() - cycle.started_at) * 1000.0,
+                note,
             )
         )
+
+    def _log_refused(self, failure: ProtocolFailure) -> None:
+        """A request refused before any app saw it (a 400, 413, 414, 431 or 408)."""
+        log = self.state.access_log
+        if log is not None:
+            log.write(
+                access_line(
+                    self._client_text,
+                    failure.request_line,
+                    failure.status,
+                    self.conn.body_sent,
+                    (self.state.loop.time() - self._head_began) * 1000.0
+                    if self._head_began
+                    else 0.0,
+                    failure.reason,
+                )
+            )
 
     def _wake_drain_waiters(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -450,6 +520,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         now = state.loop.time()
         if self.conn.head_in_progress:
+            self._head_began = now
             self._enter(_HEAD, now + state.head_timeout)
         else:
             self._enter(_IDLE, now + state.keep_alive_timeout)

@@ -390,8 +390,10 @@ class Connection:
         self._chunked = False
         self._body_allowed = True
         self._length_left: int | None = None
-        # Body bytes of the response sent so far (what the access log reports).
+        # Body bytes of the response sent so far (what the access log reports), and those its
+        # Content-Length announced that never came.
         self.body_sent = 0
+        self.body_missing = 0
         self.keep_alive = True
 
     # -- receiving --------------------------------------------------------------------------
@@ -722,6 +724,7 @@ class Connection:
         self.response_pending = True
         self.response_started = False
         self.body_sent = 0
+        self.body_missing = 0
         self.keep_alive = request.keep_alive
 
     def continue_bytes(self) -> bytes:
@@ -811,6 +814,7 @@ class Connection:
         if self._length_left:
             # The app sent less than it announced: the client can only see that by a close.
             self.keep_alive = False
+            self.body_missing = self._length_left
         self.response_pending = False
         if self._chunked:
             return b"0\r\n\r\n"

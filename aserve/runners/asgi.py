@@ -182,39 +182,53 @@ class _HTTPCycle:
         return {"type": "http.request", "body": data, "more_body": more}
 
     async def send(self, message: Message) -> None:
-        cycle = self.cycle
         kind = message["type"]
         if kind == "http.response.body":
-            if not self.started:
-                raise AppProtocolError("http.response.body sent before http.response.start")
-            if self.complete:
-                raise AppProtocolError("http.response.body sent after the response ended")
-            if cycle.disconnected:
-                raise ClientDisconnected("client disconnected")
-            data = message.get("body", b"")
-            if message.get("more_body", False):
-                cycle.send_body(data)
-                if cycle.write_paused:
-                    await self._drain()
-            else:
-                self.complete = True
-                cycle.send_end(data)
-                cycle.body.wake()
+            await self._send_body(message)
         elif kind == "http.response.start":
-            if self.started:
-                raise AppProtocolError("http.response.start sent twice")
-            if cycle.disconnected:
-                raise ClientDisconnected("client disconnected")
-            headers: Headers = message.get("headers", [])
-            try:
-                cycle.send_start(message["status"], headers)
-            except (TypeError, ValueError) as exc:
-                raise AppProtocolError(f"invalid http.response.start: {exc}") from exc
-            self.started = True
-            # Coalesce the head with the body the app sends next; flush it if none comes soon.
-            self.flusher.add(cycle)
+            self._send_start(message)
         else:
             raise AppProtocolError(f"unexpected ASGI message type {kind!r}")
+
+    async def _send_body(self, message: Message) -> None:
+        cycle = self.cycle
+        if not self.started:
+            raise AppProtocolError("http.response.body sent before http.response.start")
+        if self.complete:
+            raise AppProtocolError("http.response.body sent after the response ended")
+        if cycle.disconnected or cycle.closing:
+            # ASGI: send() raises an OSError once the client is gone, so that a producer stops
+            # instead of holding the loop (the transport closes on a reset at once, before the
+            # loop hears of the loss).
+            raise ClientDisconnected("client disconnected")
+        data = message.get("body", b"")
+        if message.get("more_body", False):
+            cycle.send_body(data)
+            if cycle.write_paused:
+                await self._drain()
+            elif cycle.backlogged:
+                # Let the loop run (other connections, the news of a reset) while bytes wait
+                # to be written, though not yet enough to pause.
+                await asyncio.sleep(0)
+        else:
+            self.complete = True
+            cycle.send_end(data)
+            cycle.body.wake()
+
+    def _send_start(self, message: Message) -> None:
+        cycle = self.cycle
+        if self.started:
+            raise AppProtocolError("http.response.start sent twice")
+        if cycle.disconnected or cycle.closing:
+            raise ClientDisconnected("client disconnected")
+        headers: Headers = message.get("headers", [])
+        try:
+            cycle.send_start(message["status"], headers)
+        except (TypeError, ValueError) as exc:
+            raise AppProtocolError(f"invalid http.response.start: {exc}") from exc
+        self.started = True
+        # Coalesce the head with the body the app sends next; flush it if none comes soon.
+        self.flusher.add(cycle)
 
     async def _drain(self) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -53,6 +53,8 @@ class BodySource(Protocol):
     def complete(self) -> bool: ...
     @property
     def disconnected(self) -> bool: ...
+    @property
+    def error(self) -> ClientDisconnected | None: ...
     def take_chunks(self, *, from_thread: bool) -> list[bytes]: ...
     def wait_blocking(self) -> None: ...
 
@@ -88,7 +90,9 @@ class InputStream:
                 self._eof = True
                 return False
             if body.disconnected:
-                raise ClientDisconnected("client disconnected while sending the request body")
+                raise body.error or ClientDisconnected(
+                    "client disconnected while sending the request body"
+                )
             body.wait_blocking()
 
     def _pop(self, size: int) -> bytes:
@@ -331,7 +335,11 @@ class WSGIRunner:
         self.loop = loop
         self.limit_buffer = limit_buffer
         self.root_path = root_path
-        self._queue: SimpleQueue[Cycle | None] = SimpleQueue()
+        # Each request, and whether it had to wait for a busy pool.
+        self._queue: SimpleQueue[tuple[Cycle, bool] | None] = SimpleQueue()
+        # Threads waiting for a request (a read without the lock is only a hint).
+        self._idle = 0
+        self._idle_lock = threading.Lock()
         self._context = contextvars.copy_context()
         self._keys: dict[bytes, str | None] = {}
         # PATH_INFO and QUERY_STRING by request target (see protocols.target).
@@ -356,7 +364,7 @@ class WSGIRunner:
             thread.start()
 
     def handle(self, cycle: Cycle) -> None:
-        self._queue.put(cycle)
+        self._queue.put((cycle, self._idle == 0))
 
     async def shutdown(self, timeout: float) -> None:
         """Stop the threads once queued requests are done; stop waiting after `timeout` (at
@@ -374,8 +382,24 @@ class WSGIRunner:
     def _work(self) -> None:
         no_wakeup_preemption()
         get = self._queue.get
-        while (cycle := get()) is not None:
-            if cycle.done or cycle.disconnected:
+        lock = self._idle_lock
+        while True:
+            with lock:
+                self._idle += 1
+            item = get()
+            with lock:
+                self._idle -= 1
+            if item is None:
+                return
+            cycle, waited = item
+            if cycle.done:
+                continue
+            if cycle.disconnected or (waited and cycle.body.peer_done):
+                # The client left while its request waited for a busy pool: a client that
+                # closes before its answer has given up (nginx logs 499), and the app never
+                # runs for nobody. A request taken at once may come from a client that only
+                # half-closed after sending it, and is served.
+                self.loop.call_soon_threadsafe(cycle.abandon)
                 continue
             self._context.copy().run(self._serve, cycle)
 
@@ -424,23 +448,29 @@ class WSGIRunner:
                     # response): one hand-off to the loop and one write, not one per chunk.
                     response.finish(b"".join(result))
                 else:
-                    for chunk in result:
-                        if cycle.disconnected:
-                            break
-                        response.write(chunk)
-                    if not cycle.disconnected:
-                        response.finish()
+                    self._stream(cycle, response, result)
             finally:
                 _close(result)
         except Exception as exc:
-            if cycle.disconnected:
-                # The client left: its response goes nowhere, and it is not the app's fault.
-                return
-            if isinstance(exc, ClientDisconnected):
-                self.loop.call_soon_threadsafe(cycle.fail)
-                return
-            logger.exception("Exception in WSGI application")
+            if not cycle.disconnected and not isinstance(exc, ClientDisconnected):
+                logger.exception("Exception in WSGI application")
+            # A client that left is logged as such; the app is blamed only for its own errors.
             self.loop.call_soon_threadsafe(cycle.fail)
+
+    def _stream(self, cycle: Cycle, response: _Response, result: Iterable[bytes]) -> None:
+        head = cycle.request.method == b"HEAD"
+        for chunk in result:
+            if cycle.disconnected:
+                break
+            response.write(chunk)
+            if head and response.headers_sent:
+                # A HEAD response carries no body: the rest of a generator (2 GB, say) is
+                # never produced. PEP 3333 lets a server stop iterating and close().
+                break
+        if cycle.disconnected:
+            self.loop.call_soon_threadsafe(cycle.fail)  # logged with the bytes that went out
+        else:
+            response.finish()
 
 
 def _close(result: Iterable[bytes]) -> None:

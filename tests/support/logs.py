@@ -1,4 +1,4 @@
-"""What aserve logs on 'aserve.error', captured for a test to look at."""
+"""What aserve logs on 'aserve.error' and 'aserve.access', captured for a test to look at."""
 
 from __future__ import annotations
 
@@ -44,6 +44,19 @@ class LogRecords(logging.Handler):
 def error_records() -> Iterator[LogRecords]:
     """A `LogRecords` listening for the duration of the block."""
     logger = logging.getLogger("aserve.error")
+    handler = LogRecords()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextmanager
+def access_records() -> Iterator[LogRecords]:
+    """The access lines logged during the block (a handler of its own on 'aserve.access'
+    sends them through logging rather than aserve's direct writer)."""
+    logger = logging.getLogger("aserve.access")
     handler = LogRecords()
     logger.addHandler(handler)
     try:
