@@ -34,6 +34,7 @@ LAYERS = {
     "aserve.errors": "base",
     "aserve.types": "base",
     "aserve.bench": "bench",
+    "aserve.django": "django",
 }
 
 # What each layer may import, besides itself. Data flows down this table; nothing imports a
@@ -59,6 +60,9 @@ ALLOWED = {
     "base": set(),
     "package": {"config", "server"},
     "bench": {"package", "base", "loader", "bench"},
+    # The Django plugin drives the server from manage.py; it never reaches into a connection.
+    "django": {"package", "config", "base", "logs", "loader", "server", "reload", "fallback"}
+    | {"process", "sockets", "signals"},
 }
 
 # Finer rules inside the table: the runners never import each other (only their factory,

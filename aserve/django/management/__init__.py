@@ -1,0 +1,1 @@
+"""Management commands: runserver (and its alias aserve) on aserve."""

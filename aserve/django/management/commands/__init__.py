@@ -1,0 +1,1 @@
+"""runserver on aserve, and the same command as `manage.py aserve`."""
