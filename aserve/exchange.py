@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from aserve.errorpage import Page, for_exception, is_local
 from aserve.errors import ClientDisconnected
 from aserve.types import Headers
 
@@ -76,8 +77,9 @@ class ResponseSink(Protocol):
         """The exchange is over: the connection logs it and moves on."""
         ...
 
-    def fail_response(self, cycle: Cycle) -> None:
-        """The app failed: a 500 if nothing was sent yet, else the response is cut short."""
+    def fail_response(self, cycle: Cycle, page: Page | None) -> None:
+        """The app failed: a 500 if nothing was sent yet (with `page` as its body, if given),
+        else the response is cut short."""
         ...
 
     def close_after_response(self) -> None:
@@ -324,14 +326,31 @@ class Cycle:
         self.done = True
         self.sink.response_done(self)
 
-    def fail(self) -> None:
-        """The app failed: a 500 if nothing was sent yet, else the connection is closed."""
+    def fail(self, page: Page | None = None) -> None:
+        """The app failed: a 500 if nothing was sent yet (`page` its body, if given), else the
+        connection is closed."""
         if self.done:
             # It broke its protocol after the response: the connection cannot be trusted.
             self.sink.close_after_response()
             return
         self.done = True
-        self.sink.fail_response(self)
+        self.sink.fail_response(self, page)
+
+    def error_page(self, exc: BaseException) -> Page | None:
+        """In development, the traceback page for a request whose app raised `exc`: only for a
+        client on this machine (a traceback tells much about the code), else None."""
+        if not is_local(self.info.client):
+            return None
+        request = self.request
+        accept = b""
+        for name, value in request.headers:
+            if name == b"accept":
+                accept = value
+        line = (
+            f"{request.method.decode('ascii', 'replace')} "
+            f"{request.target.decode('ascii', 'replace')}"
+        )
+        return for_exception(exc, line, accept)
 
     def abandon(self) -> None:
         """The client left while the request waited for the app: it never runs."""

@@ -19,6 +19,9 @@ Kind = Literal["asgi", "wsgi"]
 # Positional parameters of the app's callable, to the interface they mean.
 _CLASS_ARITY: dict[int, Kind] = {1: "asgi", 2: "wsgi"}
 _CALL_ARITY: dict[int, Kind] = {1: "asgi", 2: "wsgi", 3: "asgi"}
+# How deep Django's handler may be wrapped (staticfiles, the ASGI static handler, a project's
+# own middleware of the WSGI kind) and still be found.
+_WRAPPERS_UNWRAPPED = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +62,44 @@ def load(target: object, *, factory: bool = False, interface: Interface = "auto"
             f"{name} is neither an ASGI nor a WSGI app (its signature is {_signature(app)}); "
             "pass --interface if detection is wrong"
         )
+    _import_what_django_defers(app)
     if kind == "asgi" and not _is_async_callable(app):
         # asgiref takes any sync callable for ASGI 2; a sync functools.wraps wrapper of an
         # ASGI 3 coroutine function returns the coroutine itself and must stay single.
         app = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
     return LoadedApp(kind=kind, app=app, name=name)
+
+
+def django_handler(app: object) -> object | None:
+    """The Django handler `app` is, or wraps (staticfiles' handlers keep it in `.application`),
+    or None when it is not Django's."""
+    if "django.core.handlers.base" not in sys.modules:
+        return None  # Django was never imported: the app cannot be one of its handlers
+    from django.core.handlers.base import BaseHandler
+
+    for _ in range(_WRAPPERS_UNWRAPPED):
+        if isinstance(app, BaseHandler):
+            return app
+        app = getattr(app, "application", None)
+    return None
+
+
+def _import_what_django_defers(app: object) -> None:
+    """Django imports the URLconf, and the views it names, at the first request: an error
+    there would show only then, as a bare 500. Import it now, as runserver's system checks
+    do, so that it is an import error of the app (and the reloader's error page shows it)."""
+    if django_handler(app) is None:
+        return
+    from django.conf import settings
+    from django.urls import get_resolver
+
+    urlconf = getattr(settings, "ROOT_URLCONF", None)
+    if urlconf is None:
+        return  # a project without URLs (set later, or per request by middleware)
+    try:
+        get_resolver(urlconf).url_patterns  # noqa: B018 - the property imports the URLconf
+    except Exception as exc:
+        raise AppLoadError(_import_failure(str(urlconf), exc)) from exc
 
 
 def import_from_string(target: str) -> Any:

@@ -32,6 +32,7 @@ LAYERS = {
     "aserve.logs": "logs",
     "aserve.config": "config",
     "aserve.errors": "base",
+    "aserve.errorpage": "base",
     "aserve.types": "base",
     "aserve.bench": "bench",
     "aserve.django": "django",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import aserve
+from aserve.errorpage import user_traceback
 from aserve.errors import AppLoadError
 from aserve.loader import load
 from aserve.reload.ipc import IPCError, decode
-from aserve.reload.worker import user_traceback
 
 AFTER_AN_IMPORT = (
     "import os\n\n\ndef helper():\n    raise RuntimeError('database is down')\n\n\nhelper()\n"

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from aserve.errorpage import Page
 from aserve.errors import RequestBodyTooLarge
 from aserve.exchange import AppRunner, ConnectionInfo, Cycle, RequestBody
 from aserve.logs import AccessLog, access_line
@@ -417,7 +418,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.half_closed and self.phase <= _HEAD:
             self.close()  # the client half-closed and every request it sent is answered
 
-    def fail_response(self, cycle: Cycle) -> None:
+    def fail_response(self, cycle: Cycle, page: Page | None) -> None:
         if self.cycle is not cycle:
             return  # the connection already ended the exchange (see _protocol_failure)
         gone = cycle.body.disconnected or self.closing
@@ -425,7 +426,17 @@ class HttpProtocol(asyncio.Protocol):
         if cycle.status == 0 or self._head:
             cycle.status = 500
             self._head = b""
-            self._write(self.conn.error_response(500, self.state.default_headers))
+            if page is None:
+                self._write(self.conn.error_response(500, self.state.default_headers))
+            else:
+                self._write(
+                    self.conn.error_response(
+                        500,
+                        self.state.default_headers,
+                        body=page.body,
+                        content_type=page.content_type,
+                    )
+                )
         elif not gone:
             note = _CUT_SHORT
         self._log(cycle, note)

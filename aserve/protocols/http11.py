@@ -866,9 +866,19 @@ class Connection:
             return True  # chunked: there is no telling how much is left
         return message.length - message.body_size > self.limits.drain
 
-    def error_response(self, status: int, default_headers: bytes, message: str = "") -> bytes:
-        """A complete plain-text error response that ends the connection."""
-        body = (message or HTTPStatus(status).phrase).encode("utf-8", "replace") + b"\n"
+    def error_response(
+        self,
+        status: int,
+        default_headers: bytes,
+        message: str = "",
+        *,
+        body: bytes | None = None,
+        content_type: bytes = b"text/plain; charset=utf-8",
+    ) -> bytes:
+        """A complete error response that ends the connection: `message` as plain text (the
+        status's phrase by default), or `body` of `content_type`."""
+        if body is None:
+            body = (message or HTTPStatus(status).phrase).encode("utf-8", "replace") + b"\n"
         self.keep_alive = False
         self.response_started = True
         self.response_pending = False
@@ -876,7 +886,7 @@ class Connection:
         return b"".join(
             (
                 status_line(status),
-                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-type: %s\r\n" % content_type,
                 b"content-length: %d\r\n" % len(body),
                 b"connection: close\r\n",
                 default_headers,

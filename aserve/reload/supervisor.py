@@ -216,7 +216,9 @@ class Template:
 class Supervisor:
     def __init__(self, app: str, config: Config) -> None:
         self.app = app
-        self.config = config.replace(reload=False)
+        # Workers keep reload=True: it tells their runners they serve a developer (the
+        # traceback page of a request that failed).
+        self.config = config
         self.roots = [Path(d).resolve() for d in (config.reload_dirs or ["."])]
         self.filter = ReloadFilter(self.roots, config.reload_includes, config.reload_excludes)
         self.worker: Worker | None = None

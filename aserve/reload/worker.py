@@ -15,8 +15,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import aserve
 from aserve.config import Config
+from aserve.errorpage import user_traceback
 from aserve.errors import AppLoadError
 from aserve.loader import load
 from aserve.logs import configure
@@ -108,23 +108,6 @@ async def _obey(channel: Channel[ToWorker, FromWorker], stop: Callable[[], None]
             case Stop() | None:
                 stop()
                 return
-
-
-def user_traceback(exc: BaseException) -> str:
-    """The traceback without the frames of aserve's loader and importlib, which only say
-    that an import happened."""
-    summary = traceback.TracebackException.from_exception(exc)
-    aserve_dir = os.path.dirname(aserve.__file__) + os.sep
-    summary.stack = traceback.StackSummary.from_list(
-        [
-            frame
-            for frame in summary.stack
-            if not frame.filename.startswith(aserve_dir)
-            and not frame.filename.startswith("<frozen importlib")
-            and "/importlib/" not in frame.filename
-        ]
-    )
-    return "".join(summary.format())
 
 
 def third_party_modules(roots: list[Path]) -> list[str]:

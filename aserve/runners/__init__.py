@@ -16,11 +16,18 @@ def make_runner(loaded: LoadedApp, config: Config) -> AppRunner:
     """The runner for `loaded`, on the running loop."""
     loop = asyncio.get_running_loop()
     if loaded.kind == "asgi":
-        return ASGIRunner(loaded.asgi, loop, root_path=config.root_path, lifespan=config.lifespan)
+        return ASGIRunner(
+            loaded.asgi,
+            loop,
+            root_path=config.root_path,
+            lifespan=config.lifespan,
+            debug=config.reload,
+        )
     return WSGIRunner(
         loaded.wsgi,
         loop,
         threads=config.threads,
         limit_buffer=config.limit_buffer,
         root_path=config.root_path,
+        debug=config.reload,
     )

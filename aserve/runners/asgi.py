@@ -69,10 +69,13 @@ class ASGIRunner:
         *,
         root_path: str,
         lifespan: LifespanMode,
+        debug: bool = False,
     ) -> None:
         self.app = app
         self.loop = loop
         self.root_path = root_path
+        # Development: a request whose app raised gets the traceback page (local clients).
+        self.debug = debug
         # What the app's lifespan startup stored, copied into each request's scope.
         self.state: dict[str, Any] = {}
         self.lifespan = Lifespan(app, lifespan, self.state)
@@ -105,7 +108,8 @@ class ASGIRunner:
             "state": self.state.copy(),
         }
         task = self.loop.create_task(
-            _HTTPCycle(cycle, self._flusher).run(self.app, scope), context=self._context.copy()
+            _HTTPCycle(cycle, self._flusher, self.debug).run(self.app, scope),
+            context=self._context.copy(),
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -126,11 +130,20 @@ class ASGIRunner:
 
 
 class _HTTPCycle:
-    __slots__ = ("body_done", "complete", "cycle", "disconnect_seen", "flusher", "started")
+    __slots__ = (
+        "body_done",
+        "complete",
+        "cycle",
+        "debug",
+        "disconnect_seen",
+        "flusher",
+        "started",
+    )
 
-    def __init__(self, cycle: Cycle, flusher: _HeadFlusher) -> None:
+    def __init__(self, cycle: Cycle, flusher: _HeadFlusher, debug: bool) -> None:
         self.cycle = cycle
         self.flusher = flusher
+        self.debug = debug
         self.started = False
         self.complete = False
         self.body_done = False
@@ -145,10 +158,11 @@ class _HTTPCycle:
         except asyncio.CancelledError:
             cycle.fail()
             raise
-        except Exception:
+        except Exception as exc:
             if not cycle.disconnected:
                 logger.exception("Exception in ASGI application")
-            cycle.fail()
+            # The page is sent only if nothing of the response was (see ResponseSink).
+            cycle.fail(cycle.error_page(exc) if self.debug else None)
         else:
             if not self.complete:
                 if cycle.disconnected or self.disconnect_seen:

@@ -329,10 +329,13 @@ class WSGIRunner:
         threads: int,
         limit_buffer: int,
         root_path: str,
+        debug: bool = False,
         errors: IO[str] | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
+        # Development: a request whose app raised gets the traceback page (local clients).
+        self.debug = debug
         self.limit_buffer = limit_buffer
         self.root_path = root_path
         # Each request, and whether it had to wait for a busy pool.
@@ -452,10 +455,13 @@ class WSGIRunner:
             finally:
                 _close(result)
         except Exception as exc:
+            page = None
             if not cycle.disconnected and not isinstance(exc, ClientDisconnected):
                 logger.exception("Exception in WSGI application")
+                if self.debug:  # sent only if nothing of the response was
+                    page = cycle.error_page(exc)
             # A client that left is logged as such; the app is blamed only for its own errors.
-            self.loop.call_soon_threadsafe(cycle.fail)
+            self.loop.call_soon_threadsafe(cycle.fail, page)
 
     def _stream(self, cycle: Cycle, response: _Response, result: Iterable[bytes]) -> None:
         head = cycle.request.method == b"HEAD"
