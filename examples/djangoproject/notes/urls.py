@@ -1,0 +1,13 @@
+"""The notes pages, at the root of the site."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "notes"
+
+urlpatterns = [
+    path("", views.note_list, name="list"),
+]
