@@ -1,0 +1,11 @@
+"""The WSGI application that `manage.py runserver` and `aserve mysite.wsgi:application` serve."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+
+application = get_wsgi_application()
