@@ -677,3 +677,55 @@ def test_worker_never_outlives_a_killed_supervisor(reloader: Callable[..., Reloa
     server.proc.kill()
     assert server.wait() == -signal.SIGKILL
     assert wait_gone(processes, 5.0) == set()
+
+
+# ---------------------------------------------------------------- the app's own part in reloading
+
+LINKED_APP = """\
+import os
+from pathlib import Path
+
+from aserve.reload.worker import current_link
+
+PAGES = Path(__file__).parent / "pages"
+
+
+def make():
+    link = current_link()
+    if link is not None:
+        link.watch_dir(str(PAGES), "**/*.page")
+        # As Django's template receiver: a page edit needs no restart, only a fresh read.
+        link.on_change(lambda paths: all(path.endswith(".page") for path in paths))
+
+    def app(environ, start_response):
+        body = (PAGES / "index.page").read_bytes() + b" " + str(os.getpid()).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+"""
+
+
+@pytest.mark.parametrize("dirs", [[], ["--reload-dir", "src"]], ids=["project", "elsewhere"])
+def test_an_app_that_takes_in_its_own_changes_is_not_restarted(
+    project: Path, reloader: Callable[..., Reloader], dirs: list[str]
+) -> None:
+    # "elsewhere": only src/ is watched, so the pages directory the app asks for is a new root.
+    (project / "src").mkdir()
+    (project / "pages").mkdir()
+    (project / "pages" / "index.page").write_text("first")
+    (project / "linked.py").write_text(LINKED_APP)
+    server = reloader("--factory", *dirs, app="linked:make")
+    pid = server.wait_ready()
+    if dirs:
+        server.wait_for(r"Also watching .*pages, as the app asked")
+    assert get(server.port).body == b"first %d" % pid
+    # *.page is no default include: it is watched because the app asked.
+    save_atomically(project / "pages" / "index.page", "second")
+    server.wait_for(r"Changed: .*index\.page; the app took it in without a restart")
+    assert get(server.port).body == b"second %d" % pid
+    assert server.workers() == [pid]
+    # A change the app does not take in restarts as usual.
+    save_atomically(project / "src" / "other.py", "X = 1\n")
+    server.wait_ready(2)
+    assert server.workers()[-1] != pid

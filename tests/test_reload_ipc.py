@@ -23,10 +23,12 @@ from aserve.reload.ipc import (
     MAX_MESSAGE,
     TEMPLATE_LINK,
     WORKER_LINK,
+    Changed,
     Channel,
     Exited,
     Failed,
     Fork,
+    Handled,
     Hello,
     IPCError,
     Link,
@@ -34,6 +36,7 @@ from aserve.reload.ipc import (
     Ready,
     Stop,
     TemplateReady,
+    Watch,
     channel_pair,
     decode,
     encode,
@@ -43,11 +46,15 @@ from aserve.reload.ipc import (
 FORK = Fork(app="app:app", config={"port": 8000, "reload_dirs": ["."]}, roots=("/srv/site",))
 TO_TEMPLATE: list[ipc.ToTemplate] = [Preload(("django", "uvloop")), Preload(()), FORK]
 FROM_TEMPLATE: list[ipc.FromTemplate] = [TemplateReady(("pydevd.Reader",)), Exited(4242, -9)]
-TO_WORKER: list[ipc.ToWorker] = [Stop()]
+TO_WORKER: list[ipc.ToWorker] = [Stop(), Changed(("/srv/site/templates/a.html",)), Changed(())]
 FROM_WORKER: list[ipc.FromWorker] = [
     Hello(pid=4243),
     Ready(modules=("django", "django.db", "é")),
     Failed(title="The application could not be imported", summary="boom", details="line\n"),
+    Watch(dirs=("/srv/site/templates",), globs=("**/*",), files=("/srv/.env",), changes=True),
+    Watch(dirs=(), globs=(), files=(), changes=False),
+    Handled(all=True),
+    Handled(all=False),
 ]
 MESSAGES: list[ipc.Message] = [*TO_TEMPLATE, *FROM_TEMPLATE, *TO_WORKER, *FROM_WORKER]
 

@@ -73,6 +73,16 @@ class ReloadFilter(DefaultFilter):
         self.includes = tuple(includes) or DEFAULT_INCLUDES
         self.excludes = tuple(excludes)
         self._venv_dirs: dict[str, bool] = {}
+        # What the app asked to watch beyond these rules (Django's watch_dir, extra_files).
+        self.extra_dirs: list[tuple[Path, str]] = []
+        self.extra_files: set[Path] = set()
+
+    def add(self, dirs: list[tuple[Path, str]], files: list[Path]) -> None:
+        """Also accept the files below each directory matching its glob, and these files."""
+        for directory, glob in dirs:
+            if (directory, glob) not in self.extra_dirs:
+                self.extra_dirs.append((directory, glob))
+        self.extra_files.update(files)
 
     def __call__(self, change: Change, path: str) -> bool:
         if change == Change.added and os.path.isdir(path):
@@ -99,12 +109,20 @@ class ReloadFilter(DefaultFilter):
         name = path.name
         if any(fnmatch(name, pattern) for pattern in IGNORED_FILES):
             return False
+        if path in self.extra_files or self._asked_for(path):
+            return True
         # An absolute glob (uvicorn's workaround for its relative ones) matches the full path.
         if any(_matches(path if os.path.isabs(p) else relative, p) for p in self.excludes):
             return False
         if not any(_matches(path if os.path.isabs(p) else relative, p) for p in self.includes):
             return False
         return not self._in_virtualenv(path)
+
+    def _asked_for(self, path: Path) -> bool:
+        for directory, glob in self.extra_dirs:
+            if path.is_relative_to(directory) and _matches(path.relative_to(directory), glob):
+                return True
+        return False
 
     def _relative(self, path: Path) -> PurePath:
         for root in self.roots:

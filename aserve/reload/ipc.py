@@ -90,15 +90,42 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Watch:
+    """From a worker whose app asked for more to be watched (Django's `watch_dir` and
+    `extra_files`): each directory with its glob, and single files; and whether the app wants
+    to hear of changes before a restart (`Changed`)."""
+
+    dirs: tuple[str, ...]
+    globs: tuple[str, ...]
+    files: tuple[str, ...]
+    changes: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """From a worker told of `Changed` files: whether the app dealt with them all itself (a
+    template cache reset, say), so that no restart is needed."""
+
+    all: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """To a worker: stop accepting, drain, exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """To a worker that asked (`Watch.changes`): these files changed; answer `Handled`."""
+
+    paths: tuple[str, ...]
 
 
 # A new message is a dataclass added to one of these unions: `decode` learns it from them.
 ToTemplate: TypeAlias = Preload | Fork
 FromTemplate: TypeAlias = TemplateReady | Exited
-ToWorker: TypeAlias = Stop
-FromWorker: TypeAlias = Hello | Ready | Failed
+ToWorker: TypeAlias = Stop | Changed
+FromWorker: TypeAlias = Hello | Ready | Failed | Watch | Handled
 Message: TypeAlias = ToTemplate | FromTemplate | ToWorker | FromWorker
 
 

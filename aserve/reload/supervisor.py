@@ -18,11 +18,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from watchfiles import awatch
+from watchfiles import Change, awatch
 
 from aserve.config import Config
 from aserve.errors import ConfigError
@@ -34,12 +34,14 @@ from aserve.reload.filter import ReloadFilter
 from aserve.reload.ipc import (
     TEMPLATE_LINK,
     WORKER_LINK,
+    Changed,
     Channel,
     Exited,
     Failed,
     Fork,
     FromTemplate,
     FromWorker,
+    Handled,
     Hello,
     IPCError,
     Preload,
@@ -48,6 +50,7 @@ from aserve.reload.ipc import (
     TemplateReady,
     ToTemplate,
     ToWorker,
+    Watch,
     channel_pair,
 )
 from aserve.server import Server
@@ -83,6 +86,10 @@ CTIME_MARGIN = 0.02
 # Changed paths named in the "restarting" log line; the rest are counted, so a `git switch`
 # stays one line.
 NAMED_CHANGES = 3
+# How long a worker that asked to hear of changes (Django's file_changed receivers) may take
+# to say whether it dealt with them; a template cache reset takes microseconds, and a worker
+# that does not answer in time is restarted as if it had said no.
+CHANGE_ANSWER_WAIT = 2.0
 
 
 class Worker:
@@ -97,9 +104,12 @@ class Worker:
         self.pid: int | None = None
         self.modules: tuple[str, ...] = ()
         self.failure: Failed | None = None
+        # What the app asked to watch, and whether it wants to hear of changes first.
+        self.watch: Watch | None = None
         self.stopping = False
         self.exited = asyncio.Event()
         self._monitor: asyncio.Task[None] | None = None
+        self._answer: asyncio.Future[bool] | None = None
 
     async def _next(self) -> FromWorker | None:
         message = await self.channel.receive()
@@ -121,10 +131,33 @@ class Worker:
                     return True
                 case Failed() as failure:
                     self.failure = failure
+                case Watch() as watch:
+                    self.watch = watch
 
     async def _read_until_exit(self) -> None:
         while not self.exited.is_set():
-            await self._next()
+            message = await self._next()
+            answer = self._answer
+            if answer is not None and not answer.done():
+                if isinstance(message, Handled):
+                    answer.set_result(message.all)
+                elif message is None:
+                    answer.set_result(False)
+
+    @property
+    def wants_changes(self) -> bool:
+        return self.watch is not None and self.watch.changes and not self.exited.is_set()
+
+    async def handles(self, paths: list[str]) -> bool:
+        """Tell the worker what changed; whether its app dealt with all of it itself."""
+        self._answer = asyncio.get_running_loop().create_future()
+        try:
+            self.channel.send(Changed(tuple(paths)))
+            return await asyncio.wait_for(self._answer, CHANGE_ANSWER_WAIT)
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            self._answer = None
 
     async def wait_exit(self) -> None:
         await self.exited.wait()
@@ -213,14 +246,80 @@ class Template:
             await self.process.wait()
 
 
+class _Changes:
+    """watchfiles' batches of changed paths, over roots that may grow while it watches: each
+    root the app adds later (a directory it asked to watch outside the others) gets a watch
+    of its own at once, so that nothing changed meanwhile is missed."""
+
+    def __init__(self, roots: list[Path], watch_filter: ReloadFilter, step_ms: int) -> None:
+        self.roots = list(roots)
+        self._filter = watch_filter
+        self._step_ms = step_ms
+        self._stop = asyncio.Event()
+        self._pending: dict[
+            asyncio.Future[set[tuple[Change, str]]], AsyncGenerator[set[tuple[Change, str]]]
+        ] = {}
+
+    def start(self) -> None:
+        """Begin watching (changes made from now on are kept until `next()`)."""
+        self._watch(self.roots)
+
+    def add_roots(self, paths: Iterable[Path]) -> list[Path]:
+        """Watch these too; the ones that were not watched yet."""
+        new = [p for p in paths if not any(p.is_relative_to(root) for root in self.roots)]
+        new = [p for i, p in enumerate(new) if not any(p.is_relative_to(q) for q in new[:i])]
+        if new:
+            self.roots += new
+            self._watch(new)
+        return new
+
+    def _watch(self, roots: list[Path]) -> None:
+        feed = awatch(
+            *roots,
+            watch_filter=self._filter,
+            stop_event=self._stop,
+            # Whole milliseconds, and at least one: watchfiles sleeps `step` between two looks
+            # at its change set, so --reload-delay 0 would make its thread spin.
+            step=self._step_ms,
+            debounce=WATCH_DEBOUNCE_MS,
+        )
+        self._pending[asyncio.ensure_future(anext(feed))] = feed
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def next(self) -> list[str] | None:
+        """The next batch of changed paths; None once stopped."""
+        while self._pending:
+            done, _ = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+            batch: list[str] = []
+            for future in done:
+                feed = self._pending.pop(future)
+                try:
+                    changes = future.result()
+                except StopAsyncIteration:
+                    continue  # stopped
+                self._pending[asyncio.ensure_future(anext(feed))] = feed
+                batch += [path for _, path in changes]
+            if batch:
+                return batch
+        return None
+
+
 class Supervisor:
-    def __init__(self, app: str, config: Config) -> None:
+    def __init__(
+        self, app: str, config: Config, on_serving: Callable[[], None] | None = None
+    ) -> None:
         self.app = app
+        # Called once, when the first worker (or the error page) serves: the Django command
+        # prints runserver's banner then.
+        self._on_serving = on_serving
         # Workers keep reload=True: it tells their runners they serve a developer (the
         # traceback page of a request that failed).
         self.config = config
         self.roots = [Path(d).resolve() for d in (config.reload_dirs or ["."])]
         self.filter = ReloadFilter(self.roots, config.reload_includes, config.reload_excludes)
+        self._changes = _Changes(self.roots, self.filter, max(1, int(config.reload_delay * 1000)))
         self.worker: Worker | None = None
         self.template: Template | None = None
         self._error_server: Server | None = None
@@ -255,35 +354,24 @@ class Supervisor:
             ", ".join(str(r) for r in self.roots),
         )
         self.template = await Template.start(BASE_PRELOAD, sock)
-        feed = awatch(
-            *self.roots,
-            watch_filter=self.filter,
-            stop_event=self._stop,
-            # Whole milliseconds, and at least one: watchfiles sleeps `step` between two looks
-            # at its change set, so --reload-delay 0 would make its thread spin.
-            step=max(1, int(self.config.reload_delay * 1000)),
-            debounce=WATCH_DEBOUNCE_MS,
-        )
         # Watch before the first worker starts, or a save just after "ready" is missed;
         # watchfiles keeps collecting changes between iterations, also during a restart.
-        pending = asyncio.ensure_future(anext(feed))
+        self._changes.start()
         await asyncio.sleep(0)
         restarted_at = time.time()
         await self._restart()
-        while True:
-            try:
-                changes = await pending
-            except StopAsyncIteration:
-                break
-            pending = asyncio.ensure_future(anext(feed))
-            changed = [path for _, path in changes]
+        while (changed := await self._changes.next()) is not None:
             if _older_than(changed, restarted_at):
                 logger.debug("Already loaded by the current worker: %s", ", ".join(changed))
                 continue
             paths = sorted({_display(Path(path), self.roots) for path in changed})
             left = len(paths) - NAMED_CHANGES
-            more = f" and {left} more" if left > 0 else ""
-            logger.info("Changed: %s%s; restarting", ", ".join(paths[:NAMED_CHANGES]), more)
+            named = ", ".join(paths[:NAMED_CHANGES]) + (f" and {left} more" if left > 0 else "")
+            worker = self.worker
+            if worker is not None and worker.wants_changes and await worker.handles(changed):
+                logger.info("Changed: %s; the app took it in without a restart", named)
+                continue
+            logger.info("Changed: %s; restarting", named)
             await _settle(changed, self.config.reload_delay)
             _forget_bytecode(changed)
             restarted_at = time.time()
@@ -293,6 +381,7 @@ class Supervisor:
 
     def _on_stop(self, sig: int) -> None:
         self._stop.set()
+        self._changes.stop()
 
     def _on_force(self, sig: int) -> None:
         self._force = True
@@ -318,6 +407,9 @@ class Supervisor:
                 self._spawn(old.stop(self.config.timeout_graceful_shutdown))
             elapsed = (time.perf_counter() - started) * 1e3
             logger.info("Worker %s ready in %.0f ms", new.pid, elapsed)
+            if new.watch is not None:
+                self._watch_more(new.watch)
+            self._serving()
             if not set(new.modules) <= self.template.preloaded:
                 self._spawn(self._refresh_template(new.modules))
             return
@@ -333,6 +425,25 @@ class Supervisor:
         new.channel.close()
         logger.error("%s: %s", failure.title, failure.summary)
         await self._show_error(failure.title, failure.summary, failure.details)
+
+    def _watch_more(self, watch: Watch) -> None:
+        """Take in what the app asked to watch. Installed packages' directories (a third-party
+        app's templates) are left out: they change only when packages do."""
+        dirs = [
+            (Path(path).resolve(), glob)
+            for path, glob in zip(watch.dirs, watch.globs, strict=True)
+            if not _installed(path)
+        ]
+        files = [Path(path).resolve() for path in watch.files if not _installed(path)]
+        self.filter.add(dirs, files)
+        added = self._changes.add_roots([d for d, _ in dirs] + [f.parent for f in files])
+        if added:
+            logger.info("Also watching %s, as the app asked", ", ".join(map(str, added)))
+
+    def _serving(self) -> None:
+        callback, self._on_serving = self._on_serving, None
+        if callback is not None:
+            callback()
 
     async def _watch(self, worker: Worker) -> None:
         """A worker that dies while current is a crash: show it until the next change."""
@@ -364,6 +475,7 @@ class Supervisor:
         self._error_task = asyncio.create_task(
             server.serve([self.sock.dup()], handle_signals=False)
         )
+        self._serving()
 
     async def _hide_error(self) -> None:
         server, task = self._error_server, self._error_task
@@ -440,3 +552,9 @@ def _display(path: Path, roots: list[Path]) -> str:
         if path.is_relative_to(root):
             return str(path.relative_to(root))
     return str(path)
+
+
+def _installed(path: str) -> bool:
+    """Whether `path` lies in installed packages (site-packages, a distribution's packages)."""
+    parts = Path(path).parts
+    return "site-packages" in parts or "dist-packages" in parts

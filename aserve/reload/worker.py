@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -22,21 +23,82 @@ from aserve.loader import load
 from aserve.logs import configure
 from aserve.reload.ipc import (
     WORKER_LINK,
+    Changed,
     Channel,
     Failed,
     Fork,
     FromWorker,
+    Handled,
     Hello,
     Ready,
     Stop,
     ToWorker,
+    Watch,
     inherit_channel,
 )
 from aserve.server import Server
 
+logger = logging.getLogger("aserve.error")
+
 # Error records the error page shows when the app fails to start: a failed lifespan startup
 # logs one or two; earlier ones are in the terminal.
 ERRORS_KEPT = 5
+
+
+class ReloadLink:
+    """What an app may tell the reloader while it loads in a worker (see `current_link`): more
+    to watch, and that it wants to hear of changes first, to deal with those it can itself
+    (Django resets its template loaders on a template edit) instead of a restart."""
+
+    def __init__(self) -> None:
+        self.dirs: list[tuple[str, str]] = []
+        self.files: list[str] = []
+        self._on_change: Callable[[list[str]], bool] | None = None
+
+    def watch_dir(self, path: str, glob: str) -> None:
+        """Watch the files below `path` that match `glob` (relative to it, `**/` for any
+        depth), whatever the watch filter would otherwise say of them."""
+        self.dirs.append((path, glob))
+
+    def watch_file(self, path: str) -> None:
+        self.files.append(path)
+
+    def on_change(self, callback: Callable[[list[str]], bool]) -> None:
+        """Before a restart, `callback(paths)` runs in the worker: True means it dealt with
+        every one of them, and the worker stays."""
+        self._on_change = callback
+
+    def message(self) -> Watch | None:
+        if not self.dirs and not self.files and self._on_change is None:
+            return None
+        return Watch(
+            dirs=tuple(path for path, _ in self.dirs),
+            globs=tuple(glob for _, glob in self.dirs),
+            files=tuple(self.files),
+            changes=self._on_change is not None,
+        )
+
+    def handle(self, paths: list[str]) -> bool:
+        callback = self._on_change
+        if callback is None:
+            return False
+        try:
+            return callback(paths)
+        except Exception:
+            logger.exception("Exception in the app's handling of changed files; restarting")
+            return False
+
+
+# The link of the worker whose app is loading in this context: an app factory finds it with
+# `current_link()` (None outside a reload worker).
+_LINK: contextvars.ContextVar[ReloadLink | None] = contextvars.ContextVar(
+    "aserve_reload_link", default=None
+)
+
+
+def current_link() -> ReloadLink | None:
+    """The reloader's link, when called while the app loads in a reload worker."""
+    return _LINK.get()
 
 
 class _LastErrors(logging.Handler):
@@ -62,6 +124,8 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
     config = Config(**message.config)
     configure(config.log_level)
     roots = [Path(p) for p in message.roots]
+    link = ReloadLink()
+    token = _LINK.set(link)
     try:
         loaded = load(message.app, factory=config.factory, interface=config.interface)
     except BaseException as exc:
@@ -74,6 +138,10 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
             )
         )
         return 1
+    finally:
+        _LINK.reset(token)
+    if (watch := link.message()) is not None:
+        channel.send(watch)
 
     errors = _LastErrors()
     logging.getLogger("aserve").addHandler(errors)
@@ -85,7 +153,7 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
 
     def on_ready() -> None:
         channel.send(Ready(tuple(third_party_modules(roots))))
-        obeying.add(asyncio.ensure_future(_obey(channel, server.request_stop)))
+        obeying.add(asyncio.ensure_future(_obey(channel, server.request_stop, link)))
 
     server.on_ready = on_ready
     code = server.run([listen])
@@ -101,13 +169,20 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
     return code
 
 
-async def _obey(channel: Channel[ToWorker, FromWorker], stop: Callable[[], None]) -> None:
-    """Stop the server when the supervisor says so or goes away."""
+async def _obey(
+    channel: Channel[ToWorker, FromWorker], stop: Callable[[], None], link: ReloadLink
+) -> None:
+    """Stop the server when the supervisor says so or goes away; let the app deal with
+    changed files when it asked to."""
     while True:
         match await channel.receive():
             case Stop() | None:
                 stop()
                 return
+            case Changed(paths):
+                # The app's handlers are synchronous code (Django's signal receivers).
+                handled = await asyncio.to_thread(link.handle, list(paths))
+                channel.send(Handled(all=handled))
 
 
 def third_party_modules(roots: list[Path]) -> list[str]:
