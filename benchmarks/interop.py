@@ -118,11 +118,14 @@ def cell_from(tally: Tally, seconds: float, log: list[str]) -> Cell:
 def describe(exc: BaseException) -> str:
     """An exception and its root cause in one line: clients wrap the socket error two or three
     times, and the innermost one says what the server did."""
-    root = exc
-    while (inner := root.__cause__ or root.__context__) is not None and inner is not root:
-        root = inner
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return f"no answer within {REQUEST_TIMEOUT:.0f} s ({type(exc).__name__})"
+    root = exc
+    for _ in range(10):  # a chain can loop back on itself
+        inner = root.__cause__ or root.__context__
+        if inner is None or inner is root:
+            break
+        root = inner
     text = f"{type(exc).__name__}"
     if root is not exc and str(root):
         text += f" ({type(root).__name__}: {root})"
@@ -584,7 +587,21 @@ def head_steps(head: Callable[[str], Answer], get: Callable[[str], Answer]) -> l
 
 def requests_session(target: Target, tally: Tally, requests: Any) -> None:
     session = requests.Session()
-    pool = session.get_adapter(target.url).poolmanager.connection_from_url(target.url)
+    # urllib3 reconnects a closed connection object in place, so its pool's num_connections
+    # does not move; connect() runs for every TCP connection.
+    connections = 0
+    urllib3 = importlib.import_module("urllib3")
+    plain = urllib3.connection.HTTPConnection
+
+    def connect(connection: Any) -> None:
+        nonlocal connections
+        connections += 1
+        plain.connect(connection)
+
+    counting = type("CountingConnection", (plain,), {"connect": connect})
+    pool = type("CountingPool", (urllib3.HTTPConnectionPool,), {"ConnectionCls": counting})
+    manager = session.get_adapter(target.url).poolmanager
+    manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "http": pool}
     timeout = (5, REQUEST_TIMEOUT)
 
     def answer(response: Any) -> Answer:
@@ -603,7 +620,7 @@ def requests_session(target: Target, tally: Tally, requests: Any) -> None:
 
     with session:
         steps = upload_steps(target, post, get) + head_steps(head, get)
-        drive(tally, steps, lambda: int(pool.num_connections))
+        drive(tally, steps, lambda: connections)
 
 
 def httpx_client(target: Target, tally: Tally, httpx: Any) -> None:
