@@ -442,7 +442,7 @@ def curl_chunked(target: Target, tally: Tally) -> None:
         label = f"PUT -T - {size_label(size)}"
         trace = curl(target, tally, label, ["-T", "-"], "/echo", source.read_bytes(), stdin=source)
         if waited_for_100(trace):
-            tally.fail(f"{label}: no 100 Continue, curl waited 1 s before sending")
+            tally.flag(f"{label}: no 100 Continue, curl waited 1 s before sending")
 
 
 def curl_upgrade(target: Target, tally: Tally) -> None:
@@ -461,7 +461,7 @@ def curl_expect(target: Target, tally: Tally) -> None:
         if "Expect: 100-continue" not in trace:
             tally.notes.append(f"{label}: curl did not send Expect: 100-continue")
         elif waited_for_100(trace):
-            tally.fail(f"{label}: no 100 Continue, curl waited 1 s before sending")
+            tally.flag(f"{label}: no 100 Continue, curl waited 1 s before sending")
 
 
 # -- Python clients --------------------------------------------------------------------------
@@ -514,7 +514,7 @@ class Reuse:
         self.connections = connections
         self.allowed = connections + 1
 
-    def note(self, tally: Tally) -> None:
+    def record(self, tally: Tally) -> None:
         tally.counts.update(connections=self.connections, not_kept=self.closes)
 
 
@@ -535,7 +535,7 @@ def drive(tally: Tally, steps: list[Step], connections: Callable[[], int]) -> No
         else:
             tally.passed()
         reuse.after(tally, step.label, connections(), answer.closing)
-    reuse.note(tally)
+    reuse.record(tally)
 
 
 def closing(version: int, connection: str) -> bool:
