@@ -29,7 +29,7 @@ from aserve.errors import AppLoadError, AppProtocolError, ClientDisconnected, Pr
 from aserve.loader import load
 from aserve.logs import access_line, access_logger, configure
 from aserve.signals import StopSignals
-from aserve.sockets import bind_socket, listening_url
+from aserve.sockets import bound, listening_url
 from aserve.types import Environ, WSGIApp
 
 if TYPE_CHECKING:
@@ -704,24 +704,24 @@ def serve_wsgiref(app: object, config: Config) -> int:
     loaded = load(app, factory=config.factory, interface=config.interface)
     if loaded.kind != "wsgi":
         raise AppLoadError(f"{loaded.name} is an ASGI app; --server wsgiref serves WSGI apps only")
-    sock = bind_socket(config)
-    server = ThreadingWSGIServer(sock, loaded.wsgi, config)
-    logger.info(
-        "aserve %s serving WSGI app %s with wsgiref on %s; quit with CONTROL-C",
-        __version__,
-        loaded.name,
-        listening_url(config, sock),
-    )
-    # Connection threads are daemons: leaving serve_forever() is the whole shutdown, so a
-    # second signal has nothing more to force.
-    signals = StopSignals(_stop, _stop, "stopping")
-    try:
-        with signals.installed():
-            server.serve_forever()
-    except _Stop:
-        logger.info("aserve (wsgiref) stopped")
-    finally:
-        server.server_close()
+    with bound(config) as sock:
+        server = ThreadingWSGIServer(sock, loaded.wsgi, config)
+        logger.info(
+            "aserve %s serving WSGI app %s with wsgiref on %s; quit with CONTROL-C",
+            __version__,
+            loaded.name,
+            listening_url(config, sock),
+        )
+        # Connection threads are daemons: leaving serve_forever() is the whole shutdown, so
+        # a second signal has nothing more to force.
+        signals = StopSignals(_stop, _stop, "stopping")
+        try:
+            with signals.installed():
+                server.serve_forever()
+        except _Stop:
+            logger.info("aserve (wsgiref) stopped")
+        finally:
+            server.server_close()
     return 0
 
 

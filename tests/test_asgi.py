@@ -418,7 +418,8 @@ def test_head_response_has_headers_but_no_body(serve: ServeFactory) -> None:
         after = client.response()
     assert sized.status == 200
     assert sized.header(b"content-length") == b"5"
-    assert unsized.header(b"transfer-encoding") is None
+    # The field a GET would get (RFC 9110 §9.3.2), though no chunk follows.
+    assert unsized.header(b"transfer-encoding") == b"chunked"
     # Nothing was written for the HEAD bodies: the next response follows the head directly.
     assert after.body == b"hello"
     assert client.buffered == b""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import select
 import signal
 import socket
 import threading
@@ -27,7 +26,15 @@ from aserve.logs import ACCESS
 from aserve.sockets import bind_socket
 from aserve.types import WSGIApp
 from tests.support.apps import echo_wsgi, wsgi_apps
-from tests.support.client import Client, connect, http_get, raw_exchange, refused
+from tests.support.client import (
+    Client,
+    closed_after,
+    connect,
+    http_get,
+    raw_exchange,
+    refused,
+    trickle,
+)
 from tests.support.http import Response
 from tests.support.logs import LogRecords
 from tests.support.polling import wait_until
@@ -203,26 +210,6 @@ def echoed(response: Response) -> tuple[dict[str, str], bytes]:
     return dict(line.split("=", 1) for line in lines), body
 
 
-def trickle(client: Client, data: bytes, interval: float) -> tuple[list[Response], float]:
-    """Send `data` a byte every `interval` until the server answers or closes: the responses
-    it then sends, and how long after the first byte its answer came."""
-    start = time.monotonic()
-    for byte in data:
-        client.sendall(bytes([byte]))
-        readable, _, _ = select.select([client.sock], [], [], interval)
-        if readable:
-            break
-    else:
-        raise AssertionError("the server let the whole trickle through")
-    return client.until_closed(), time.monotonic() - start
-
-
-def closed_after(client: Client) -> tuple[list[Response], float]:
-    start = time.monotonic()
-    responses = client.until_closed(truncated_ok=True)
-    return responses, time.monotonic() - start
-
-
 def assert_refusal(response: Response, status: int, reason: str) -> None:
     assert response.status == status
     assert response.header(b"content-type") == b"text/plain; charset=utf-8"
@@ -250,7 +237,7 @@ def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
     with fallback(timeout_keep_alive=0.2) as port, connect(port) as client:
         client.sendall(GET)
         assert client.response().keeps_alive
-        responses, elapsed = closed_after(client)
+        responses, elapsed = closed_after(client, truncated_ok=True)
     assert responses == []
     assert 0.15 < elapsed < 1.5, elapsed
 
@@ -261,7 +248,7 @@ def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
 def test_a_connection_that_sends_nothing_is_closed_silently(keep_alive: float, head: float) -> None:
     settings = {"timeout_keep_alive": keep_alive, "timeout_request_head": head}
     with fallback(**settings) as port, connect(port) as client:
-        responses, elapsed = closed_after(client)
+        responses, elapsed = closed_after(client, truncated_ok=True)
     assert responses == []
     assert 0.15 < elapsed < 1.5, elapsed
 
@@ -474,7 +461,7 @@ def test_unread_body_beyond_the_drain_limit_closes_and_says_so() -> None:
 def test_stalled_body_gets_408() -> None:
     with fallback(timeout_request_body=0.3) as port, connect(port) as client:
         client.sendall(request("POST /echo HTTP/1.1", "Content-Length: 10", body=b"abc"))
-        (response,), elapsed = closed_after(client)
+        (response,), elapsed = closed_after(client, truncated_ok=True)
     assert_refusal(response, 408, "request body not received in time")
     assert 0.25 < elapsed < 1.5, elapsed
 

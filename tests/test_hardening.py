@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import select
 import signal
 import socket
 import sys
@@ -22,8 +21,7 @@ import pytest
 from aserve.errors import ClientDisconnected
 from aserve.types import Message, Receive, Scope, Send
 from tests.support.apps import asgi_apps, wsgi_apps
-from tests.support.client import Client, connect, raw_exchange
-from tests.support.http import Response
+from tests.support.client import Client, closed_after, connect, raw_exchange, trickle
 from tests.support.logs import LogRecords
 from tests.support.polling import wait_until
 from tests.support.procs import ServerProcess
@@ -133,28 +131,6 @@ def wsgi_reader(seen: list[str]) -> Callable[[WSGIEnvironment, StartResponse], I
 
 
 # -- socket helpers --------------------------------------------------------------------------
-
-
-def trickle(client: Client, data: bytes, interval: float) -> tuple[list[Response], float]:
-    """Send `data` a byte every `interval` until the server answers or closes: the responses
-    it then sends, and how long after the first byte its answer came."""
-    start = time.monotonic()
-    for byte in data:
-        client.sendall(bytes([byte]))
-        readable, _, _ = select.select([client.sock], [], [], interval)
-        if readable:
-            break
-    else:
-        raise AssertionError("the server let the whole trickle through")
-    elapsed = time.monotonic() - start
-    return client.until_closed(), elapsed
-
-
-def closed_after(client: Client, *, truncated_ok: bool = False) -> tuple[list[Response], float]:
-    """The responses the server sends until it closes, and how long that took."""
-    start = time.monotonic()
-    responses = client.until_closed(truncated_ok=truncated_ok)
-    return responses, time.monotonic() - start
 
 
 GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"

@@ -356,7 +356,9 @@ def test_head_response_has_no_body(headers: Headers) -> None:
     conn = Connection(limits_with())
     feed(conn, b"HEAD /file HTTP/1.1\r\nHost: h\r\n\r\n")
     head = conn.response_head(200, headers, DEFAULTS)
-    expected = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    # With no length, the framing field a GET would get (RFC 9110 §9.3.2), and no chunk.
+    fields = headers or [(b"transfer-encoding", b"chunked")]
+    expected = b"".join(b"%s: %s\r\n" % pair for pair in fields)
     assert head == b"HTTP/1.1 200 OK\r\n" + expected + DEFAULTS + b"\r\n"
     assert conn.body_bytes(b"x" * 42) == b""
     assert conn.end_bytes() == b""

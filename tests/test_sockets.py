@@ -62,7 +62,9 @@ def test_a_stale_socket_file_is_replaced(tmp_path: Path) -> None:
         stop(server)
 
 
-@pytest.mark.parametrize("mode", [[], ["--reload"]], ids=["plain", "reload"])
+@pytest.mark.parametrize(
+    "mode", [[], ["--reload"], ["--server", "wsgiref"]], ids=["plain", "reload", "wsgiref"]
+)
 def test_the_socket_file_is_removed_on_exit(tmp_path: Path, mode: list[str]) -> None:
     path = str(tmp_path / "aserve.sock")
     with serving_on(path, *mode) as server:

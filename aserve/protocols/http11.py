@@ -241,11 +241,13 @@ def body_framing(
     fields = b""
     if not body:
         chunked = False
-    elif content_length is None and not chunked and not head:
+    elif content_length is None and not chunked:
         if http_version == "1.1":
+            # Also for HEAD: RFC 9110 §9.3.2 wants the fields a GET would get, and a HEAD
+            # response with no framing field makes some clients (Node's) drop the connection.
             chunked = True
             fields = b"transfer-encoding: chunked\r\n"
-        else:
+        elif not head:
             # HTTP/1.0 has no chunking: the end of the body is the end of the connection.
             keep_alive = False
     if keep_alive:

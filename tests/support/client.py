@@ -4,7 +4,9 @@ with the one response parser (tests.support.http)."""
 from __future__ import annotations
 
 import http.client
+import select
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -189,3 +191,24 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         sock.settimeout(10)
         sock.connect(self.unix_path)
         self.sock = sock
+
+
+def trickle(client: Client, data: bytes, interval: float) -> tuple[list[Response], float]:
+    """Send `data` a byte every `interval` until the server answers or closes: the responses
+    it then sends, and how long after the first byte its answer came."""
+    start = time.monotonic()
+    for byte in data:
+        client.sendall(bytes([byte]))
+        readable, _, _ = select.select([client.sock], [], [], interval)
+        if readable:
+            break
+    else:
+        raise AssertionError("the server let the whole trickle through")
+    return client.until_closed(), time.monotonic() - start
+
+
+def closed_after(client: Client, *, truncated_ok: bool = False) -> tuple[list[Response], float]:
+    """The responses the server sends until it closes, and how long that took."""
+    start = time.monotonic()
+    responses = client.until_closed(truncated_ok=truncated_ok)
+    return responses, time.monotonic() - start
