@@ -13,6 +13,7 @@ ServerKind = Literal["aserve", "wsgiref"]
 LifespanMode = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LoopKind = Literal["auto", "uvloop", "asyncio"]
+AccessLogStyle = Literal["aserve", "runserver"]
 
 
 def setting(
@@ -76,6 +77,11 @@ class Config:
         "", "Mount prefix: ASGI root_path and WSGI SCRIPT_NAME.", metavar="PATH"
     )
     access_log: bool = setting(True, "Log one line per response.")
+    access_log_style: AccessLogStyle = setting(
+        "aserve",
+        "aserve: lines on aserve.access; runserver: on django.server, as runserver logs them.",
+        cli=False,
+    )
     log_level: LogLevel = setting("info", "Logging threshold.")
     # A browser reuses a connection within seconds or not at all; 5 s is uvicorn's and Apache's
     # KeepAliveTimeout, and frees idle connections for the concurrency limit sooner than

@@ -79,6 +79,11 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, simple_server.WSGIServer)
         self.access_log = access_logger(config.access_log)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            # A client that left (a broken pipe, a reset) is no error of the server's.
+            logger.debug("Connection from %s ended: %s", client_address, error)
+            return
         logger.exception("Error on the connection from %s", client_address)
 
 
@@ -683,6 +688,11 @@ class WSGIRequestHandler(simple_server.WSGIRequestHandler):
         if log is not None:
             elapsed = (time.perf_counter() - self._started) * 1000.0
             log.info("%s", access_line(self.client, self.requestline, status, size, elapsed))
+
+    def finish(self) -> None:
+        # The last flush meets a client that already left (wrk stopping mid-pipeline).
+        with contextlib.suppress(ConnectionError):
+            super().finish()
 
     def _close(self) -> None:
         """After a refusal, or with request body unread, shut the sending side and read what

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from aserve.config import LogLevel
+from aserve.config import AccessLogStyle, LogLevel
 
 ACCESS = "aserve.access"
 _FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
@@ -73,10 +73,26 @@ class AccessLog:
         self._second = -1
         self._prefix = ""
 
-    @classmethod
-    def create(cls, enabled: bool, loop: asyncio.AbstractEventLoop) -> AccessLog | None:
+    @staticmethod
+    def create(
+        enabled: bool, loop: asyncio.AbstractEventLoop, style: AccessLogStyle = "aserve"
+    ) -> AccessLog | RunserverAccessLog | None:
+        """The access log the settings ask for; None when no line would be written."""
+        if style == "runserver":
+            return RunserverAccessLog() if enabled else None
         logger = access_logger(enabled)
-        return cls(logger, loop) if logger is not None else None
+        return AccessLog(logger, loop) if logger is not None else None
+
+    def log(
+        self,
+        client: str,
+        request_line: str,
+        status: int | str,
+        size: int | str,
+        ms: float,
+        note: str = "",
+    ) -> None:
+        self.write(access_line(client, request_line, status, size, ms, note))
 
     def write(self, line: str) -> None:
         if not self.direct:
@@ -96,6 +112,54 @@ class AccessLog:
             stream = sys.stderr
             stream.write("".join(lines))
             stream.flush()
+
+
+# English month names, as runserver's lines (http.server's log_date_time_string) have them
+# whatever the locale.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class RunserverAccessLog:
+    """Lines on Django's `django.server` logger as runserver logs them: its formatter adds
+    the time and colours by status, the level follows the status (5xx error, 4xx warning), and
+    a project's LOGGING may send them anywhere. The milliseconds are aserve's addition."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("django.server")
+
+    def log(
+        self,
+        client: str,
+        request_line: str,
+        status: int | str,
+        size: int | str,
+        ms: float,
+        note: str = "",
+    ) -> None:
+        code = status if isinstance(status, int) else 0
+        level = logging.ERROR if code >= 500 else logging.WARNING if code >= 400 else logging.INFO
+        if not self.logger.isEnabledFor(level):
+            return
+        now = time.localtime()
+        extra = {
+            "request": None,
+            "server_time": f"{now.tm_mday:02d}/{_MONTHS[now.tm_mon - 1]}/{now.tm_year:04d} "
+            f"{now.tm_hour:02d}:{now.tm_min:02d}:{now.tm_sec:02d}",
+            "status_code": code,
+        }
+        suffix = f" ({note})" if note else ""
+        self.logger.log(
+            level,
+            '"%s" %s %s %s',
+            request_line or "-",
+            status,
+            size,
+            f"{ms:.1f}ms{suffix}",
+            extra=extra,
+        )
+
+    def flush(self) -> None:
+        pass
 
 
 def _only_default_handler(logger: logging.Logger) -> bool:

@@ -8,6 +8,7 @@ import contextvars
 import logging
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -670,3 +671,19 @@ def test_access_log_has_refusals() -> None:
         assert wait_until(lambda: len(records.records) == 1)
     (line,) = records.at(logging.INFO)
     assert '- "POST /echo HTTP/1.1" 413 35 ' in line
+
+
+def test_a_client_that_leaves_mid_pipeline_is_no_traceback(
+    wsgiref_server: tuple[ServerProcess, int],
+) -> None:
+    # wrk stopping: requests pipelined, responses (64 KiB each) left unread, then a reset.
+    server, port = wsgiref_server
+    for _ in range(5):
+        with connect(port) as client:
+            client.sendall(b"GET /sleep/0 HTTP/1.1\r\nHost: t\r\n\r\n" * 50)
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert http_get(port, "/") == (200, b"hello")
+    server.send_signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert "Traceback" not in server.stderr
+    assert "Error on the connection" not in server.stderr

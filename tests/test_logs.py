@@ -91,7 +91,7 @@ def test_lines_of_one_iteration_are_one_write(clean_loggers: None) -> None:
     loop = asyncio.new_event_loop()
     try:
         log = AccessLog.create(True, loop)
-        assert log is not None
+        assert isinstance(log, AccessLog)
         assert log.direct
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("sys.stderr", Stream())

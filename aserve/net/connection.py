@@ -15,7 +15,7 @@ from typing import cast
 from aserve.errorpage import Page
 from aserve.errors import RequestBodyTooLarge
 from aserve.exchange import AppRunner, ConnectionInfo, Cycle, RequestBody
-from aserve.logs import AccessLog, access_line
+from aserve.logs import AccessLog, RunserverAccessLog
 from aserve.protocols.http11 import (
     Connection,
     Data,
@@ -96,7 +96,7 @@ class ServerState:
         keep_alive_timeout: float,
         head_timeout: float,
         body_timeout: float,
-        access_log: AccessLog | None,
+        access_log: AccessLog | RunserverAccessLog | None,
     ) -> None:
         self.loop = loop
         self.runner = runner
@@ -479,33 +479,28 @@ class HttpProtocol(asyncio.Protocol):
         if log is None:
             return
         request = cycle.request
-        log.write(
-            access_line(
-                self._client_text,
-                f"{request.method.decode('ascii', 'replace')} "
-                f"{request.target.decode('ascii', 'replace')} HTTP/{request.http_version}",
-                cycle.status,
-                self.conn.body_sent,
-                (time.perf_counter() - cycle.started_at) * 1000.0,
-                note,
-            )
+        log.log(
+            self._client_text,
+            f"{request.method.decode('ascii', 'replace')} "
+            f"{request.target.decode('ascii', 'replace')} HTTP/{request.http_version}",
+            cycle.status,
+            self.conn.body_sent,
+            (time.perf_counter() - cycle.started_at) * 1000.0,
+            note,
         )
 
     def _log_refused(self, failure: ProtocolFailure) -> None:
         """A request refused before any app saw it (a 400, 413, 414, 431 or 408)."""
         log = self.state.access_log
         if log is not None:
-            log.write(
-                access_line(
-                    self._client_text,
-                    failure.request_line,
-                    failure.status,
-                    self.conn.body_sent,
-                    (self.state.loop.time() - self._head_began) * 1000.0
-                    if self._head_began
-                    else 0.0,
-                    failure.reason,
-                )
+            began = self._head_began
+            log.log(
+                self._client_text,
+                failure.request_line,
+                failure.status,
+                self.conn.body_sent,
+                (self.state.loop.time() - began) * 1000.0 if began else 0.0,
+                failure.reason,
             )
 
     def _wake_drain_waiters(self) -> None:
