@@ -165,6 +165,10 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # The connection was in the backlog of a listening socket that closed under it: the
+        # kernel resets it, and a connect() that waits with a timeout can read that reset.
+        return True
     return False
 
 
