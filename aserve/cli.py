@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import types
-import typing
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from aserve import __version__
+from aserve.arguments import add_config_options
 from aserve.config import Config
 from aserve.errors import AserveError
 
@@ -27,17 +25,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"aserve: error: {message} (see aserve --help)\n")
 
 
-def _field_type(hint: Any) -> tuple[Any, tuple[str, ...] | None]:
-    """The scalar type of a setting and its allowed values (for Literal settings)."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if typing.get_origin(hint) is typing.Literal:
-        return str, typing.get_args(hint)
-    if typing.get_origin(hint) is list:
-        return typing.get_args(hint)[0], None
-    return hint, None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aserve",
@@ -45,28 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="The application, as module:attribute.")
-    hints = typing.get_type_hints(Config)
-    for field in dataclasses.fields(Config):
-        meta = field.metadata
-        if not meta.get("cli", True):
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        hint = hints[field.name]
-        kind, choices = _field_type(hint)
-        kwargs: dict[str, Any] = {"dest": field.name, "help": meta["help"]}
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["default"] = field.default
-        elif typing.get_origin(hint) is list:
-            # argparse's append copies its default before appending: [] is never shared.
-            kwargs.update(action="append", type=kind, default=[], metavar=meta["metavar"])
-            flag = flag.removesuffix("s")
-        else:
-            kwargs.update(type=kind, default=field.default, metavar=meta["metavar"])
-            if choices is not None:
-                kwargs["choices"] = choices
-                kwargs["metavar"] = None
-        parser.add_argument(flag, *meta["aliases"], **kwargs)
+    add_config_options(parser)
     parser.add_argument("--version", action="version", version=f"aserve {__version__}")
     return parser
 

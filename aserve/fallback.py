@@ -708,19 +708,20 @@ class WSGIRequestHandler(simple_server.WSGIRequestHandler):
                 pass
 
 
-def serve_wsgiref(app: object, config: Config) -> int:
-    """Serve `app` on the wsgiref server until SIGINT/SIGTERM; exit code 0."""
+def serve_wsgiref(app: object, config: Config, sock: socket.socket | None = None) -> int:
+    """Serve `app` on the wsgiref server until SIGINT/SIGTERM; exit code 0. `sock` listens
+    already (else one is bound from the config)."""
     configure(config.log_level)
     loaded = load(app, factory=config.factory, interface=config.interface)
     if loaded.kind != "wsgi":
         raise AppLoadError(f"{loaded.name} is an ASGI app; --server wsgiref serves WSGI apps only")
-    with bound(config) as sock:
-        server = ThreadingWSGIServer(sock, loaded.wsgi, config)
+    with contextlib.nullcontext(sock) if sock is not None else bound(config) as listening:
+        server = ThreadingWSGIServer(listening, loaded.wsgi, config)
         logger.info(
             "aserve %s serving WSGI app %s with wsgiref on %s; quit with CONTROL-C",
             __version__,
             loaded.name,
-            listening_url(config, sock),
+            listening_url(config, listening),
         )
         # Connection threads are daemons: leaving serve_forever() is the whole shutdown, so
         # a second signal has nothing more to force.

@@ -52,6 +52,8 @@ def load(target: object, *, factory: bool = False, interface: Interface = "auto"
             raise AppLoadError(f"{name} is not callable, so it cannot be an app factory")
         try:
             app = app()
+        except AppLoadError:
+            raise  # the factory said what went wrong itself
         except Exception as exc:
             raise AppLoadError(f"app factory {name} raised: {_summary(exc)}") from exc
     if not callable(app):
@@ -62,7 +64,7 @@ def load(target: object, *, factory: bool = False, interface: Interface = "auto"
             f"{name} is neither an ASGI nor a WSGI app (its signature is {_signature(app)}); "
             "pass --interface if detection is wrong"
         )
-    _import_what_django_defers(app)
+    import_what_django_defers(app)
     if kind == "asgi" and not _is_async_callable(app):
         # asgiref takes any sync callable for ASGI 2; a sync functools.wraps wrapper of an
         # ASGI 3 coroutine function returns the coroutine itself and must stay single.
@@ -84,7 +86,7 @@ def django_handler(app: object) -> object | None:
     return None
 
 
-def _import_what_django_defers(app: object) -> None:
+def import_what_django_defers(app: object) -> None:
     """Django imports the URLconf, and the views it names, at the first request: an error
     there would show only then, as a bare 500. Import it now, as runserver's system checks
     do, so that it is an import error of the app (and the reloader's error page shows it)."""

@@ -176,7 +176,7 @@ class Server:
     async def _serve(self, runner: AppRunner) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
-        access_log = AccessLog.create(config.access_log, loop)
+        access_log = AccessLog.create(config.access_log, loop, config.access_log_style)
         state = ServerState(
             loop,
             runner,
@@ -191,7 +191,9 @@ class Server:
         acceptors = [Acceptor(loop, sock, lambda: HttpProtocol(state)) for sock in self.sockets]
         date_timer = self._refresh_date(state, loop)
         assert self.loaded is not None
-        logger.info(
+        # Under runserver, its banner says where the server listens, once.
+        logger.log(
+            logging.DEBUG if config.access_log_style == "runserver" else logging.INFO,
             "aserve %s serving %s app %s on %s; quit with CONTROL-C",
             __version__,
             self.loaded.kind.upper(),

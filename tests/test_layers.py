@@ -31,6 +31,7 @@ LAYERS = {
     "aserve.protocols": "protocols",
     "aserve.logs": "logs",
     "aserve.config": "config",
+    "aserve.arguments": "arguments",
     "aserve.errors": "base",
     "aserve.errorpage": "base",
     "aserve.types": "base",
@@ -41,7 +42,7 @@ LAYERS = {
 # What each layer may import, besides itself. Data flows down this table; nothing imports a
 # layer above it.
 ALLOWED = {
-    "cli": {"package", "config", "base", "server", "reload", "fallback"},
+    "cli": {"package", "config", "base", "arguments", "server", "reload", "fallback"},
     "reload": {"package", "config", "base", "logs", "loader", "process", "sockets", "signals"}
     | {"server"},
     "fallback": {"package", "config", "base", "logs", "loader", "sockets", "signals"},
@@ -58,12 +59,13 @@ ALLOWED = {
     "protocols": {"base"},
     "logs": {"config"},
     "config": {"base"},
+    "arguments": {"config"},
     "base": set(),
     "package": {"config", "server"},
     "bench": {"package", "base", "loader", "bench"},
     # The Django plugin drives the server from manage.py; it never reaches into a connection.
     "django": {"package", "config", "base", "logs", "loader", "server", "reload", "fallback"}
-    | {"process", "sockets", "signals"},
+    | {"process", "sockets", "signals", "arguments"},
 }
 
 # Finer rules inside the table: the runners never import each other (only their factory,

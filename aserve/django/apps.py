@@ -9,3 +9,10 @@ class AserveConfig(AppConfig):
     name = "aserve.django"
     label = "aserve"
     verbose_name = "aserve"
+
+    def ready(self) -> None:
+        from django.core import checks
+
+        from aserve.django.checks import check_installed_apps_order
+
+        checks.register(check_installed_apps_order)

@@ -299,6 +299,10 @@ class _Changes:
                     changes = future.result()
                 except StopAsyncIteration:
                     continue  # stopped
+                except OSError as exc:
+                    # A root gone since (a directory removed): the other watches go on.
+                    logger.warning("Watching stopped for part of the tree: %s", exc)
+                    continue
                 self._pending[asyncio.ensure_future(anext(feed))] = feed
                 batch += [path for _, path in changes]
             if batch:
@@ -308,9 +312,16 @@ class _Changes:
 
 class Supervisor:
     def __init__(
-        self, app: str, config: Config, on_serving: Callable[[], None] | None = None
+        self,
+        app: str,
+        config: Config,
+        on_serving: Callable[[], None] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.app = app
+        # A listening socket bound by the caller (runserver binds itself, for its own
+        # messages); else the supervisor binds the one the settings ask for.
+        self._given = sock
         # Called once, when the first worker (or the error page) serves: the Django command
         # prints runserver's banner then.
         self._on_serving = on_serving
@@ -333,7 +344,7 @@ class Supervisor:
         for root in self.roots:
             if not root.is_dir():
                 raise ConfigError(f"--reload-dir {root} is not a directory")
-        with bound(self.config) as sock:
+        with contextlib.nullcontext(self._given) if self._given else bound(self.config) as sock:
             sock.set_inheritable(True)
             if self.config.uds is None and self.config.fd is None and self.config.port == 0:
                 # Log (and tell the workers) the port the kernel picked, not 0.
@@ -432,9 +443,13 @@ class Supervisor:
         dirs = [
             (Path(path).resolve(), glob)
             for path, glob in zip(watch.dirs, watch.globs, strict=True)
-            if not _installed(path)
+            if not _installed(path) and os.path.isdir(path)
         ]
-        files = [Path(path).resolve() for path in watch.files if not _installed(path)]
+        files = [
+            Path(path).resolve()
+            for path in watch.files
+            if not _installed(path) and os.path.isdir(os.path.dirname(path))
+        ]
         self.filter.add(dirs, files)
         added = self._changes.add_roots([d for d, _ in dirs] + [f.parent for f in files])
         if added:

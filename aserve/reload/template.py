@@ -61,7 +61,10 @@ def template_main(control: Channel[ToTemplate, FromTemplate], listen_fd: int) ->
     gc.collect()  # the imports' garbage, before gc.freeze() below keeps it for good
     # Forking with threads alive copies their locks in whatever state they are: say so.
     threads = tuple(t.name for t in threading.enumerate() if t is not threading.main_thread())
-    control.send(TemplateReady(threads))
+    try:
+        control.send(TemplateReady(threads))
+    except OSError:
+        return 0  # the supervisor went away while this template preloaded
     while True:
         readable, _, _ = select.select([control], [], [], REAP_INTERVAL)
         _reap(control)

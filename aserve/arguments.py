@@ -1,0 +1,55 @@
+"""Command-line options generated from `Config`'s fields, one per setting with its help and
+default: the `aserve` command's, and those runserver on aserve adds to Django's."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Collection
+from typing import Any
+
+from aserve.config import Config
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, skip: Collection[str] = ()
+) -> list[str]:
+    """An option for each CLI setting not in `skip`; the names of the settings added."""
+    hints = typing.get_type_hints(Config)
+    added = []
+    for field in dataclasses.fields(Config):
+        meta = field.metadata
+        if not meta.get("cli", True) or field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        kind, choices = _field_type(hint)
+        kwargs: dict[str, Any] = {"dest": field.name, "help": meta["help"]}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = field.default
+        elif typing.get_origin(hint) is list:
+            # argparse's append copies its default before appending: [] is never shared.
+            kwargs.update(action="append", type=kind, default=[], metavar=meta["metavar"])
+            flag = flag.removesuffix("s")
+        else:
+            kwargs.update(type=kind, default=field.default, metavar=meta["metavar"])
+            if choices is not None:
+                kwargs["choices"] = choices
+                kwargs["metavar"] = None
+        parser.add_argument(flag, *meta["aliases"], **kwargs)
+        added.append(field.name)
+    return added
+
+
+def _field_type(hint: Any) -> tuple[Any, tuple[str, ...] | None]:
+    """The scalar type of a setting and its allowed values (for Literal settings)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return str, typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], None
+    return hint, None
