@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run run-wsgi run-asgi test lint typecheck pytest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The example Django site on aserve through `manage.py runserver` (the plugin is listed in its
+# INSTALLED_APPS); `make run-wsgi` and `make run-asgi` serve the plain hello-world examples.
 run: $(STAMP)
+	cd examples/djangoproject && ../../$(BIN)/python manage.py migrate --noinput -v 0 \
+		&& ../../$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+run-wsgi: $(STAMP)
 	cd examples && ../$(BIN)/aserve hello_wsgi:app --reload --host 127.0.0.1 --port 8000
+
+run-asgi: $(STAMP)
+	cd examples && ../$(BIN)/aserve hello_asgi:app --reload --host 127.0.0.1 --port 8000
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -38,18 +38,22 @@ class ServerProcess:
         pass_fds: Sequence[int] = (),
         cwd: Path = ROOT,
         env: Mapping[str, str] | None = None,
+        with_stdout: bool = False,
     ) -> None:
+        """`with_stdout` reads stdout too, in the same stream of lines (runserver prints its
+        banner there)."""
         argv = [*(command or [sys.executable, "-m", "aserve"]), *args]
         self.proc = subprocess.Popen(
             argv,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE if with_stdout else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if with_stdout else subprocess.PIPE,
             text=True,
             pass_fds=pass_fds,
         )
+        self._output = self.proc.stdout if with_stdout else self.proc.stderr
         self.lines: list[str] = []
         self._eof = False
         # Reentrant: wait_for holds it while matches() takes it again.
@@ -58,8 +62,8 @@ class ServerProcess:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        assert self._output is not None
+        for line in self._output:
             with self._changed:
                 self.lines.append(line)
                 self._changed.notify_all()
@@ -113,8 +117,8 @@ class ServerProcess:
             self.proc.kill()
         self.proc.wait()
         self._reader.join(5.0)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        if self._output is not None:
+            self._output.close()
 
     def __enter__(self) -> Self:
         return self
