@@ -694,22 +694,14 @@ def test_many_pipelined_upgrade_requests_in_one_feed() -> None:
 @pytest.mark.parametrize(
     "line",
     [
-        pytest.param(
-            line,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: llhttp also parses RTSP/x.x and ICE/x.x request lines and "
-                "http11 only checks get_http_version(), so they are served as HTTP/1.x",
-            ),
-        )
-        for line in (
-            b"GET / RTSP/1.0",
-            b"GET / RTSP/1.1",
-            b"DESCRIBE / RTSP/1.0",
-            b"SOURCE / ICE/1.0",
-        )
-    ]
-    + [b"GET / ICE/1.0", b"GET / HTTPS/1.1", b"GET / HTTP/1.1 "],
+        b"GET / RTSP/1.0",
+        b"GET / RTSP/1.1",
+        b"DESCRIBE / RTSP/1.0",
+        b"SOURCE / ICE/1.0",
+        b"GET / ICE/1.0",
+        b"GET / HTTPS/1.1",
+        b"GET / HTTP/1.1 ",
+    ],
 )
 def test_only_http_protocol_names_are_accepted(line: bytes) -> None:
     events = events_of(line + b"\r\nHost: a\r\n\r\n")
@@ -724,11 +716,6 @@ def test_transfer_encoding_with_trailing_tab(ows: bytes) -> None:
     assert kinds in ([Request, Data, EndOfMessage], [ProtocolFailure]), events
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (issue 5 asks for a bound): a chunk extension is never limited; llhttp does "
-    "not buffer it, so memory is safe, but a body can trickle extension bytes forever",
-)
 def test_chunk_extension_is_bounded() -> None:
     head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     conn = Connection(limits_with())

@@ -1188,3 +1188,39 @@ def test_no_head_in_progress_once_the_connection_failed() -> None:
     conn.receive_data(b"GET / HTTP/1.1\r\nBad Name: x\r\n")
     assert summary(pull(conn)) == [("failure", 400, True)]
     assert not conn.head_in_progress
+
+
+# -- protocols llhttp takes that are not HTTP, and chunk-size lines ------------------------------
+
+
+@pytest.mark.parametrize("line", [b"GET / RTSP/1.0", b"SOURCE / ICE/1.0"])
+def test_a_non_http_request_line_is_refused_however_it_arrives(line: bytes) -> None:
+    raw = line + b"\r\nHost: h\r\n\r\n"
+    conn = Connection(limits_with())
+    events: list[Event] = []
+    for byte in raw:
+        events += feed(conn, bytes([byte]))
+    assert summary(events) == [("failure", 400, True)]
+
+
+def test_an_http_request_line_split_into_single_bytes_is_accepted() -> None:
+    raw = b"GET /a/b?c HTTP/1.1\r\nHost: h\r\nX-Long: " + b"v" * 3000 + b"\r\n\r\n"
+    conn = Connection(limits_with())
+    events: list[Event] = []
+    for byte in raw:
+        events += feed(conn, bytes([byte]))
+    assert only_request(events).target == b"/a/b?c"
+
+
+@pytest.mark.parametrize(("extension", "refused"), [(3000, False), (9000, True)])
+def test_a_chunk_size_line_is_bounded(extension: int, refused: bool) -> None:
+    conn = Connection(limits_with())
+    feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3;x=")
+    events: list[Event] = []
+    for _ in range(extension // 1000):
+        events += feed(conn, b"y" * 1000)
+    events += feed(conn, b"\r\nabc\r\n0\r\n\r\n")
+    if refused:
+        assert failure(events).status == 400
+    else:
+        assert summary(events) == [("data", b"abc"), ("end",)]

@@ -129,6 +129,11 @@ _PHRASES = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
 # slices, parsing stops soon after the pipeline is full (see `_parsing_waits`), the rest of
 # the read waiting in `_held`.
 _SLICE = 2048
+# The protocols besides HTTP that llhttp parses request lines of (see `_check_head`).
+_OTHER_PROTOCOL = re.compile(rb" (?:RTSP|ICE)/")
+# The longest chunk-size line, extensions included (RFC 9112 §7.1.1): llhttp does not buffer
+# extensions, but a body could trickle them forever without a bound; 4 KiB is Node's.
+CHUNK_LINE_MAX = 4096
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _PHRASES.items()}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
@@ -188,11 +193,15 @@ class _Message:
         "headers",
         "host_count",
         "length",
+        "raw",
         "unsupported_coding",
         "url",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, first_feed: bytes) -> None:
+        # The bytes the head arrived in (the first feed may also hold the end of the message
+        # before): where its request line is checked (see `on_headers_complete`).
+        self.raw = [first_feed]
         self.url = b""
         self.headers: Headers = []
         self.fields_size = 0
@@ -348,6 +357,37 @@ def _special_field(
     return framing.chunked
 
 
+def _check_head(message: _Message, method: bytes, version: str, upgrade: bool) -> None:
+    """Refuse a head llhttp accepted that HTTP/1.1 does not (raises ProtocolError)."""
+    if version not in ("1.1", "1.0"):
+        raise ProtocolError(f"unsupported HTTP version {version}", 400)
+    # llhttp also takes RTSP/x.x and ICE/x.x request lines, and reports their version as an
+    # HTTP one: only the bytes tell the protocol apart (llhttp allows several spaces).
+    raw = message.raw[0] if len(message.raw) == 1 else b"".join(message.raw)
+    if _OTHER_PROTOCOL.search(raw) is not None and re.search(
+        re.escape(message.url) + rb" +(?:RTSP|ICE)/", raw
+    ):
+        raise ProtocolError("not an HTTP/1.x request line", 400)
+    # RFC 9112 §3.2: a 1.1 request without Host, and any request with several, gets 400.
+    if message.host_count > 1 or (message.host_count == 0 and version == "1.1"):
+        raise ProtocolError("missing or duplicate Host header", 400)
+    # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty (§6.3: 400).
+    if version == "1.0" and any(name == b"transfer-encoding" for name, _ in message.headers):
+        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", 400)
+    # RFC 9112 §3.2.4: the asterisk-form is only for a server-wide OPTIONS.
+    if message.url == b"*" and method != b"OPTIONS":
+        raise ProtocolError("asterisk-form target outside OPTIONS", 400)
+    if message.unsupported_coding is not None:
+        # Checked once the head is complete, so that llhttp's 400 for Transfer-Encoding beside
+        # Content-Length comes first. llhttp refuses codings after chunked; one before it
+        # (gzip, chunked) it passes on, and aserve decodes none (RFC 9112 §6.1: 501).
+        raise ProtocolError(f"unsupported Transfer-Encoding {message.unsupported_coding!r}", 501)
+    if upgrade and message.has_body and method == b"CONNECT":
+        # RFC 9110 §9.3.6: a CONNECT request has no content, and llhttp would take what
+        # follows the head for the tunnel's bytes.
+        raise ProtocolError("request body with CONNECT", 400)
+
+
 class Connection:
     """One server-side HTTP/1.1 connection: a request parser and a response serializer.
 
@@ -365,7 +405,13 @@ class Connection:
         self._broken = False
         # Receiving: where the parser is, and the message being parsed.
         self._part = _BETWEEN
-        self._message = _Message()
+        self._message = _Message(b"")
+        # What is being fed to httptools (a callback learns where its message began).
+        self._feeding = b""
+        # While a chunk-size line is under way: the bytes fed for it (see `CHUNK_LINE_MAX`).
+        self._in_chunk_line = False
+        self._fresh_chunk_line = False
+        self._chunk_line_bytes = 0
         # Bytes fed since the current head (or trailer section) began, and whether the feed
         # that began it is still to be counted (see `_check_fed`).
         self._head_bytes = 0
@@ -406,6 +452,14 @@ class Connection:
         if held:
             data = held + data
             self._held = b""
+        if self._broken:
+            return  # nothing after a failure is parsed
+        if len(data) <= _SLICE and not self._queued and self._upgrade is None:
+            # The common read: one request or part of a body, nothing waiting to be parsed.
+            unparsed = self._feed(data)
+            if unparsed:
+                self._parse(unparsed)
+            return
         self._parse(data)
 
     def _parsing_waits(self) -> bool:
@@ -439,6 +493,9 @@ class Connection:
 
     def _feed(self, data: bytes) -> bytes:
         """Give `data` to httptools; what it did not parse (after an upgrade request)."""
+        self._feeding = data
+        if self._part is _HEAD:
+            self._message.raw.append(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -497,6 +554,14 @@ class Connection:
                 self._head_bytes += len(data)
                 if self._head_bytes > self.limits.request_head + self.limits.request_field_size:
                     self._fail_head_too_large()
+        elif self._in_chunk_line:
+            # Likewise for a chunk-size line, skipping the feed that began it.
+            if self._fresh_chunk_line:
+                self._fresh_chunk_line = False
+            else:
+                self._chunk_line_bytes += len(data)
+                if self._chunk_line_bytes > CHUNK_LINE_MAX:
+                    self._fail(400, "chunk size line too long")
 
     @property
     def head_in_progress(self) -> bool:
@@ -567,7 +632,7 @@ class Connection:
         if self._silent:
             return
         self._part = _HEAD
-        self._message = _Message()
+        self._message = _Message(self._feeding)
         self._fresh_head = True
         self._head_bytes = 0
 
@@ -625,30 +690,9 @@ class Connection:
         message = self._message
         parser = self._parser
         version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise ProtocolError(f"unsupported HTTP version {version}", 400)
-        # RFC 9112 §3.2: a 1.1 request without Host, and any request with several, gets 400.
-        if message.host_count > 1 or (message.host_count == 0 and version == "1.1"):
-            raise ProtocolError("missing or duplicate Host header", 400)
-        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty (§6.3: 400).
-        if version == "1.0" and any(name == b"transfer-encoding" for name, _ in message.headers):
-            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", 400)
-        # RFC 9112 §3.2.4: the asterisk-form is only for a server-wide OPTIONS.
-        if message.url == b"*" and parser.get_method() != b"OPTIONS":
-            raise ProtocolError("asterisk-form target outside OPTIONS", 400)
-        if message.unsupported_coding is not None:
-            # Checked once the head is complete, so that llhttp's 400 for Transfer-Encoding
-            # beside Content-Length comes first. llhttp refuses codings after chunked; one before
-            # it (gzip, chunked) it passes on, and aserve decodes none (RFC 9112 §6.1: 501).
-            raise ProtocolError(
-                f"unsupported Transfer-Encoding {message.unsupported_coding!r}", 501
-            )
         method = parser.get_method()
         upgrade = parser.should_upgrade()
-        if upgrade and message.has_body and method == b"CONNECT":
-            # RFC 9110 §9.3.6: a CONNECT request has no content, and llhttp would take what
-            # follows the head for the tunnel's bytes.
-            raise ProtocolError("request body with CONNECT", 400)
+        _check_head(message, method, version, upgrade)
         if message.declared_length:
             # llhttp has already checked that it is 1*DIGIT.
             message.length = int(message.declared_length)
@@ -664,6 +708,8 @@ class Connection:
             parser.should_keep_alive(),
             message.expect and version == "1.1",
         )
+        if message.has_body and message.length is None:
+            self._start_chunk_line()
         if upgrade and message.has_body:
             self._body_after_upgrade = True  # served as plain HTTP (see _after_upgrade)
         elif upgrade:
@@ -681,9 +727,16 @@ class Connection:
         self._part = _TRAILERS
         self._fresh_head = True
         self._head_bytes = 0
+        self._in_chunk_line = False
 
     def on_chunk_complete(self) -> None:
         self._part = _BODY
+        self._start_chunk_line()
+
+    def _start_chunk_line(self) -> None:
+        self._in_chunk_line = True
+        self._fresh_chunk_line = True
+        self._chunk_line_bytes = 0
 
     def on_body(self, body: bytes) -> None:
         self._part = _BODY
@@ -705,6 +758,7 @@ class Connection:
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
+        self._in_chunk_line = False
         if self._body_after_upgrade:
             return  # llhttp's end of an upgrade request at its head: its body is still to come
         # Bytes that follow before the next message begins count towards its head; the feed
@@ -770,7 +824,7 @@ class Connection:
             # The announced body may still come: `start_next_cycle` will close, so say so now
             # (RFC 9110 §10.1.1).
             keep_alive = False
-        elif keep_alive and self._more_body_than_drained():
+        elif keep_alive and not self._request_done and self._more_body_than_drained():
             # Never promise a connection that the close after an undrained body would break.
             keep_alive = False
         body, chunked, length, keep_alive, fields = body_framing(

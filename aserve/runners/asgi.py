@@ -196,27 +196,26 @@ class _HTTPCycle:
         return {"type": "http.request", "body": data, "more_body": more}
 
     async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.body":
-            await self._send_body(message)
-        elif kind == "http.response.start":
-            self._send_start(message)
-        else:
-            raise AppProtocolError(f"unexpected ASGI message type {kind!r}")
-
-    async def _send_body(self, message: Message) -> None:
+        # The body, the message every response sends at least once, is handled here without
+        # a further call; the start and anything else below.
+        if message["type"] != "http.response.body":
+            self._send_other(message)
+            return
         cycle = self.cycle
-        if not self.started:
-            raise AppProtocolError("http.response.body sent before http.response.start")
-        if self.complete:
-            raise AppProtocolError("http.response.body sent after the response ended")
-        if cycle.disconnected or cycle.closing:
-            # ASGI: send() raises an OSError once the client is gone, so that a producer stops
-            # instead of holding the loop (the transport closes on a reset at once, before the
-            # loop hears of the loss).
+        if not self.started or self.complete:
+            raise AppProtocolError(
+                "http.response.body sent "
+                + ("after the response ended" if self.started else "before http.response.start")
+            )
+        if cycle.disconnected:
             raise ClientDisconnected("client disconnected")
         data = message.get("body", b"")
         if message.get("more_body", False):
+            if cycle.closing:
+                # ASGI: send() raises an OSError once the client is gone, so that a producer
+                # stops instead of holding the loop (the transport closes on a reset at once,
+                # before the loop hears of the loss).
+                raise ClientDisconnected("client disconnected")
             cycle.send_body(data)
             if cycle.write_paused:
                 await self._drain()
@@ -229,11 +228,14 @@ class _HTTPCycle:
             cycle.send_end(data)
             cycle.body.wake()
 
-    def _send_start(self, message: Message) -> None:
+    def _send_other(self, message: Message) -> None:
+        kind = message["type"]
+        if kind != "http.response.start":
+            raise AppProtocolError(f"unexpected ASGI message type {kind!r}")
         cycle = self.cycle
         if self.started:
             raise AppProtocolError("http.response.start sent twice")
-        if cycle.disconnected or cycle.closing:
+        if cycle.disconnected:
             raise ClientDisconnected("client disconnected")
         headers: Headers = message.get("headers", [])
         try:
