@@ -33,8 +33,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# -rs prints why each skipped test skipped: a machine without Chromium, say, sees that the
+# browser test did not run and what to install for it.
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs
 
 test: lint typecheck pytest
 
