@@ -97,7 +97,7 @@ def prepare(options: Options) -> object:
     if options.static:
         from aserve.django.static import with_static_files
 
-        handler = with_static_files(handler)
+        handler = with_static_files(handler, options.interface)
     return handler
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import IO, Any
+from typing import IO, Any, Literal, cast
 
 from django.contrib.staticfiles.handlers import (
     ASGIStaticFilesHandler,
@@ -22,14 +22,13 @@ from django.http.response import HttpResponseBase
 CHUNK = 65536
 
 
-def with_static_files(handler: object) -> object:
-    """`handler` (Django's WSGI or ASGI handler) behind the static-files handler."""
-    if isinstance(handler, ASGIHandler):
-        return StreamingASGIStaticFilesHandler(handler)
-    if isinstance(handler, WSGIHandler):
-        # Its FileResponse goes out through wsgi.file_wrapper: aserve's WSGI runner streams it.
-        return StaticFilesHandler(handler)
-    raise TypeError(f"not one of Django's handlers: {handler!r}")
+def with_static_files(handler: object, interface: Literal["asgi", "wsgi"]) -> object:
+    """`handler` behind the static-files handler: Django's own, or any ASGI app that
+    ASGI_APPLICATION names (a Channels router, say), whose other paths go to it untouched."""
+    if interface == "asgi":
+        return StreamingASGIStaticFilesHandler(cast(ASGIHandler, handler))
+    # Its FileResponse goes out through wsgi.file_wrapper: aserve's WSGI runner streams it.
+    return StaticFilesHandler(cast(WSGIHandler, handler))
 
 
 class StreamingASGIStaticFilesHandler(ASGIStaticFilesHandler):
