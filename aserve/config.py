@@ -42,7 +42,7 @@ _NON_NEGATIVE = (
     "limit_pipeline",
     "limit_drain",
 )
-_POSITIVE = ("timeout_request_head", "timeout_request_body")
+_POSITIVE = ("timeout_request_head", "timeout_request_body", "timeout_worker_start")
 _AT_LEAST_ONE = (
     "backlog",
     "limit_request_line",
@@ -192,6 +192,14 @@ class Config:
         "app set the collector up itself. Only when aserve runs on the main thread.",
     )
     reload: bool = setting(False, "Restart the worker when files change (development).")
+    # Long enough for the slowest honest start (a large Django project's imports and checks take
+    # seconds); an import that hangs (a loop, a network call) is then shown with its stack.
+    timeout_worker_start: float = setting(
+        60.0,
+        "Under --reload, a worker not serving this many seconds after it was started is "
+        "stopped, and the error page shows where it was.",
+        metavar="SECONDS",
+    )
     reload_dirs: list[str] = setting(
         [], "Watch this directory (repeatable; default: current directory).", metavar="DIR"
     )

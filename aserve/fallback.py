@@ -26,7 +26,7 @@ from wsgiref.headers import Headers
 from aserve import __version__
 from aserve.config import Config
 from aserve.errors import AppLoadError, AppProtocolError, ClientDisconnected, ProtocolError
-from aserve.loader import load
+from aserve.loader import LoadedApp, load
 from aserve.logs import access_line, access_logger, configure
 from aserve.signals import StopSignals
 from aserve.sockets import bound, listening_url
@@ -708,31 +708,52 @@ class WSGIRequestHandler(simple_server.WSGIRequestHandler):
                 pass
 
 
+class WSGIRefServer:
+    """The wsgiref mode on a listening socket: `serve()` blocks until `stop()` is called from
+    another thread (a reload worker's) or a signal's exception leaves it."""
+
+    def __init__(self, loaded: LoadedApp, config: Config, sock: socket.socket) -> None:
+        if loaded.kind != "wsgi":
+            raise AppLoadError(
+                f"{loaded.name} is an ASGI app; --server wsgiref serves WSGI apps only"
+            )
+        self.loaded = loaded
+        self.config = config
+        self.sock = sock
+        self._server = ThreadingWSGIServer(sock, loaded.wsgi, config)
+
+    def serve(self, announce: bool = True) -> None:
+        logger.log(
+            logging.INFO if announce else logging.DEBUG,
+            "aserve %s serving WSGI app %s with wsgiref on %s; quit with CONTROL-C",
+            __version__,
+            self.loaded.name,
+            listening_url(self.config, self.sock),
+        )
+        try:
+            self._server.serve_forever()
+        finally:
+            self._server.server_close()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
 def serve_wsgiref(app: object, config: Config, sock: socket.socket | None = None) -> int:
     """Serve `app` on the wsgiref server until SIGINT/SIGTERM; exit code 0. `sock` listens
     already (else one is bound from the config)."""
     configure(config.log_level)
     loaded = load(app, factory=config.factory, interface=config.interface)
-    if loaded.kind != "wsgi":
-        raise AppLoadError(f"{loaded.name} is an ASGI app; --server wsgiref serves WSGI apps only")
     with contextlib.nullcontext(sock) if sock is not None else bound(config) as listening:
-        server = ThreadingWSGIServer(listening, loaded.wsgi, config)
-        logger.info(
-            "aserve %s serving WSGI app %s with wsgiref on %s; quit with CONTROL-C",
-            __version__,
-            loaded.name,
-            listening_url(config, listening),
-        )
+        server = WSGIRefServer(loaded, config, listening)
         # Connection threads are daemons: leaving serve_forever() is the whole shutdown, so
         # a second signal has nothing more to force.
         signals = StopSignals(_stop, _stop, "stopping")
         try:
             with signals.installed():
-                server.serve_forever()
+                server.serve()
         except _Stop:
             logger.info("aserve (wsgiref) stopped")
-        finally:
-            server.server_close()
     return 0
 
 

@@ -61,6 +61,10 @@ class Server:
         self.started = threading.Event()
         # Called on the loop once the sockets accept (the reload worker reports readiness).
         self.on_ready: Callable[[], None] | None = None
+        # Whether it logs (at INFO) where it serves and that it stopped: a reload worker leaves
+        # both to the supervisor, but for the first worker's line saying where it serves.
+        self.log_serving = True
+        self.log_stopped = True
         self._loop: asyncio.AbstractEventLoop | None = None
         # asyncio.Event binds to a loop only when first awaited (Python 3.10+).
         self._exit = asyncio.Event()
@@ -170,7 +174,7 @@ class Server:
                 await self._serve(runner)
             finally:
                 await runner.shutdown(0.0 if self._force else config.timeout_graceful_shutdown)
-            logger.info("aserve stopped")
+            logger.log(logging.INFO if self.log_stopped else logging.DEBUG, "aserve stopped")
             return EXIT_OK
 
     async def _serve(self, runner: AppRunner) -> None:
@@ -192,8 +196,9 @@ class Server:
         date_timer = self._refresh_date(state, loop)
         assert self.loaded is not None
         # Under runserver, its banner says where the server listens, once.
+        quiet = config.access_log_style == "runserver" or not self.log_serving
         logger.log(
-            logging.DEBUG if config.access_log_style == "runserver" else logging.INFO,
+            logging.DEBUG if quiet else logging.INFO,
             "aserve %s serving %s app %s on %s; quit with CONTROL-C",
             __version__,
             self.loaded.kind.upper(),

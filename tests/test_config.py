@@ -47,6 +47,7 @@ INVALID: list[tuple[dict[str, object], str]] = [
     ({"timeout_request_head": 0.0}, "--timeout-request-head must be more than 0"),
     ({"timeout_request_head": math.nan}, "--timeout-request-head must be more than 0"),
     ({"timeout_request_body": 0.0}, "--timeout-request-body must be more than 0"),
+    ({"timeout_worker_start": 0.0}, "--timeout-worker-start must be more than 0"),
     ({"limit_request_body": -1}, "--limit-request-body cannot be negative"),
     ({"limit_concurrency": -1}, "--limit-concurrency cannot be negative"),
     ({"limit_pipeline": -1}, "--limit-pipeline cannot be negative"),

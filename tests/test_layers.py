@@ -44,7 +44,7 @@ LAYERS = {
 ALLOWED = {
     "cli": {"package", "config", "base", "arguments", "server", "reload", "fallback"},
     "reload": {"package", "config", "base", "logs", "loader", "process", "sockets", "signals"}
-    | {"server"},
+    | {"server", "fallback"},
     "fallback": {"package", "config", "base", "logs", "loader", "sockets", "signals"},
     "server": {"package", "config", "base", "logs", "loader", "process", "sockets", "signals"}
     | {"exchange", "net", "runners", "protocols"},

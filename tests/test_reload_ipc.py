@@ -32,6 +32,7 @@ from aserve.reload.ipc import (
     Hello,
     IPCError,
     Link,
+    Modules,
     Preload,
     Ready,
     Stop,
@@ -43,7 +44,7 @@ from aserve.reload.ipc import (
     inherit_channel,
 )
 
-FORK = Fork(app="app:app", config={"port": 8000, "reload_dirs": ["."]}, roots=("/srv/site",))
+FORK = Fork(app="app:app", config={"port": 8000, "reload_dirs": ["."]}, announce=True)
 TO_TEMPLATE: list[ipc.ToTemplate] = [Preload(("django", "uvloop")), Preload(()), FORK]
 FROM_TEMPLATE: list[ipc.FromTemplate] = [TemplateReady(("pydevd.Reader",)), Exited(4242, -9)]
 TO_WORKER: list[ipc.ToWorker] = [Stop(), Changed(("/srv/site/templates/a.html",)), Changed(())]
@@ -55,6 +56,7 @@ FROM_WORKER: list[ipc.FromWorker] = [
     Watch(dirs=(), globs=(), files=(), changes=False),
     Handled(all=True),
     Handled(all=False),
+    Modules(modules=("django", "rest_framework")),
 ]
 MESSAGES: list[ipc.Message] = [*TO_TEMPLATE, *FROM_TEMPLATE, *TO_WORKER, *FROM_WORKER]
 
@@ -70,7 +72,7 @@ def test_encode_decode_round_trip(message: ipc.Message) -> None:
 
 def test_config_travels_as_a_dict_the_worker_rebuilds() -> None:
     config = Config(port=0, reload_dirs=["src", "lib"], reload_excludes=["static/*"])
-    fork = Fork(app="site.wsgi:application", config=dataclasses.asdict(config), roots=())
+    fork = Fork(app="site.wsgi:application", config=dataclasses.asdict(config), announce=False)
     received = decode(encode(fork))
     assert isinstance(received, Fork)
     assert Config(**received.config) == config
@@ -210,7 +212,10 @@ def test_a_message_at_the_wrong_end_is_refused() -> None:
         (b'{"type": "Hello", "pid": 1.0}', "field 'pid': expected int, got float"),
         (b'{"type": "Ready", "modules": "django"}', "field 'modules': expected a list of str"),
         (b'{"type": "Ready", "modules": ["a", 1]}', "field 'modules': expected a list of str"),
-        (b'{"type": "Fork", "app": "a", "config": [], "roots": []}', "'config': expected an obj"),
+        (
+            b'{"type": "Fork", "app": "a", "config": [], "announce": true}',
+            "'config': expected an obj",
+        ),
     ],
 )
 def test_malformed_input_raises_ipc_error(data: bytes, error: str) -> None:

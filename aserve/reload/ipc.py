@@ -41,12 +41,14 @@ class Preload:
 
 @dataclass(frozen=True, slots=True)
 class Fork:
-    """To the template: fork a worker. The worker's channel travels with it as a descriptor;
-    `config` is `dataclasses.asdict()` of its `Config`."""
+    """To the template: fork a worker. Two descriptors travel with it: the worker's channel,
+    and the pipe its stacks are dumped to when it hangs; `config` is `dataclasses.asdict()` of
+    its `Config`. `announce`: whether the worker logs the line saying where it serves, which
+    the first worker does, and a restarted one does not (the supervisor says it reloaded)."""
 
     app: str
     config: dict[str, Any]
-    roots: tuple[str, ...]
+    announce: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,14 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class Ready:
     """From a worker that accepts: the modules it imported that are not project code."""
+
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Modules:
+    """From a ready worker, later: the preloadable modules, now that the first requests
+    imported more (Django imports its URLconf, views and their libraries lazily)."""
 
     modules: tuple[str, ...]
 
@@ -125,7 +135,7 @@ class Changed:
 ToTemplate: TypeAlias = Preload | Fork
 FromTemplate: TypeAlias = TemplateReady | Exited
 ToWorker: TypeAlias = Stop | Changed
-FromWorker: TypeAlias = Hello | Ready | Failed | Watch | Handled
+FromWorker: TypeAlias = Hello | Ready | Failed | Watch | Handled | Modules
 Message: TypeAlias = ToTemplate | FromTemplate | ToWorker | FromWorker
 
 

@@ -44,6 +44,7 @@ from aserve.reload.ipc import (
     Handled,
     Hello,
     IPCError,
+    Modules,
     Preload,
     Ready,
     Stop,
@@ -53,6 +54,7 @@ from aserve.reload.ipc import (
     Watch,
     channel_pair,
 )
+from aserve.reload.worker import DUMP_SIGNAL
 from aserve.server import Server
 from aserve.signals import StopSignals
 from aserve.sockets import bound
@@ -63,13 +65,17 @@ logger = logging.getLogger("aserve.error")
 BASE_PRELOAD = ["aserve.server", "aserve.reload.worker", "uvloop", "httptools", "asyncio"]
 # A worker that does not exit this long after its drain timeout is killed.
 KILL_GRACE = 1.0
-# A replaced template exits as soon as it reads the end of its channel; this leaves room for
+# A retired template exits as soon as it reads the end of its channel; this leaves room for
 # an interpreter with a large app imported to tear down before it is killed.
 TEMPLATE_EXIT_WAIT = 2.0
-# How long the crash page waits for the template to report the worker's exit code. The page
-# should come up at once, but the template reaps only every template.REAP_INTERVAL, so the
-# code is often still unknown (tests/test_reload.py::test_crash_page_names_the_exit_code).
-EXIT_CODE_WAIT = 0.05
+# How long a page about a worker that died waits for the template to report how: the template
+# reaps on SIGCHLD, so the code arrives within milliseconds.
+EXIT_CODE_WAIT = 1.0
+# After asking a worker that hangs in start-up for its stacks, how long faulthandler may take
+# to write them (it writes from its signal handler, at once).
+DUMP_WAIT = 0.2
+# The most of a stack dump kept for the error page.
+DUMP_MAX = 256 * 1024
 # watchfiles yields a batch once it saw no new change for `step` ms (--reload-delay), or this
 # many ms after the first, so a tree written without pause still restarts. watchfiles' default.
 WATCH_DEBOUNCE_MS = 1600
@@ -83,8 +89,8 @@ TAIL_WINDOW = 5.0
 # The kernel stamps change times with a coarse clock, up to a tick (10 ms at HZ=100) behind
 # time.time(): allow two.
 CTIME_MARGIN = 0.02
-# Changed paths named in the "restarting" log line; the rest are counted, so a `git switch`
-# stays one line.
+# Changed paths named in a reload's log line; the rest are counted, so a `git switch` stays
+# one line.
 NAMED_CHANGES = 3
 # How long a worker that asked to hear of changes (Django's file_changed receivers) may take
 # to say whether it dealt with them; a template cache reset takes microseconds, and a worker
@@ -99,13 +105,20 @@ class Worker:
     descriptor): `started()` until the worker is ready, then the monitor task until EOF.
     """
 
-    def __init__(self, channel: Channel[FromWorker, ToWorker]) -> None:
+    def __init__(
+        self, channel: Channel[FromWorker, ToWorker], dump: int, template: Template
+    ) -> None:
         self.channel = channel
+        # The read end of the pipe the worker's stacks are dumped to (see `stacks`).
+        self.dump = dump
+        self.template = template
         self.pid: int | None = None
         self.modules: tuple[str, ...] = ()
         self.failure: Failed | None = None
         # What the app asked to watch, and whether it wants to hear of changes first.
         self.watch: Watch | None = None
+        # Called with the modules a ready worker reports later (see ipc.Modules).
+        self.on_modules: Callable[[tuple[str, ...]], None] | None = None
         self.stopping = False
         self.exited = asyncio.Event()
         self._monitor: asyncio.Task[None] | None = None
@@ -137,6 +150,11 @@ class Worker:
     async def _read_until_exit(self) -> None:
         while not self.exited.is_set():
             message = await self._next()
+            if isinstance(message, Modules):
+                self.modules = message.modules
+                if self.on_modules is not None:
+                    self.on_modules(message.modules)
+                continue
             answer = self._answer
             if answer is not None and not answer.done():
                 if isinstance(message, Handled):
@@ -173,19 +191,43 @@ class Worker:
             except TimeoutError:
                 if self.pid is not None:
                     logger.warning("Worker %d did not stop in time: killing it", self.pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self.pid, signal.SIGKILL)
+                self.kill()
                 await self.exited.wait()
-        self.channel.close()
+        self.close()
+
+    async def stacks(self) -> str:
+        """What the worker's threads are doing, from faulthandler (the worker hangs)."""
+        if self.pid is None:
+            return ""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, DUMP_SIGNAL)
+        await asyncio.sleep(DUMP_WAIT)
+        try:
+            return os.read(self.dump, DUMP_MAX).decode("utf-8", "replace")
+        except BlockingIOError:
+            return ""
 
     def kill(self) -> None:
         if self.pid is not None and not self.exited.is_set():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
+    def abandon(self) -> None:
+        """Kill a worker that never got ready and forget it (its template reaps it)."""
+        self.kill()
+        self.close()
+        self.exited.set()
+
+    def close(self) -> None:
+        self.channel.close()
+        with contextlib.suppress(OSError):
+            os.close(self.dump)
+
 
 class Template:
-    """The pre-warmed template process that forks workers."""
+    """The pre-warmed template process that forks workers. A template replaced by a newer one
+    is retired: it forks nothing more, and exits once the last worker it forked is gone, so
+    that the exit code of each is still reported."""
 
     def __init__(
         self, process: asyncio.subprocess.Process, control: Channel[FromTemplate, ToTemplate]
@@ -194,7 +236,11 @@ class Template:
         self.control = control
         self.preloaded: set[str] = set()
         self.exit_codes: dict[int, int] = {}
+        self.workers: set[Worker] = set()
+        self.retired = False
+        self._reported = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def start(cls, preload: list[str], listen: socket.socket) -> Template:
@@ -212,10 +258,17 @@ class Template:
         )
         theirs.close()
         template = cls(process, ours)
-        ours.send(Preload(tuple(preload)))
-        ready = await ours.receive()
-        if not isinstance(ready, TemplateReady):
-            raise IPCError("the reload template exited before it was ready")
+        try:
+            ours.send(Preload(tuple(preload)))
+            ready = await ours.receive()
+            if not isinstance(ready, TemplateReady):
+                raise IPCError("the reload template exited before it was ready")
+        except BaseException:
+            # Cancelled by a shutdown while it imports: it holds the listening socket too.
+            process.kill()
+            await process.wait()
+            ours.close()
+            raise
         if ready.threads:
             logger.debug("The reload template runs threads: %s", list(ready.threads))
         template.preloaded = set(preload)
@@ -226,14 +279,50 @@ class Template:
         while (message := await self.control.receive()) is not None:
             if isinstance(message, Exited):
                 self.exit_codes[message.pid] = message.code
+                self._reported.set()
+                self._reported = asyncio.Event()
+
+    async def exit_code(self, pid: int | None) -> int | None:
+        """How worker `pid` exited (negative: the signal that killed it), once reported."""
+        if pid is None:
+            return None
+        deadline = asyncio.get_running_loop().time() + EXIT_CODE_WAIT
+        while pid not in self.exit_codes:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reported.wait(), left)
+        return self.exit_codes[pid]
 
     def fork(self, request: Fork) -> Worker:
         ours, theirs = channel_pair(WORKER_LINK)
+        dump_read, dump_write = os.pipe()
+        os.set_blocking(dump_read, False)
         try:
-            self.control.send(request, fds=[theirs.fileno()])
+            self.control.send(request, fds=[theirs.fileno(), dump_write])
         finally:
             theirs.close()
-        return Worker(ours)
+            os.close(dump_write)
+        worker = Worker(ours, dump_read, self)
+        self.workers.add(worker)
+        watcher = asyncio.ensure_future(self._forget_when_gone(worker))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return worker
+
+    async def _forget_when_gone(self, worker: Worker) -> None:
+        await worker.exited.wait()
+        await self.exit_code(worker.pid)  # reported before the template may go
+        self.workers.discard(worker)
+        if self.retired and not self.workers:
+            await self.close()
+
+    async def retire(self) -> None:
+        """No more forks: exit now if no worker of this template lives, else after the last."""
+        self.retired = True
+        if not self.workers:
+            await self.close()
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -256,6 +345,8 @@ class _Changes:
         self._filter = watch_filter
         self._step_ms = step_ms
         self._stop = asyncio.Event()
+        # Set when a root is added while `next()` waits: it waits on the new watch too.
+        self._grown = asyncio.Event()
         self._pending: dict[
             asyncio.Future[set[tuple[Change, str]]], AsyncGenerator[set[tuple[Change, str]]]
         ] = {}
@@ -284,6 +375,7 @@ class _Changes:
             debounce=WATCH_DEBOUNCE_MS,
         )
         self._pending[asyncio.ensure_future(anext(feed))] = feed
+        self._grown.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -291,9 +383,15 @@ class _Changes:
     async def next(self) -> list[str] | None:
         """The next batch of changed paths; None once stopped."""
         while self._pending:
-            done, _ = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+            self._grown.clear()
+            grown = asyncio.ensure_future(self._grown.wait())
+            waiting: list[asyncio.Future[Any]] = [*self._pending, grown]
+            try:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                grown.cancel()
             batch: list[str] = []
-            for future in done:
+            for future in [future for future in self._pending if future in done]:
                 feed = self._pending.pop(future)
                 try:
                     changes = future.result()
@@ -333,9 +431,16 @@ class Supervisor:
         self._changes = _Changes(self.roots, self.filter, max(1, int(config.reload_delay * 1000)))
         self.worker: Worker | None = None
         self.template: Template | None = None
+        # Every template whose workers may still run: the current one, and retired ones.
+        self._templates: list[Template] = []
+        self._starting: asyncio.Task[None] | None = None
+        self._announced = False
+        # Modules the next template will preload, asked for before it is up.
+        self._preloading: set[str] = set()
         self._error_server: Server | None = None
         self._error_task: asyncio.Task[int] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._refreshing: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._force = False
 
@@ -365,12 +470,13 @@ class Supervisor:
             ", ".join(str(r) for r in self.roots),
         )
         self.template = await Template.start(BASE_PRELOAD, sock)
+        self._templates.append(self.template)
         # Watch before the first worker starts, or a save just after "ready" is missed;
         # watchfiles keeps collecting changes between iterations, also during a restart.
         self._changes.start()
         await asyncio.sleep(0)
         restarted_at = time.time()
-        await self._restart()
+        self._begin_restart("")
         while (changed := await self._changes.next()) is not None:
             if _older_than(changed, restarted_at):
                 logger.debug("Already loaded by the current worker: %s", ", ".join(changed))
@@ -379,14 +485,21 @@ class Supervisor:
             left = len(paths) - NAMED_CHANGES
             named = ", ".join(paths[:NAMED_CHANGES]) + (f" and {left} more" if left > 0 else "")
             worker = self.worker
-            if worker is not None and worker.wants_changes and await worker.handles(changed):
+            starting = self._starting is not None and not self._starting.done()
+            if (
+                not starting
+                and worker is not None
+                and worker.wants_changes
+                and await worker.handles(changed)
+            ):
                 logger.info("Changed: %s; the app took it in without a restart", named)
                 continue
-            logger.info("Changed: %s; restarting", named)
+            logger.debug("Changed: %s; restarting", named)
+            await self._cancel_start()  # a worker still starting (an import that hangs)
             await _settle(changed, self.config.reload_delay)
             _forget_bytecode(changed)
             restarted_at = time.time()
-            await self._restart()
+            self._begin_restart(named)
         await self._shutdown()
         return 0
 
@@ -395,47 +508,95 @@ class Supervisor:
         self._changes.stop()
 
     def _on_force(self, sig: int) -> None:
+        """A second signal: every worker dies now, the shutdown waits for nothing more."""
         self._force = True
-        if self.worker is not None:
-            self.worker.kill()
+        self._stop.set()
+        self._changes.stop()
+        for template in self._templates:
+            for worker in template.workers:
+                worker.kill()
 
-    def _request(self) -> Fork:
-        return Fork(
-            app=self.app,
-            config=dataclasses.asdict(self.config),
-            roots=tuple(str(r) for r in self.roots),
-        )
+    def _request(self, announce: bool) -> Fork:
+        return Fork(app=self.app, config=dataclasses.asdict(self.config), announce=announce)
 
-    async def _restart(self) -> None:
+    def _begin_restart(self, changed: str) -> None:
+        """Start a worker without holding up the watch: a save while it starts (an import
+        that hangs, a long one) replaces it with the next."""
+        self._starting = asyncio.create_task(self._restart(changed))
+        self._starting.add_done_callback(_log_failure)
+
+    async def _cancel_start(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+
+    async def _restart(self, changed: str) -> None:
         assert self.template is not None
         started = time.perf_counter()
-        new = self.template.fork(self._request())
-        if await new.started():
-            await self._hide_error()
-            old, self.worker = self.worker, new
-            self._spawn(self._watch(new))
-            if old is not None:
-                self._spawn(old.stop(self.config.timeout_graceful_shutdown))
-            elapsed = (time.perf_counter() - started) * 1e3
-            logger.info("Worker %s ready in %.0f ms", new.pid, elapsed)
-            if new.watch is not None:
-                self._watch_more(new.watch)
-            self._serving()
-            if not set(new.modules) <= self.template.preloaded:
-                self._spawn(self._refresh_template(new.modules))
+        new = self.template.fork(self._request(announce=not self._announced))
+        timeout = self.config.timeout_worker_start
+        try:
+            ok = await asyncio.wait_for(new.started(), timeout)
+        except asyncio.CancelledError:
+            new.abandon()
+            raise
+        except TimeoutError:
+            stacks = await new.stacks()
+            new.abandon()
+            await self._fail(
+                changed,
+                Failed(
+                    title="The app took too long to start",
+                    summary=f"it was not serving after {timeout:g} s (--timeout-worker-start)",
+                    details=f"Where it was:\n\n{stacks}" if stacks else "",
+                ),
+            )
             return
-        # The new code cannot run: stop the old worker and show why, until the next change.
+        if not ok:
+            code = await self.template.exit_code(new.pid)
+            failure = new.failure or Failed(
+                title="The worker exited before serving",
+                summary=_describe_exit(code),
+                details="See the terminal running aserve for its output.",
+            )
+            new.close()
+            await self._fail(changed, failure)
+            return
+        await self._hide_error()
+        self._announced = True
+        old, self.worker = self.worker, new
+        self._spawn(self._watch(new))
+        if old is not None:
+            self._spawn(old.stop(self.config.timeout_graceful_shutdown))
+        elapsed = (time.perf_counter() - started) * 1e3
+        if changed:
+            logger.info("Reloaded in %.0f ms (files: %s; worker %s)", elapsed, changed, new.pid)
+        else:
+            logger.info("Worker %s ready in %.0f ms", new.pid, elapsed)
+        if new.watch is not None:
+            self._watch_more(new.watch)
+        self._serving()
+        new.on_modules = self._preload_later
+        self._preload_later(new.modules)
+
+    async def _fail(self, changed: str, failure: Failed) -> None:
+        """The new code cannot run: stop the old worker and show why, until the next change."""
         if self.worker is not None:
             old, self.worker = self.worker, None
             await old.stop(self.config.timeout_graceful_shutdown)
-        failure = new.failure or Failed(
-            title="The worker exited before serving",
-            summary=f"exit code {self.template.exit_codes.get(new.pid or -1, 'unknown')}",
-            details="",
-        )
-        new.channel.close()
-        logger.error("%s: %s", failure.title, failure.summary)
+        files = f" (files: {changed})" if changed else ""
+        logger.error("%s: %s%s", failure.title, failure.summary, files)
         await self._show_error(failure.title, failure.summary, failure.details)
+
+    def _preload_later(self, modules: tuple[str, ...]) -> None:
+        """The next worker comes from a template that has `modules` imported already."""
+        assert self.template is not None
+        if set(modules) <= self.template.preloaded | self._preloading:
+            return
+        self._preloading |= set(modules)
+        self._refreshing = asyncio.create_task(self._refresh_template(self._refreshing))
 
     def _watch_more(self, watch: Watch) -> None:
         """Take in what the app asked to watch. Installed packages' directories (a third-party
@@ -465,27 +626,44 @@ class Supervisor:
         await worker.wait_exit()
         if worker is self.worker and not worker.stopping and not self._stop.is_set():
             self.worker = None
-            await asyncio.sleep(EXIT_CODE_WAIT)
-            assert self.template is not None
-            code = self.template.exit_codes.get(worker.pid or -1, "unknown")
-            logger.error("Worker %s exited unexpectedly (code %s)", worker.pid, code)
+            code = await worker.template.exit_code(worker.pid)
+            logger.error("Worker %s exited unexpectedly (%s)", worker.pid, _describe_exit(code))
             await self._show_error(
                 "The worker exited unexpectedly",
-                f"exit code {code}; save a file to restart it",
+                f"{_describe_exit(code)}; save a file to restart it",
                 "See the terminal running aserve for its output.",
             )
 
-    async def _refresh_template(self, modules: Iterable[str]) -> None:
-        """Replace the template with one that preloads what the app imports."""
-        template = await Template.start(sorted(set(BASE_PRELOAD) | set(modules)), self.sock)
+    async def _refresh_template(self, previous: asyncio.Task[None] | None) -> None:
+        """Replace the template with one that preloads what the app imports; the old one is
+        retired, and exits once its last worker does. One at a time, in order (`previous`
+        first): the newest template has the most modules."""
+        if previous is not None:
+            await previous
+        assert self.template is not None
+        preloaded = self.template.preloaded
+        if self._preloading <= preloaded:
+            return
+        preload = sorted(set(BASE_PRELOAD) | preloaded | self._preloading)
+        try:
+            template = await Template.start(preload, self.sock)
+        except (OSError, IPCError) as exc:
+            # The current template goes on forking: restarts are only slower.
+            logger.warning("Could not start a reload template preloading more modules: %s", exc)
+            return
+        new = sorted(set(preload) - preloaded)
+        logger.debug("A new template preloads %d modules more: %s", len(new), ", ".join(new))
         old, self.template = self.template, template
+        self._templates.append(template)
         if old is not None:
-            await old.close()
+            await old.retire()
+        self._templates = [t for t in self._templates if t.process.returncode is None]
 
     async def _show_error(self, title: str, summary: str, details: str) -> None:
         await self._hide_error()
         page = LoadedApp(kind="asgi", app=error_app(title, summary, details), name="error page")
         server = Server(page, self.config.replace(lifespan="off", tune_gc=False))
+        server.log_serving = server.log_stopped = False
         self._error_server = server
         self._error_task = asyncio.create_task(
             server.serve([self.sock.dup()], handle_signals=False)
@@ -505,15 +683,25 @@ class Supervisor:
         task.add_done_callback(self._background.discard)
 
     async def _shutdown(self) -> None:
+        await self._cancel_start()
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refreshing
+        # Nobody accepts from now on: the templates (which hold the listening socket to pass
+        # it on) go at once, so does the supervisor's copy, and each worker closes its own as
+        # it stops; a client that connects now is refused at once instead of waiting in the
+        # backlog for nobody.
+        for template in self._templates:
+            await template.close()
         await self._hide_error()
+        self.sock.close()
         if self.worker is not None:
             worker, self.worker = self.worker, None
             await worker.stop(0 if self._force else self.config.timeout_graceful_shutdown)
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.template is not None:
-            await self.template.close()
         logger.info("aserve supervisor stopped")
 
 
@@ -573,3 +761,21 @@ def _installed(path: str) -> bool:
     """Whether `path` lies in installed packages (site-packages, a distribution's packages)."""
     parts = Path(path).parts
     return "site-packages" in parts or "dist-packages" in parts
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background task's exception, in the log rather than lost until shutdown."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("Could not start a worker", exc_info=exc)
+
+
+def _describe_exit(code: int | None) -> str:
+    """How a worker exited, for a person: its exit code, or the signal that killed it."""
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

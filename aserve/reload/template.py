@@ -35,10 +35,8 @@ from aserve.reload.ipc import (
 )
 from aserve.reload.worker import worker_main
 
-# How often an idle template wakes to reap exited workers and report their exit codes (a fork
-# request reaps at once). Twice a second costs an idle process nothing; the supervisor's crash
-# page waits only supervisor.EXIT_CODE_WAIT for the code.
-REAP_INTERVAL = 0.5
+# A Fork brings the worker's channel and its dump pipe.
+FORK_FDS = 2
 
 
 def preload(names: Iterable[str]) -> None:
@@ -65,19 +63,27 @@ def template_main(control: Channel[ToTemplate, FromTemplate], listen_fd: int) ->
         control.send(TemplateReady(threads))
     except OSError:
         return 0  # the supervisor went away while this template preloaded
+    # A worker's exit is reported at once: SIGCHLD wakes the select below through a pipe (the
+    # supervisor's crash page names the exit code or signal).
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_write)
     while True:
-        readable, _, _ = select.select([control], [], [], REAP_INTERVAL)
-        _reap(control)
-        if not readable:
+        readable, _, _ = select.select([control.fileno(), wake_read], [], [])
+        if wake_read in readable:
+            os.read(wake_read, 512)
+            _reap(control)
+        if control.fileno() not in readable:
             continue
         received = control.recv_fds()
         if received is None:
             return 0  # the supervisor is gone
         message, fds = received
-        if not isinstance(message, Fork) or len(fds) != 1:
+        if not isinstance(message, Fork) or len(fds) != FORK_FDS:
             for fd in fds:
                 os.close(fd)
-            raise IPCError(f"the template expected Fork with one descriptor, not {message}")
+            raise IPCError(f"the template expected Fork with two descriptors, not {message}")
         # Frozen objects are out of the collector's reach: without this, the first full
         # collection in a worker walks every object the template imported, writing to (and so
         # copying) each page of them, about half a Django worker's start-up time.
@@ -85,9 +91,13 @@ def template_main(control: Channel[ToTemplate, FromTemplate], listen_fd: int) ->
         pid = os.fork()
         if pid == 0:
             control.close()
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(wake_read)
+            os.close(wake_write)
             code = 1
             try:
-                code = worker_main(message, listen_fd, fds[0])
+                code = worker_main(message, listen_fd, fds[0], fds[1])
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -7,19 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import faulthandler
 import logging
 import os
 import signal
 import socket
 import sys
+import sysconfig
+import threading
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 from aserve.config import Config
 from aserve.errorpage import user_traceback
 from aserve.errors import AppLoadError
-from aserve.loader import load
+from aserve.loader import LoadedApp, load
 from aserve.logs import configure
 from aserve.reload.ipc import (
     WORKER_LINK,
@@ -30,6 +32,7 @@ from aserve.reload.ipc import (
     FromWorker,
     Handled,
     Hello,
+    Modules,
     Ready,
     Stop,
     ToWorker,
@@ -43,6 +46,12 @@ logger = logging.getLogger("aserve.error")
 # Error records the error page shows when the app fails to start: a failed lifespan startup
 # logs one or two; earlier ones are in the terminal.
 ERRORS_KEPT = 5
+# The signal on which a worker writes its threads' stacks to its dump pipe.
+DUMP_SIGNAL = signal.SIGUSR1
+# When, after it is ready, a worker looks again for modules its first requests imported
+# (seconds, each after the one before): a reload shortly after starts with the modules of
+# the requests made meanwhile, a browser's first page load within the first few seconds.
+LATE_MODULE_CHECKS = (1.0, 4.0, 15.0)
 
 
 class ReloadLink:
@@ -115,15 +124,16 @@ class _LastErrors(logging.Handler):
         self.lines = [*self.lines, text][-ERRORS_KEPT:]
 
 
-def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
+def worker_main(message: Fork, listen_fd: int, channel_fd: int, dump_fd: int) -> int:
     """In the forked child: import the app, serve on the inherited socket, report over the
     channel; stop when the supervisor says so or goes away."""
     channel = inherit_channel(channel_fd, WORKER_LINK)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # The supervisor asks for the stacks of a worker that takes too long to start (an import
+    # that hangs): faulthandler writes them from its C handler, whatever Python is doing.
+    faulthandler.register(DUMP_SIGNAL, file=dump_fd, all_threads=True, chain=False)
     channel.send(Hello(os.getpid()))
     config = Config(**message.config)
     configure(config.log_level)
-    roots = [Path(p) for p in message.roots]
     link = ReloadLink()
     token = _LINK.set(link)
     try:
@@ -145,28 +155,79 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
 
     errors = _LastErrors()
     logging.getLogger("aserve").addHandler(errors)
+    # The worker's only descriptor of the listening socket, closed as it begins to stop: the
+    # kernel refuses new clients once the supervisor and the templates closed theirs too.
+    listen = socket.socket(fileno=listen_fd)
+    if config.server == "wsgiref":
+        return _serve_wsgiref(loaded, config, listen, channel, link, message.announce)
     server = Server(loaded, config)
-    listen = socket.socket(fileno=os.dup(listen_fd))
+    server.log_serving = message.announce
+    server.log_stopped = False
 
     # The loop keeps only weak references to tasks.
     obeying: set[asyncio.Task[None]] = set()
 
     def on_ready() -> None:
-        channel.send(Ready(tuple(third_party_modules(roots))))
+        modules = preloadable_modules()
+        channel.send(Ready(modules))
         obeying.add(asyncio.ensure_future(_obey(channel, server.request_stop, link)))
+        obeying.add(asyncio.ensure_future(_report_late_modules(channel, set(modules))))
 
     server.on_ready = on_ready
     code = server.run([listen])
-    if code != 0 and not server.started.is_set():
+    if code != 0 and not obeying:
+        # Never ready: a lifespan startup that failed (its message is the last error logged).
+        summary = errors.lines[-1].splitlines()[0] if errors.lines else ""
         with contextlib.suppress(OSError):
             channel.send(
                 Failed(
                     title="The application failed to start",
-                    summary=f"the worker exited with code {code}",
+                    summary=summary or f"the worker exited with code {code}",
                     details="\n".join(errors.lines),
                 )
             )
     return code
+
+
+def _serve_wsgiref(
+    loaded: LoadedApp,
+    config: Config,
+    listen: socket.socket,
+    channel: Channel[ToWorker, FromWorker],
+    link: ReloadLink,
+    announce: bool,
+) -> int:
+    """`--server wsgiref --reload`: the threaded fallback serves in the worker; a thread
+    reads the channel, since the fallback has no event loop."""
+    from aserve.fallback import WSGIRefServer
+
+    server = WSGIRefServer(loaded, config, listen)
+
+    def obey() -> None:
+        while True:
+            match channel.recv():
+                case Stop() | None:
+                    server.stop()
+                    return
+                case Changed(paths):
+                    channel.send(Handled(all=link.handle(list(paths))))
+
+    threading.Thread(target=obey, name="aserve-obey", daemon=True).start()
+    channel.send(Ready(preloadable_modules()))
+    server.serve(announce)
+    return 0
+
+
+async def _report_late_modules(channel: Channel[ToWorker, FromWorker], reported: set[str]) -> None:
+    """Tell the supervisor of the preloadable modules the first requests import, so that the
+    next template has them too: a quiet moment some seconds after each check."""
+    for delay in LATE_MODULE_CHECKS:
+        await asyncio.sleep(delay)
+        modules = preloadable_modules()
+        if not set(modules) <= reported:
+            reported.update(modules)
+            with contextlib.suppress(OSError):
+                channel.send(Modules(modules))
 
 
 async def _obey(
@@ -185,33 +246,30 @@ async def _obey(
                 channel.send(Handled(all=handled))
 
 
-def third_party_modules(roots: list[Path]) -> list[str]:
-    """Imported modules that are not project code: what the next template can preload.
-
-    Project code is anything under a watched directory, except installed packages there
-    (a virtual environment inside the project).
-    """
-    resolved = [str(root.resolve()) + os.sep for root in roots]
+def preloadable_modules() -> tuple[str, ...]:
+    """Imported modules that are not the project's: the standard library's, installed
+    packages' (site-packages, whether a virtual environment's or not), built-ins. The next
+    template imports them before forking. A project module is never preloaded, wherever it
+    is and whatever is watched: a module outside the watched directories would otherwise be
+    preloaded with everything it imported, and an edit to one of those served stale."""
+    stdlib = tuple(
+        os.path.realpath(sysconfig.get_paths()[key]) + os.sep for key in ("stdlib", "platstdlib")
+    )
     names = []
-    # realpath() lstat()s every component of a path, and this runs on the new worker's loop,
-    # which accepts nothing until it returns: resolve each directory once, a file only when it
-    # is a link.
+    # realpath() lstat()s every component of a path: resolve each directory once.
     real_dirs: dict[str, str] = {}
     for name, module in list(sys.modules.items()):
         if name == "__main__" or module is None:
             continue
         path = getattr(module, "__file__", None)
         if path is None:
-            names.append(name)
+            names.append(name)  # built into the interpreter, or a namespace package
             continue
-        directory, base = os.path.split(path)
+        directory = os.path.dirname(path)
         real = real_dirs.get(directory)
         if real is None:
-            real = real_dirs[directory] = os.path.realpath(directory)
-        full = os.path.realpath(path) if os.path.islink(path) else os.path.join(real, base)
-        if any(full.startswith(root) for root in resolved) and not (
-            "site-packages" in full or "dist-packages" in full
-        ):
-            continue
-        names.append(name)
-    return names
+            real = real_dirs[directory] = os.path.realpath(directory) + os.sep
+        parts = real.split(os.sep)
+        if "site-packages" in parts or "dist-packages" in parts or real.startswith(stdlib):
+            names.append(name)
+    return tuple(names)
