@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -383,6 +384,32 @@ def test_ignored_changes_do_not_restart(project: Path, reloader: Callable[..., R
     (project / "app.py").write_text(wsgi_source("v2"))
     assert server.wait_for(RELOADED).group(1) == "app.py"
     wait_for_body(server.port, b"v2")
+
+
+def test_output_redirected_into_the_project_does_not_restart(project: Path) -> None:
+    """`aserve app:app --reload > out.txt 2>&1` from the project: each line it logs is a change
+    to a *.txt file in a watched directory, which would restart it forever."""
+    output = project / "out.txt"
+    with output.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aserve", "app:app", "--reload", "--port", "0"],
+            cwd=project,
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        deadline = time.monotonic() + WAIT
+        while not re.search(READY, output.read_text()):
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.05)
+        port = int(re.findall(SUPERVISOR_ON, output.read_text())[0])
+        for _ in range(5):  # each request logs an access line into out.txt
+            assert get(port).body == b"v1"
+        time.sleep(1.0)  # twenty watcher steps: a restart would have begun by now
+        assert len(re.findall(READY, output.read_text())) == 1, output.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(WAIT)
 
 
 def test_reload_exclude_relative_glob(project: Path, reloader: Callable[..., Reloader]) -> None:

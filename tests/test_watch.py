@@ -3,6 +3,7 @@ directories and editor files, --reload-include/--reload-exclude globs, several r
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -358,3 +359,23 @@ def test_several_roots_virtualenv_check_stays_inside_each_root(tmp_path: Path) -
     checker = ReloadFilter([first, second])
     assert not checker.accepts(first / "env" / "x.py")
     assert checker.accepts(second / "env" / "x.py")
+
+
+def test_the_servers_own_output_file_is_ignored(project: Path) -> None:
+    """`aserve app:app --reload > out.txt` in the project: its own log lines must not restart
+    it; another .txt file still does."""
+    checker = ReloadFilter([project])
+    with open(project / "out.txt", "w") as output:
+        checker.ignore_output((output.fileno(),))
+        (project / "notes.txt").write_text("x\n")
+        assert not checker.accepts(project / "out.txt")
+        assert checker.accepts(project / "notes.txt")
+    # A pipe or a terminal (the usual case) is no file to ignore.
+    piped = ReloadFilter([project])
+    read, write = os.pipe()
+    try:
+        piped.ignore_output((write,))
+    finally:
+        os.close(read)
+        os.close(write)
+    assert piped.accepts(project / "out.txt")

@@ -4,6 +4,7 @@ relative to each watched directory, and directories never worth watching."""
 from __future__ import annotations
 
 import os
+import stat
 from fnmatch import fnmatch
 from pathlib import Path, PurePath
 
@@ -76,6 +77,19 @@ class ReloadFilter(DefaultFilter):
         # What the app asked to watch beyond these rules (Django's watch_dir, extra_files).
         self.extra_dirs: list[tuple[Path, str]] = []
         self.extra_files: set[Path] = set()
+        # (device, inode) of files the server itself writes to (see `ignore_output`).
+        self._outputs: set[tuple[int, int]] = set()
+
+    def ignore_output(self, fds: tuple[int, ...] = (1, 2)) -> None:
+        """Never restart on writes to the files behind these descriptors: `runserver >
+        out.txt` in the project would otherwise reload on every line it logs, forever."""
+        for fd in fds:
+            try:
+                status = os.fstat(fd)
+            except OSError:
+                continue
+            if stat.S_ISREG(status.st_mode):
+                self._outputs.add((status.st_dev, status.st_ino))
 
     def add(self, dirs: list[tuple[Path, str]], files: list[Path]) -> None:
         """Also accept the files below each directory matching its glob, and these files."""
@@ -116,7 +130,16 @@ class ReloadFilter(DefaultFilter):
             return False
         if not any(_matches(path if os.path.isabs(p) else relative, p) for p in self.includes):
             return False
-        return not self._in_virtualenv(path)
+        return not self._in_virtualenv(path) and not self._is_output(path)
+
+    def _is_output(self, path: Path) -> bool:
+        if not self._outputs:
+            return False
+        try:
+            status = os.stat(path)
+        except OSError:
+            return False
+        return (status.st_dev, status.st_ino) in self._outputs
 
     def _asked_for(self, path: Path) -> bool:
         for directory, glob in self.extra_dirs:

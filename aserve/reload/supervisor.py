@@ -428,6 +428,7 @@ class Supervisor:
         self.config = config
         self.roots = [Path(d).resolve() for d in (config.reload_dirs or ["."])]
         self.filter = ReloadFilter(self.roots, config.reload_includes, config.reload_excludes)
+        self.filter.ignore_output()
         self._changes = _Changes(self.roots, self.filter, max(1, int(config.reload_delay * 1000)))
         self.worker: Worker | None = None
         self.template: Template | None = None
