@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,8 +22,11 @@ from tests.support.polling import wait_until
 from tests.support.procs import ROOT, ServerProcess
 
 EXAMPLE = ROOT / "examples" / "djangoproject"
-# The banner line runserver on aserve prints once it listens.
-STARTING = r"Starting aserve \S+ \((WSGI|ASGI)\) development server at http://[^:]+:(\d+)/"
+# The banner line runserver on aserve prints once it listens (an IPv6 address in brackets).
+STARTING = (
+    r"Starting aserve \S+ \((WSGI|ASGI)\) development server at "
+    r"http://(?:\[[0-9a-f:]+\]|[^:/]+):(\d+)/"
+)
 # The supervisor's line once a reload worker serves, and the two outcomes of a change.
 WORKER_READY = r"Worker (\d+) ready in \d+ ms"
 RESTARTING = r"Changed: (.*); restarting$"
@@ -57,6 +61,17 @@ def manage(
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def access_line(request_line: str, status: int) -> str:
+    """A pattern for runserver's access line for `request_line`, as django.server's default
+    formatter writes it (aserve adds the milliseconds): its groups are the time and the size
+    of the body."""
+    return (
+        r"^\[(\d{2}/[A-Z][a-z]{2}/\d{4} \d{2}:\d{2}:\d{2})\] "
+        + re.escape(f'"{request_line}" {status} ')
+        + r"(\d+) \d+\.\dms$"
     )
 
 
@@ -100,10 +115,12 @@ def settings_module(project: Path, name: str, body: str) -> str:
     return f"mysite.{name}"
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now, for the forms of addrport that name one."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at `host` right now, for the forms of addrport that name
+    one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
