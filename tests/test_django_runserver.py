@@ -94,6 +94,7 @@ def site(
 
 
 def test_banner(site: Site) -> None:
+    site.server.wait_for(re.escape(MORE_INFORMATION))
     lines = site.server.output
     date = next(i for i, line in enumerate(lines) if re.match(DATE_LINE, line))
     assert lines[date : date + 6] == [
@@ -231,6 +232,9 @@ def bare(migrated_project: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def test_hide_warning_variable(bare: Site) -> None:
+    # The banner, warning included, is out before the first request is served.
+    request(bare.port, "/pid/?hide-warning")
+    bare.server.wait_for(access_line("GET /pid/?hide-warning HTTP/1.1", 200))
     lines = bare.server.output
     assert "Quit the server with CONTROL-C." in lines
     assert WARNING not in lines

@@ -39,12 +39,16 @@ STOP_WAIT = 10.0
 
 def environment(**extra: str) -> dict[str, str]:
     """The environment of a manage.py process: this one's, with bytecode caching on (as a
-    user has it; the test runner turns it off) and no settings module of the tests'."""
+    user has it; the test runner turns it off), no settings module of the tests', and
+    unbuffered output."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("PYTHONDONTWRITEBYTECODE", "DJANGO_SETTINGS_MODULE")
     }
+    # A user's terminal makes stdout line-buffered; the pipe the tests read would make it
+    # block-buffered, and what each process prints would come in the order of their exits.
+    env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
 
