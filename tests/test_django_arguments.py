@@ -14,20 +14,19 @@ import pytest
 
 from tests.support.client import http_get
 from tests.support.djangoproject import (
+    ASGI_ENV,
     RESTARTING,
     STARTING,
     Runserver,
     access_line,
     environment,
+    fetch,
     free_port,
     manage,
-    request,
     served_pid,
     settings_module,
     wait_for_another_pid,
 )
-
-ASGI_ENV = {"EXAMPLE_ASGI_APPLICATION": "mysite.asgi.application"}
 
 
 def _has_ipv6_loopback() -> bool:
@@ -68,7 +67,7 @@ def test_addrport_forms(django_project: Path, form: str, shown: str, host: str) 
         assert server.wait_started() == port
         line = server.wait_for(STARTING).string
         assert f"development server at http://{shown}:{port}/\n" in line
-        assert request(port, "/run-main/", host=host).status == 200
+        assert fetch(port, "/run-main/", host=host).status == 200
 
 
 def test_bad_addrport_is_djangos_error(django_project: Path) -> None:
@@ -114,10 +113,10 @@ def test_interface_option_overrides_the_settings(
 def test_wsgiref_server_without_the_reloader(django_project: Path) -> None:
     with Runserver(django_project, "127.0.0.1:0", "--server", "wsgiref", "--noreload") as server:
         port = server.wait_started()
-        page = request(port, "/")
+        page = fetch(port, "/")
         assert page.status == 200
         assert (page.header(b"server") or b"").startswith(b"WSGIServer/")
-        stylesheet = request(port, "/static/notes/style.css")
+        stylesheet = fetch(port, "/static/notes/style.css")
         assert stylesheet.status == 200
         assert stylesheet.body == (django_project / "notes/static/notes/style.css").read_bytes()
 
@@ -132,7 +131,7 @@ def test_wsgiref_server_without_the_reloader(django_project: Path) -> None:
 def test_wsgiref_server_logs_access_lines_on_django_server(django_project: Path) -> None:
     with Runserver(django_project, "127.0.0.1:0", "--server", "wsgiref", "--noreload") as server:
         port = server.wait_started()
-        assert request(port, "/pid/?wsgiref").status == 200
+        assert fetch(port, "/pid/?wsgiref").status == 200
         line = server.wait_for(r'"GET /pid/\?wsgiref HTTP/1\.1" 200 ').string
     assert re.match(access_line("GET /pid/?wsgiref HTTP/1.1", 200), line)
 
@@ -147,14 +146,14 @@ def test_wsgiref_server_logs_access_lines_on_django_server(django_project: Path)
 def test_wsgiref_server_with_the_reloader(django_project: Path) -> None:
     with Runserver(django_project, "127.0.0.1:0", "--server", "wsgiref") as server:
         port = server.wait_started()
-        page = request(port, "/")
+        page = fetch(port, "/")
     assert page.status == 200
     assert (page.header(b"server") or b"").startswith(b"WSGIServer/")
 
 
 def test_aserve_options_are_taken(django_project: Path) -> None:
-    """--threads, --timeout-graceful-shutdown and the --reload-* options reach the server:
-    with `*.sql` included, editing one restarts the worker."""
+    """aserve's own options are accepted (--threads, --timeout-graceful-shutdown) and the
+    --reload-* ones reach the reloader: with `*.sql` included, editing one restarts."""
     args = ["--threads", "4", "--timeout-graceful-shutdown", "2", "--reload-delay", "0.1"]
     args += ["--reload-include", "*.py", "--reload-include", "*.sql"]
     with Runserver(django_project, "127.0.0.1:0", *args) as server:
@@ -173,7 +172,7 @@ def test_manage_py_aserve_is_runserver(django_project: Path) -> None:
     command = ("manage.py", "aserve")
     with Runserver(django_project, "127.0.0.1:0", "--noreload", command=command) as server:
         port = server.wait_started()
-        assert request(port, "/static/notes/style.css").status == 200
+        assert fetch(port, "/static/notes/style.css").status == 200
 
 
 # ---------------------------------------------------------------- INSTALLED_APPS order
@@ -199,7 +198,7 @@ def test_w001_when_listed_after_staticfiles(django_project: Path) -> None:
 
     with Runserver(django_project, "127.0.0.1:0", "--noreload", "--settings", settings) as server:
         port = int(server.wait_for(r"Starting development server at http://[^:]+:(\d+)/").group(1))
-        page = request(port, "/")
+        page = fetch(port, "/")
         assert page.status == 200
         assert (page.header(b"server") or b"").startswith(b"WSGIServer/")
         assert not server.matches("Starting aserve")

@@ -5,7 +5,6 @@ for (watch_dir, a file_changed receiver that deals with a change itself)."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tests.support.djangoproject import (
     TAKEN_IN,
     WORKER_READY,
     Runserver,
-    request,
+    fetch,
     served_pid,
     wait_for_another_pid,
 )
@@ -39,10 +38,10 @@ def test_template_edit_is_taken_in_without_a_restart(django_project: Path) -> No
         port = server.wait_started()
         before = served_pid(port)
         # Loaded once, so that only a reset of the cached loaders shows the edit.
-        assert b"<h1>Notes</h1>" in request(port, "/").body
+        assert b"<h1>Notes</h1>" in fetch(port, "/").body
         template.write_text(template.read_text().replace("<h1>Notes</h1>", "<h1>Edited</h1>"))
         assert str(TEMPLATE) in server.wait_for(TAKEN_IN).group(1)
-        assert b"<h1>Edited</h1>" in request(port, "/").body
+        assert b"<h1>Edited</h1>" in fetch(port, "/").body
         assert served_pid(port) == before
         assert not server.matches(RESTARTING)
         assert len(server.matches(WORKER_READY)) == 1
@@ -75,14 +74,15 @@ def test_syntax_error_in_a_view_module_is_shown_until_fixed(django_project: Path
         before = served_pid(port)
         views.write_text(broken)
         server.wait_for(COULD_NOT_IMPORT + ".*SyntaxError")
-        named = re.compile(rf"SyntaxError at \S*{VIEWS}, line {line}: invalid syntax")
+        where = re.escape(f"{VIEWS}, line {line}")
+        named = re.compile(rf"SyntaxError at \S*{where}: invalid syntax")
 
-        text = request(port, "/pid/")
+        text = fetch(port, "/pid/")
         assert text.status == 500
         assert text.header(b"content-type") == b"text/plain; charset=utf-8"
         assert named.search(text.body.decode())
 
-        html = request(port, "/pid/", headers={"Accept": BROWSER})
+        html = fetch(port, "/pid/", headers={"Accept": BROWSER})
         assert html.status == 500
         assert html.header(b"content-type") == b"text/html; charset=utf-8"
         assert html.body.startswith(b"<!DOCTYPE html>")
@@ -114,7 +114,7 @@ def test_error_in_settings_is_shown_until_fixed(django_project: Path) -> None:
         # The restart's outcome: a second worker ready, or the error.
         outcome = server.wait_for(f"{WORKER_READY}|{COULD_NOT_IMPORT}", count=2)
         assert re.search(COULD_NOT_IMPORT, outcome.string), outcome.string
-        page = request(port, "/pid/")
+        page = fetch(port, "/pid/")
         assert page.status == 500
         assert b"NameError" in page.body
         assert b"undefined_name_in_settings" in page.body
@@ -128,9 +128,16 @@ def wait_for_the_second_template(server: Runserver) -> None:
     """Once the first worker serves, the supervisor replaces its template with one that
     preloads what the project imports; a user's edit comes long after that. The first
     template is the first worker's parent, and exits when replaced."""
-    first_worker = int(server.wait_for(WORKER_READY).group(1))
-    template = _parent(first_worker)
-    assert wait_until(lambda: not os.path.exists(f"/proc/{template}"), timeout=10)
+    template = _parent(int(server.wait_for(WORKER_READY).group(1)))
+
+    def replaced() -> bool:
+        try:
+            # Gone, or already reaped and the worker handed to another parent.
+            return _parent(template) != server.proc.pid
+        except FileNotFoundError:
+            return True
+
+    assert wait_until(replaced, timeout=10)
 
 
 def _parent(pid: int) -> int:

@@ -20,12 +20,13 @@ from django.utils.version import get_docs_version
 import aserve
 from tests.support.client import connect, http_get, refused
 from tests.support.djangoproject import (
+    ASGI_ENV,
     Runserver,
     access_line,
     copy_of,
     create_superuser,
     environment,
-    request,
+    fetch,
     served_pid,
     settings_module,
     unmigrated_copy,
@@ -35,8 +36,6 @@ from tests.support.polling import wait_until
 
 ADMIN = "admin"
 PASSWORD = "a-password-for-the-tests"
-# Selects the example's ASGI_APPLICATION (its settings read it from the environment).
-ASGI_ENV = {"EXAMPLE_ASGI_APPLICATION": "mysite.asgi.application"}
 # The example's streamed responses (notes/views.py): which one each interface streams.
 STREAMS = {"WSGI": "/stream/sync/", "ASGI": "/stream/"}
 CHUNKS = 5
@@ -118,14 +117,14 @@ def test_banner(site: Site) -> None:
 
 def test_static_file_with_304_and_head(site: Site) -> None:
     stylesheet = (site.project / STYLESHEET).read_bytes()
-    served = request(site.port, "/static/notes/style.css")
+    served = fetch(site.port, "/static/notes/style.css")
     assert served.status == 200
     assert served.header(b"content-type") == b"text/css"
     assert served.body == stylesheet
     last_modified = served.header(b"last-modified")
     assert last_modified is not None
 
-    unchanged = request(
+    unchanged = fetch(
         site.port,
         "/static/notes/style.css",
         headers={"If-Modified-Since": last_modified.decode()},
@@ -133,18 +132,18 @@ def test_static_file_with_304_and_head(site: Site) -> None:
     assert unchanged.status == 304
     assert unchanged.body == b""
 
-    head = request(site.port, "/static/notes/style.css", method="HEAD")
+    head = fetch(site.port, "/static/notes/style.css", method="HEAD")
     assert head.status == 200
     assert head.header(b"content-length") == str(len(stylesheet)).encode()
     assert head.body == b""
 
 
 def test_admin_login_round_trip(site: Site) -> None:
-    anonymous = request(site.port, "/admin/")
+    anonymous = fetch(site.port, "/admin/")
     assert anonymous.status == 302
     assert anonymous.header(b"location") == b"/admin/login/?next=/admin/"
 
-    login = request(site.port, "/admin/login/?next=/admin/")
+    login = fetch(site.port, "/admin/login/?next=/admin/")
     assert login.status == 200
     token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', login.body)
     assert token is not None
@@ -158,7 +157,7 @@ def test_admin_login_round_trip(site: Site) -> None:
             "next": "/admin/",
         }
     ).encode()
-    posted = request(
+    posted = fetch(
         site.port,
         "/admin/login/?next=/admin/",
         method="POST",
@@ -173,7 +172,7 @@ def test_admin_login_round_trip(site: Site) -> None:
     jar = cookies(login, posted)
     assert "sessionid" in jar
 
-    dashboard = request(site.port, "/admin/", headers={"Cookie": cookie_header(jar)})
+    dashboard = fetch(site.port, "/admin/", headers={"Cookie": cookie_header(jar)})
     assert dashboard.status == 200
     assert b"Site administration" in dashboard.body
     assert b"<strong>" + ADMIN.encode() + b"</strong>" in dashboard.body
@@ -182,10 +181,10 @@ def test_admin_login_round_trip(site: Site) -> None:
 
 def test_access_lines_in_runserver_format(site: Site) -> None:
     path = f"/pid/?access-line={site.interface}"
-    served = request(site.port, path)
+    served = fetch(site.port, path)
     line = site.server.wait_for(access_line(f"GET {path} HTTP/1.1", 200))
     assert int(line.group(2)) == len(served.body)
-    missing = request(site.port, "/no-such-page/")
+    missing = fetch(site.port, "/no-such-page/")
     assert missing.status == 404
     line = site.server.wait_for(access_line("GET /no-such-page/ HTTP/1.1", 404))
     assert int(line.group(2)) == len(missing.body)
@@ -233,7 +232,7 @@ def bare(migrated_project: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def test_hide_warning_variable(bare: Site) -> None:
     # The banner, warning included, is out before the first request is served.
-    request(bare.port, "/pid/?hide-warning")
+    fetch(bare.port, "/pid/?hide-warning")
     bare.server.wait_for(access_line("GET /pid/?hide-warning HTTP/1.1", 200))
     lines = bare.server.output
     assert "Quit the server with CONTROL-C." in lines
@@ -246,7 +245,7 @@ def test_run_main_is_unset_without_the_reloader(bare: Site) -> None:
 
 
 def test_nostatic_leaves_static_files_unserved(bare: Site) -> None:
-    assert request(bare.port, "/static/notes/style.css").status == 404
+    assert fetch(bare.port, "/static/notes/style.css").status == 404
 
 
 # ---------------------------------------------------------------- notices, logging, signals
@@ -309,8 +308,8 @@ def test_project_logging_redirects_the_access_lines(django_project: Path) -> Non
     with Runserver(django_project, "127.0.0.1:0", "--settings", settings) as server:
         port = server.wait_started()
         assert server.matches(rf"using settings '{settings}'")
-        served = request(port, "/pid/?to-the-file")
-        assert request(port, "/no-such-page/").status == 404
+        served = fetch(port, "/pid/?to-the-file")
+        assert fetch(port, "/no-such-page/").status == 404
         assert wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 2)
         # Django's "Not Found: /no-such-page/" is django.request's and stays on the console.
         assert not server.matches(r'"GET /(pid/\?to-the-file|no-such-page/) HTTP/1\.1"')
@@ -361,8 +360,8 @@ call_command(
 
 
 def test_call_command(django_project: Path) -> None:
-    """runserver called from Python, as Django's own tests and some tools do: the options
-    only call_command can give (the shutdown message) are honoured."""
+    """runserver called from Python, as scripts and tools do: the options that only
+    call_command gives (the shutdown message, no checks) are honoured."""
     env = environment(DJANGO_SETTINGS_MODULE="mysite.settings")
     with Runserver(django_project, "127.0.0.1:0", command=("-c", CALL_COMMAND), env=env) as server:
         port = server.wait_started()

@@ -31,6 +31,8 @@ STARTING = (
 WORKER_READY = r"Worker (\d+) ready in \d+ ms"
 RESTARTING = r"Changed: (.*); restarting$"
 TAKEN_IN = r"Changed: (.*); the app took it in without a restart$"
+# Selects the example's ASGI_APPLICATION (its settings read it from the environment).
+ASGI_ENV = {"EXAMPLE_ASGI_APPLICATION": "mysite.asgi.application"}
 # What the copy leaves out: the example's own database and caches.
 _LEFT_OUT = shutil.ignore_patterns("db.sqlite3*", "__pycache__", "*.pyc")
 # How long a stopped runserver (supervisor, template and workers) may take to exit.
@@ -129,7 +131,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def request(
+def fetch(
     port: int,
     path: str = "/",
     *,
@@ -170,7 +172,7 @@ def wait_for_another_pid(port: int, previous: int | None, timeout: float = 15.0)
         seen.append(served_pid(port))
         return seen[-1] not in (previous, None)
 
-    assert wait_until(changed, timeout), f"/pid/ still says {seen[-1]}, not another than {previous}"
+    assert wait_until(changed, timeout), f"/pid/ says {seen[-1]}; a worker other than {previous}?"
     pid = seen[-1]
     assert pid is not None
     return pid
