@@ -1,6 +1,6 @@
 """Helpers shared by the tests and the benchmarks, one concern a module: the response parser
 and client sockets, servers, processes, captured logs, limits, polling, Django's settings,
-http11 event summaries, and the test apps."""
+the example Django project run by manage.py, http11 event summaries, and the test apps."""
 
 from __future__ import annotations
 
