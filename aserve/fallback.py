@@ -27,7 +27,7 @@ from aserve import __version__
 from aserve.config import Config
 from aserve.errors import AppLoadError, AppProtocolError, ClientDisconnected, ProtocolError
 from aserve.loader import LoadedApp, load
-from aserve.logs import access_line, access_logger, configure
+from aserve.logs import ThreadedAccessLog, configure
 from aserve.signals import StopSignals
 from aserve.sockets import bound, listening_url
 from aserve.types import Environ, WSGIApp
@@ -76,7 +76,7 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, simple_server.WSGIServer)
         # Each request runs in a fresh copy of this, as in the main mode: one request's
         # context variables never leak into the next on a keep-alive connection's thread.
         self.context = contextvars.copy_context()
-        self.access_log = access_logger(config.access_log)
+        self.access_log = ThreadedAccessLog.create(config.access_log, config.access_log_style)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
@@ -687,7 +687,7 @@ class WSGIRequestHandler(simple_server.WSGIRequestHandler):
         log = self.server.access_log
         if log is not None:
             elapsed = (time.perf_counter() - self._started) * 1000.0
-            log.info("%s", access_line(self.client, self.requestline, status, size, elapsed))
+            log.log(self.client, self.requestline, status, size, elapsed)
 
     def finish(self) -> None:
         # The last flush meets a client that already left (wrk stopping mid-pipeline).
@@ -723,8 +723,10 @@ class WSGIRefServer:
         self._server = ThreadingWSGIServer(sock, loaded.wsgi, config)
 
     def serve(self, announce: bool = True) -> None:
+        # Under runserver, its banner says where the server listens, once.
+        quiet = self.config.access_log_style == "runserver" or not announce
         logger.log(
-            logging.INFO if announce else logging.DEBUG,
+            logging.DEBUG if quiet else logging.INFO,
             "aserve %s serving WSGI app %s with wsgiref on %s; quit with CONTROL-C",
             __version__,
             self.loaded.name,

@@ -114,6 +114,34 @@ class AccessLog:
             stream.flush()
 
 
+class ThreadedAccessLog:
+    """Access lines through the `aserve.access` logger, a record each: the wsgiref mode's
+    connection threads have no loop to batch writes on."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    @staticmethod
+    def create(
+        enabled: bool, style: AccessLogStyle
+    ) -> ThreadedAccessLog | RunserverAccessLog | None:
+        if style == "runserver":
+            return RunserverAccessLog() if enabled else None
+        logger = access_logger(enabled)
+        return ThreadedAccessLog(logger) if logger is not None else None
+
+    def log(
+        self,
+        client: str,
+        request_line: str,
+        status: int | str,
+        size: int | str,
+        ms: float,
+        note: str = "",
+    ) -> None:
+        self.logger.info("%s", access_line(client, request_line, status, size, ms, note))
+
+
 # English month names, as runserver's lines (http.server's log_date_time_string) have them
 # whatever the locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

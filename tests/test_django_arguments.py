@@ -121,13 +121,6 @@ def test_wsgiref_server_without_the_reloader(django_project: Path) -> None:
         assert stylesheet.body == (django_project / "notes/static/notes/style.css").read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aserve.fallback writes its access lines on aserve.access in aserve's own form "
-    "('HH:MM:SS INFO    127.0.0.1:PORT - \"GET ...\"'): runserver's config asks for "
-    "access_log_style='runserver', which only aserve.server honours, so under --server "
-    "wsgiref the lines are not on django.server and a project's LOGGING misses them",
-)
 def test_wsgiref_server_logs_access_lines_on_django_server(django_project: Path) -> None:
     with Runserver(django_project, "127.0.0.1:0", "--server", "wsgiref", "--noreload") as server:
         port = server.wait_started()
@@ -136,13 +129,6 @@ def test_wsgiref_server_logs_access_lines_on_django_server(django_project: Path)
     assert re.match(access_line("GET /pid/?wsgiref HTTP/1.1", 200), line)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with the reloader (runserver's default) --server wsgiref is ignored: "
-    "Command._supervise hands the setting to the Supervisor, whose workers always serve "
-    "with aserve.server.Server (aserve/reload/worker.py worker_main), so the responses "
-    "carry 'server: aserve'; only --noreload reaches serve_wsgiref",
-)
 def test_wsgiref_server_with_the_reloader(django_project: Path) -> None:
     with Runserver(django_project, "127.0.0.1:0", "--server", "wsgiref") as server:
         port = server.wait_started()

@@ -264,14 +264,6 @@ def test_unapplied_migrations_notice(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reload worker's stdout is never flushed until it exits (aserve/reload/"
-    "template.py flushes it in the forked child's finally): without a terminal or "
-    "PYTHONUNBUFFERED (docker, an IDE's console, `| tee`) the 'Performing system checks...' "
-    "output, its warnings and the unapplied-migrations notice of each start come only when "
-    "that worker stops, after the banner the supervisor flushed",
-)
 def test_system_checks_come_before_the_banner_into_a_pipe(django_project: Path) -> None:
     env = environment()
     del env["PYTHONUNBUFFERED"]

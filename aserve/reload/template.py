@@ -14,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import importlib.abc
+import importlib.machinery
 import os
 import select
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Sequence
 
 from aserve.reload.ipc import (
     TEMPLATE_LINK,
@@ -33,7 +36,7 @@ from aserve.reload.ipc import (
     ToTemplate,
     inherit_channel,
 )
-from aserve.reload.worker import worker_main
+from aserve.reload.worker import preloadable_directory, worker_main
 
 # A Fork brings the worker's channel and its dump pipe.
 FORK_FDS = 2
@@ -41,12 +44,43 @@ FORK_FDS = 2
 
 def preload(names: Iterable[str]) -> None:
     """Import what can be imported of `names`; modules that fail (a Django models module
-    before setup, say) are left for the worker."""
-    for name in names:
-        if name in sys.modules:
-            continue
-        with contextlib.suppress(BaseException):
-            importlib.import_module(name)
+    before setup, say) are left for the worker. Project code is refused while they import:
+    an installed module may import the project's at import time (a Django migration reads
+    settings.INSTALLED_APPS, importing the settings module), and every worker forked from
+    this template would then run that code as it was when the template started."""
+    refuse = _ProjectCodeRefused()
+    sys.meta_path.insert(0, refuse)
+    try:
+        for name in names:
+            if name in sys.modules:
+                continue
+            with contextlib.suppress(BaseException):
+                importlib.import_module(name)
+    finally:
+        sys.meta_path.remove(refuse)
+
+
+class _ProjectCodeRefused(importlib.abc.MetaPathFinder):
+    """An import finder that fails imports of modules outside the standard library and
+    installed packages (see `worker.preloadable_directory`)."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is None:
+                continue
+            origin = spec.origin
+            if spec.has_location and origin and not preloadable_directory(os.path.dirname(origin)):
+                raise ImportError(f"{fullname} is project code, never preloaded", name=fullname)
+            return None  # the finders below find it again, as if this one were not here
+        return None
 
 
 def template_main(control: Channel[ToTemplate, FromTemplate], listen_fd: int) -> int:

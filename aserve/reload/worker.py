@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import contextvars
 import faulthandler
+import functools
+import io
 import logging
 import os
 import signal
@@ -132,6 +134,10 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int, dump_fd: int) ->
     # that hangs): faulthandler writes them from its C handler, whatever Python is doing.
     faulthandler.register(DUMP_SIGNAL, file=dump_fd, all_threads=True, chain=False)
     channel.send(Hello(os.getpid()))
+    # Into a pipe (docker, an IDE's console, `| tee`) stdout is block-buffered: what the app
+    # prints as it starts (Django's system checks) would come out when the worker exits.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     config = Config(**message.config)
     configure(config.log_level)
     link = ReloadLink()
@@ -252,12 +258,9 @@ def preloadable_modules() -> tuple[str, ...]:
     template imports them before forking. A project module is never preloaded, wherever it
     is and whatever is watched: a module outside the watched directories would otherwise be
     preloaded with everything it imported, and an edit to one of those served stale."""
-    stdlib = tuple(
-        os.path.realpath(sysconfig.get_paths()[key]) + os.sep for key in ("stdlib", "platstdlib")
-    )
     names = []
     # realpath() lstat()s every component of a path: resolve each directory once.
-    real_dirs: dict[str, str] = {}
+    verdicts: dict[str, bool] = {}
     for name, module in list(sys.modules.items()):
         if name == "__main__" or module is None:
             continue
@@ -266,10 +269,22 @@ def preloadable_modules() -> tuple[str, ...]:
             names.append(name)  # built into the interpreter, or a namespace package
             continue
         directory = os.path.dirname(path)
-        real = real_dirs.get(directory)
-        if real is None:
-            real = real_dirs[directory] = os.path.realpath(directory) + os.sep
-        parts = real.split(os.sep)
-        if "site-packages" in parts or "dist-packages" in parts or real.startswith(stdlib):
+        verdict = verdicts.get(directory)
+        if verdict is None:
+            verdict = verdicts[directory] = preloadable_directory(directory)
+        if verdict:
             names.append(name)
     return tuple(names)
+
+
+def preloadable_directory(directory: str) -> bool:
+    """Whether modules in `directory` are the standard library's or installed packages'."""
+    real = os.path.realpath(directory) + os.sep
+    parts = real.split(os.sep)
+    return "site-packages" in parts or "dist-packages" in parts or real.startswith(_stdlib())
+
+
+@functools.cache
+def _stdlib() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple(os.path.realpath(paths[key]) + os.sep for key in ("stdlib", "platstdlib"))

@@ -27,9 +27,10 @@ STARTING = (
     r"Starting aserve \S+ \((WSGI|ASGI)\) development server at "
     r"http://(?:\[[0-9a-f:]+\]|[^:/]+):(\d+)/"
 )
-# The supervisor's line once a reload worker serves, and the two outcomes of a change.
-WORKER_READY = r"Worker (\d+) ready in \d+ ms"
-RESTARTING = r"Changed: (.*); restarting$"
+# The supervisor's line once a reload worker serves (the first, then one per reload), and
+# the two outcomes of a change.
+WORKER_READY = r"(?:Worker |Reloaded in \d+ ms \(files: .*; worker )(\d+)(?: ready in \d+ ms|\))"
+RESTARTING = r"Reloaded in \d+ ms \(files: (.*); worker \d+\)$"
 TAKEN_IN = r"Changed: (.*); the app took it in without a restart$"
 # Selects the example's ASGI_APPLICATION (its settings read it from the environment).
 ASGI_ENV = {"EXAMPLE_ASGI_APPLICATION": "mysite.asgi.application"}
