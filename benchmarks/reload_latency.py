@@ -55,7 +55,7 @@ VERSION = {version}
 
 
 def version(request):
-    return HttpResponse(f"version={{VERSION}};", content_type="text/plain")
+    {imports}return HttpResponse(f"version={{VERSION}};", content_type="text/plain")
 """
 URLS_SUFFIX = """
 from mysite import views  # noqa: E402
@@ -140,7 +140,14 @@ SERVERS = {
 # -- the project -----------------------------------------------------------------------------
 
 
-def make_project(directory: Path) -> Path:
+def view_source(version: int, view_import: str) -> str:
+    """The view at `version`; with `view_import`, the view imports that module when first
+    called, as a view that pulls in a library lazily does."""
+    imports = f"import {view_import}  # noqa: F401\n    " if view_import else ""
+    return VIEW_SOURCE.format(version=version, imports=imports)
+
+
+def make_project(directory: Path, view_import: str = "") -> Path:
     """`django-admin startproject mysite .` plus the view the benchmark edits; its path."""
     admin = _tool("django-admin")
     command = [admin] if admin else [sys.executable, "-m", "django"]
@@ -151,7 +158,7 @@ def make_project(directory: Path) -> Path:
         capture_output=True,
     )
     view = directory / "mysite" / "views.py"
-    view.write_text(VIEW_SOURCE.format(version=0))
+    view.write_text(view_source(0, view_import))
     with (directory / "mysite" / "urls.py").open("a") as urls:
         urls.write(URLS_SUFFIX)
     return view
@@ -165,13 +172,14 @@ class ViewEditor:
     source size match, which same-size versions written within one second would.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, view_import: str = "") -> None:
         self.path = path
+        self.view_import = view_import
         self.mtime_ns = path.stat().st_mtime_ns
 
     def write(self, version: int) -> None:
         with self.path.open("w") as source:
-            source.write(VIEW_SOURCE.format(version=version))
+            source.write(view_source(version, self.view_import))
         self.mtime_ns = max(time.time_ns(), self.mtime_ns + 1_000_000_000)
         os.utime(self.path, ns=(self.mtime_ns, self.mtime_ns))
 
@@ -438,6 +446,7 @@ class Settings:
     machine_settle: float
     machine_quiet: float
     json_path: Path | None
+    view_import: str = ""
 
 
 @dataclass
@@ -667,6 +676,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         default=0.15,
         help="Quiet means under this share of all CPUs busy.",
     )
+    parser.add_argument(
+        "--view-import",
+        default="",
+        metavar="MODULE",
+        help="The view imports this module on its first call (a heavy library: hypothesis).",
+    )
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.servers.split(",") if name.strip()]
     unknown = [name for name in names if name not in SERVERS]
@@ -684,6 +699,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         machine_settle=args.machine_settle,
         machine_quiet=args.machine_quiet,
         json_path=args.json,
+        view_import=args.view_import,
     )
 
 
@@ -703,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="reload-latency-") as temp:
         project = Path(temp).resolve()
-        view = ViewEditor(make_project(project))
+        view = ViewEditor(make_project(project, settings.view_import), settings.view_import)
         for spec in specs:
             results.append(measure(spec, project, view, settings))
     print(format_table(results))
