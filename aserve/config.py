@@ -192,6 +192,11 @@ class Config:
         "app set the collector up itself. Only when aserve runs on the main thread.",
     )
     reload: bool = setting(False, "Restart the worker when files change (development).")
+    reload_browser: bool = setting(
+        False,
+        "Also refresh the browser's pages after each reload (implies --reload): a script is "
+        "added to every HTML page the app sends.",
+    )
     # Long enough for the slowest honest start (a large Django project's imports and checks take
     # seconds); an import that hangs (a loop, a network call) is then shown with its stack.
     timeout_worker_start: float = setting(
@@ -226,6 +231,8 @@ class Config:
     def __post_init__(self) -> None:
         self._check_numbers()
         self._check_choices()
+        if self.reload_browser and not self.reload:
+            object.__setattr__(self, "reload", True)
 
     def _check_numbers(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -251,6 +258,8 @@ class Config:
             raise ConfigError("--uds and --fd cannot be used together")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ConfigError("--root-path must start with '/' and not end with one, like /app")
+        if self.server == "wsgiref" and self.reload_browser:
+            raise ConfigError("--reload-browser needs --server aserve, not wsgiref")
         if self.server == "wsgiref" and self.interface == "asgi":
             raise ConfigError(
                 "--server wsgiref serves WSGI apps only; use --server aserve for ASGI"

@@ -5,6 +5,7 @@ the request body the app reads (`RequestBody`), and what each side offers the ot
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections import deque
@@ -93,6 +94,12 @@ class ResponseSink(Protocol):
 
     def on_writable(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the loop once writing may go on, or the peer is gone."""
+        ...
+
+    def detach(self) -> socket.socket | None:
+        """Give the connection up to another owner (another process): the socket returned is
+        the caller's, and nothing more is read or written, or logged, here. None when the
+        connection is closing, or a response to this request has begun."""
         ...
 
 

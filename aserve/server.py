@@ -21,7 +21,7 @@ from aserve.exchange import AppRunner
 from aserve.loader import LoadedApp, load
 from aserve.logs import AccessLog, configure
 from aserve.net.acceptor import Acceptor
-from aserve.net.connection import HttpProtocol, ServerState
+from aserve.net.connection import SHUTDOWN_GRACE, HttpProtocol, Phase, ServerState
 from aserve.process import loop_factory, tune_gc
 from aserve.protocols.http11 import Limits
 from aserve.runners import make_runner
@@ -65,6 +65,14 @@ class Server:
         # both to the supervisor, but for the first worker's line saying where it serves.
         self.log_serving = True
         self.log_stopped = True
+        # Called on the loop once it accepts nothing more and its idle connections are closed:
+        # the next request reaches another server (a reload's new worker).
+        self.on_draining: Callable[[], None] | None = None
+        # On shutdown, how long a connection opened but not yet used may take to send its
+        # request (see net.connection.SHUTDOWN_GRACE).
+        self.shutdown_grace = SHUTDOWN_GRACE
+        # Under --reload-browser, who takes the connections asking for the event stream.
+        self.browser_events: Callable[[socket.socket], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # asyncio.Event binds to a loop only when first awaited (Python 3.10+).
         self._exit = asyncio.Event()
@@ -152,7 +160,7 @@ class Server:
             loaded = self.loaded = load(
                 self.app, factory=config.factory, interface=config.interface
             )
-        runner = make_runner(loaded, config)
+        runner = make_runner(loaded, config, self.browser_events)
         signals = StopSignals(self._on_stop, self._on_force, "finishing in-flight requests")
         with contextlib.ExitStack() as stack:
             if handle_signals:
@@ -214,7 +222,12 @@ class Server:
         for acceptor in acceptors:
             await acceptor.close()
         for connection in list(state.connections):
-            connection.shutdown()
+            connection.shutdown(self.shutdown_grace)
+        if self.on_draining is not None:
+            # Until the connections opened but not yet used have sent a request or closed.
+            while any(c.phase is Phase.GRACE for c in state.connections) and not self._force:
+                await asyncio.sleep(_DRAIN_POLL)
+            self.on_draining()
         deadline = loop.time() + config.timeout_graceful_shutdown
         while state.connections and loop.time() < deadline and not self._force:
             await asyncio.sleep(_DRAIN_POLL)

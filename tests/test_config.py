@@ -63,6 +63,7 @@ INVALID: list[tuple[dict[str, object], str]] = [
     ({"root_path": "app"}, "--root-path must start with '/' and not end with one, like /app"),
     ({"root_path": "/app/"}, "--root-path must start with '/' and not end with one, like /app"),
     ({"server": "wsgiref", "interface": "asgi"}, "--server wsgiref serves WSGI apps only"),
+    ({"server": "wsgiref", "reload_browser": True}, "--reload-browser needs --server aserve"),
 ]
 
 

@@ -34,6 +34,7 @@ LAYERS = {
     "aserve.arguments": "arguments",
     "aserve.errors": "base",
     "aserve.errorpage": "base",
+    "aserve.refresh": "base",
     "aserve.types": "base",
     "aserve.bench": "bench",
     "aserve.django": "django",

@@ -726,8 +726,10 @@ def test_open_event_stream_does_not_hold_up_reload(
 def test_connection_opened_before_restart_is_answered(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
-    """A browser's preconnected socket: accepted by the old worker, its request comes just
-    after the restart. The old worker must answer it rather than close it unanswered."""
+    """A socket accepted by the old worker whose request comes just after the restart: the
+    old worker answers it rather than close it unanswered (within worker.REPLACED_GRACE; a
+    browser's spare connection left idle longer is closed, or the next page load would get
+    the old code)."""
     server = reloader()
     server.wait_ready()
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
@@ -736,7 +738,7 @@ def test_connection_opened_before_restart_is_answered(
         time.sleep(0.1)  # accepted by the only worker listening
         (project / "app.py").write_text(wsgi_source("v2"))
         server.wait_ready(2)
-        time.sleep(0.1)  # the old worker has been told to stop
+        time.sleep(0.02)  # the old worker has been told to stop
         conn.request("GET", "/")
         response = conn.getresponse()
         assert response.status == 200

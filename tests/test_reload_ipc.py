@@ -25,6 +25,8 @@ from aserve.reload.ipc import (
     WORKER_LINK,
     Changed,
     Channel,
+    Draining,
+    EventStream,
     Exited,
     Failed,
     Fork,
@@ -57,6 +59,8 @@ FROM_WORKER: list[ipc.FromWorker] = [
     Handled(all=True),
     Handled(all=False),
     Modules(modules=("django", "rest_framework")),
+    EventStream(),
+    Draining(),
 ]
 MESSAGES: list[ipc.Message] = [*TO_TEMPLATE, *FROM_TEMPLATE, *TO_WORKER, *FROM_WORKER]
 
@@ -160,6 +164,28 @@ def test_fork_passes_a_descriptor_that_works_at_the_other_end() -> None:
     assert os.read(read_end, 100) == b"through the passed descriptor"
     assert os.read(read_end, 100) == b""  # no copy of the write end left open
     os.close(read_end)
+
+
+async def test_a_browser_connection_reaches_the_supervisor_on_its_loop() -> None:
+    """--reload-browser: a worker hands a client's connection over; the supervisor's loop
+    receives it without blocking, and the connection is still the client's."""
+    client, served = socket.socketpair()
+    with ends(WORKER_LINK) as (supervisor, worker):
+        waiting = asyncio.ensure_future(supervisor.receive_fds())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # nothing sent yet: it waits, the loop runs
+        worker.send(EventStream(), fds=[served.fileno()])
+        served.close()
+        received = await asyncio.wait_for(waiting, 5)
+        assert received is not None
+        message, fds = received
+        assert message == EventStream()
+        with socket.socket(fileno=fds[0]) as handed:
+            handed.sendall(b"event: reload\n\n")
+        assert client.recv(100) == b"event: reload\n\n"
+        worker.close()
+        assert await supervisor.receive_fds() is None
+    client.close()
 
 
 def test_descriptors_with_a_bad_message_are_closed() -> None:

@@ -387,13 +387,10 @@ async def test_shutdown_closes_an_idle_connection_at_once() -> None:
     assert h.transport.closed
 
 
-async def test_shutdown_waits_for_the_first_request_of_a_new_connection(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_shutdown_waits_for_the_first_request_of_a_new_connection() -> None:
     # Connected just before the shutdown (a reload swapping workers): its request is answered.
-    monkeypatch.setattr("aserve.net.connection.SHUTDOWN_GRACE", 0.2)
     h = Harness()
-    h.protocol.shutdown()
+    h.protocol.shutdown(grace=0.2)
     assert not h.transport.closed
     h.feed(get())
     h.runner.answer(0)
@@ -401,14 +398,13 @@ async def test_shutdown_waits_for_the_first_request_of_a_new_connection(
     assert h.transport.closed
 
 
-async def test_shutdown_waits_for_a_head_in_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("aserve.net.connection.SHUTDOWN_GRACE", 0.2)
+async def test_shutdown_waits_for_a_head_in_progress() -> None:
     h = Harness()
     h.feed(get())
     h.runner.answer(0)
     request = get(b"/second")
     h.feed(request[:10])
-    h.protocol.shutdown()
+    h.protocol.shutdown(grace=0.2)
     assert not h.transport.closed
     h.feed(request[10:])
     assert len(h.cycles) == 2
@@ -416,12 +412,9 @@ async def test_shutdown_waits_for_a_head_in_progress(monkeypatch: pytest.MonkeyP
     assert h.transport.closed
 
 
-async def test_shutdown_closes_a_silent_new_connection_after_the_grace(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("aserve.net.connection.SHUTDOWN_GRACE", 0.05)
+async def test_shutdown_closes_a_silent_new_connection_after_the_grace() -> None:
     h = Harness()
-    h.protocol.shutdown()
+    h.protocol.shutdown(grace=0.05)
     assert not h.transport.closed
     await asyncio.sleep(0.15)
     assert h.transport.closed

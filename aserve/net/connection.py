@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -469,6 +470,21 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self._drain_waiters.append(callback)
 
+    def detach(self) -> socket.socket | None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._head or self.conn.response_started:
+            return None
+        raw = transport.get_extra_info("socket")
+        if raw is None:
+            return None
+        # A duplicate keeps the connection open once the transport closes its descriptor;
+        # abort() closes without a shutdown, which would end the connection for both.
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        self.cycle = None
+        self._enter(_CLOSED)
+        transport.abort()
+        return sock
+
     def _write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
@@ -570,12 +586,12 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.close()
 
-    def shutdown(self) -> None:
+    def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Server shutdown: close now when idle, else after the response in progress.
 
         A connection that has not sent its first request yet, or is part-way through a head,
         is not idle: its client connected before the shutdown and expects an answer (a reload
-        swaps workers under it). It gets `SHUTDOWN_GRACE` for the request to arrive, which is
+        swaps workers under it). It gets `grace` seconds for the request to arrive, which is
         then answered with `Connection: close`.
         """
         phase = self.phase
@@ -590,7 +606,7 @@ class HttpProtocol(asyncio.Protocol):
             if self._served and not self.conn.head_in_progress:
                 self.close()
             else:
-                self._enter(_GRACE, self.state.loop.time() + SHUTDOWN_GRACE)
+                self._enter(_GRACE, self.state.loop.time() + grace)
             return
         if not cycle.response_started:
             # Tell the client in the response itself that this connection ends with it.

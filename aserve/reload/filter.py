@@ -31,6 +31,24 @@ DEFAULT_INCLUDES = (
     "*.po",
     "*.mo",
 )
+# Under --reload-browser, files whose change needs no restart, only the browser's pages
+# reloaded (or, for stylesheets, swapped in place).
+BROWSER_ASSETS = (
+    "*.css",
+    "*.js",
+    "*.mjs",
+    "*.map",
+    "*.svg",
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.gif",
+    "*.webp",
+    "*.avif",
+    "*.ico",
+    "*.woff",
+    "*.woff2",
+)
 # Directories whose changes never restart anything; a virtual environment is also found by
 # its pyvenv.cfg, whatever its name.
 IGNORED_DIRS = frozenset(
@@ -77,8 +95,19 @@ class ReloadFilter(DefaultFilter):
         # What the app asked to watch beyond these rules (Django's watch_dir, extra_files).
         self.extra_dirs: list[tuple[Path, str]] = []
         self.extra_files: set[Path] = set()
+        # Globs of files whose change only the browser hears of (see `watch_assets`).
+        self.assets: tuple[str, ...] = ()
         # (device, inode) of files the server itself writes to (see `ignore_output`).
         self._outputs: set[tuple[int, int]] = set()
+
+    def watch_assets(self, globs: tuple[str, ...] = BROWSER_ASSETS) -> None:
+        """Also accept changes to these files, which `browser_only` tells apart."""
+        self.assets = globs
+
+    def browser_only(self, path: Path) -> bool:
+        """Whether an accepted change is an asset's, which needs no restart."""
+        relative = self._relative(path)
+        return not self._included(path, relative) and self._asset(relative)
 
     def ignore_output(self, fds: tuple[int, ...] = (1, 2)) -> None:
         """Never restart on writes to the files behind these descriptors: `runserver >
@@ -128,9 +157,15 @@ class ReloadFilter(DefaultFilter):
         # An absolute glob (uvicorn's workaround for its relative ones) matches the full path.
         if any(_matches(path if os.path.isabs(p) else relative, p) for p in self.excludes):
             return False
-        if not any(_matches(path if os.path.isabs(p) else relative, p) for p in self.includes):
+        if not self._included(path, relative) and not self._asset(relative):
             return False
         return not self._in_virtualenv(path) and not self._is_output(path)
+
+    def _included(self, path: Path, relative: PurePath) -> bool:
+        return any(_matches(path if os.path.isabs(p) else relative, p) for p in self.includes)
+
+    def _asset(self, relative: PurePath) -> bool:
+        return any(_matches(relative, glob) for glob in self.assets)
 
     def _is_output(self, path: Path) -> bool:
         if not self._outputs:

@@ -18,7 +18,8 @@ from aserve.errors import AserveError
 # Failed (a traceback). Linux refuses a packet larger than the sender's SO_SNDBUF (208 KiB by
 # default, net.core.wmem_default) before this limit is reached.
 MAX_MESSAGE = 1 << 20
-# A Fork passes one descriptor; Linux closes any beyond this limit rather than leak them.
+# A Fork passes two descriptors, an EventStream one; any beyond this limit are closed by the
+# kernel rather than leaked.
 MAX_FDS = 4
 # The key of the message type in the JSON object; no message has a field of this name.
 TAG = "type"
@@ -91,6 +92,18 @@ class Modules:
 
 
 @dataclass(frozen=True, slots=True)
+class Draining:
+    """From a worker told to stop: it accepts nothing more and closed its idle connections,
+    so the next request a browser makes reaches the new worker."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventStream:
+    """From a worker under --reload-browser: a browser asked for the refresh event stream; its
+    connection travels with this message as a descriptor, now the supervisor's to serve."""
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """From a worker that could not start: what the error page shows."""
 
@@ -135,7 +148,7 @@ class Changed:
 ToTemplate: TypeAlias = Preload | Fork
 FromTemplate: TypeAlias = TemplateReady | Exited
 ToWorker: TypeAlias = Stop | Changed
-FromWorker: TypeAlias = Hello | Ready | Failed | Watch | Handled | Modules
+FromWorker: TypeAlias = Hello | Ready | Failed | Watch | Handled | Modules | EventStream | Draining
 Message: TypeAlias = ToTemplate | FromTemplate | ToWorker | FromWorker
 
 
@@ -299,19 +312,7 @@ class Channel(Generic[Receives, Sends]):
 
     def recv_fds(self) -> tuple[Receives, list[int]] | None:
         """The next message and the descriptors that came with it, now the caller's to close."""
-        try:
-            data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE + 1, MAX_FDS)
-        except OSError:
-            return None
-        try:
-            message = self._message(data)
-        except IPCError:
-            _close(fds)
-            raise
-        if message is None:
-            _close(fds)
-            return None
-        return message, fds
+        return self._recv_fds()
 
     async def receive(self) -> Receives | None:
         if self._sock.getblocking():
@@ -324,6 +325,34 @@ class Channel(Generic[Receives, Sends]):
         except OSError:
             return None
         return self._message(data)
+
+    async def receive_fds(self) -> tuple[Receives, list[int]] | None:
+        """`recv_fds()` for an event loop."""
+        if self._sock.getblocking():
+            self._sock.setblocking(False)
+        while True:
+            try:
+                return self._recv_fds()
+            except BlockingIOError:
+                await _readable(self._sock)
+
+    def _recv_fds(self) -> tuple[Receives, list[int]] | None:
+        """BlockingIOError when the socket is non-blocking and nothing waits."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE + 1, MAX_FDS)
+        except BlockingIOError:
+            raise
+        except OSError:
+            return None
+        try:
+            message = self._message(data)
+        except IPCError:
+            _close(fds)
+            raise
+        if message is None:
+            _close(fds)
+            return None
+        return message, fds
 
     def close(self) -> None:
         self._sock.close()
@@ -346,6 +375,21 @@ def channel_pair(link: Link[Down, Up]) -> tuple[Channel[Up, Down], Channel[Down,
 def inherit_channel(fd: int, link: Link[Down, Up]) -> Channel[Down, Up]:
     """The template's or worker's end of `link`, from the descriptor it was handed."""
     return Channel(socket.socket(fileno=fd), link.down)
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
 
 
 def _close(fds: Sequence[int]) -> None:

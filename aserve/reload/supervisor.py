@@ -29,6 +29,7 @@ from aserve.errors import ConfigError
 from aserve.loader import LoadedApp
 from aserve.logs import configure
 from aserve.process import loop_factory
+from aserve.reload.browser import BrowserHub
 from aserve.reload.errorpage import error_app
 from aserve.reload.filter import ReloadFilter
 from aserve.reload.ipc import (
@@ -36,6 +37,8 @@ from aserve.reload.ipc import (
     WORKER_LINK,
     Changed,
     Channel,
+    Draining,
+    EventStream,
     Exited,
     Failed,
     Fork,
@@ -92,6 +95,9 @@ CTIME_MARGIN = 0.02
 # Changed paths named in a reload's log line; the rest are counted, so a `git switch` stays
 # one line.
 NAMED_CHANGES = 3
+# How long the browser's reload waits for the old worker to stop accepting (it does within
+# milliseconds of being told; a worker that hangs is not waited for).
+DRAIN_WAIT = 1.0
 # How long a worker that asked to hear of changes (Django's file_changed receivers) may take
 # to say whether it dealt with them; a template cache reset takes microseconds, and a worker
 # that does not answer in time is restarted as if it had said no.
@@ -119,15 +125,26 @@ class Worker:
         self.watch: Watch | None = None
         # Called with the modules a ready worker reports later (see ipc.Modules).
         self.on_modules: Callable[[tuple[str, ...]], None] | None = None
+        # Given the descriptor of each browser event stream the worker hands over.
+        self.on_event_stream: Callable[[int], None] | None = None
         self.stopping = False
+        # Set once a worker told to stop accepts nothing more (see ipc.Draining), or exited.
+        self.draining = asyncio.Event()
         self.exited = asyncio.Event()
         self._monitor: asyncio.Task[None] | None = None
         self._answer: asyncio.Future[bool] | None = None
 
     async def _next(self) -> FromWorker | None:
-        message = await self.channel.receive()
-        if message is None:
+        received = await self.channel.receive_fds()
+        if received is None:
             self.exited.set()
+            self.draining.set()
+            return None
+        message, fds = received
+        if isinstance(message, EventStream) and fds and self.on_event_stream is not None:
+            self.on_event_stream(fds.pop())
+        for fd in fds:
+            os.close(fd)
         return message
 
     async def started(self) -> bool:
@@ -150,6 +167,9 @@ class Worker:
     async def _read_until_exit(self) -> None:
         while not self.exited.is_set():
             message = await self._next()
+            if isinstance(message, Draining):
+                self.draining.set()
+                continue
             if isinstance(message, Modules):
                 self.modules = message.modules
                 if self.on_modules is not None:
@@ -429,6 +449,10 @@ class Supervisor:
         self.roots = [Path(d).resolve() for d in (config.reload_dirs or ["."])]
         self.filter = ReloadFilter(self.roots, config.reload_includes, config.reload_excludes)
         self.filter.ignore_output()
+        # Under --reload-browser: the pages listening for reload events.
+        self.browser = BrowserHub() if config.reload_browser else None
+        if self.browser is not None:
+            self.filter.watch_assets()
         self._changes = _Changes(self.roots, self.filter, max(1, int(config.reload_delay * 1000)))
         self.worker: Worker | None = None
         self.template: Template | None = None
@@ -485,6 +509,17 @@ class Supervisor:
             paths = sorted({_display(Path(path), self.roots) for path in changed})
             left = len(paths) - NAMED_CHANGES
             named = ", ".join(paths[:NAMED_CHANGES]) + (f" and {left} more" if left > 0 else "")
+            if self.browser is not None and all(
+                self.filter.browser_only(Path(path)) for path in changed
+            ):
+                css = all(path.endswith(".css") for path in changed)
+                logger.info(
+                    "Changed: %s; no restart, the browser %s",
+                    named,
+                    "swaps its stylesheets" if css else "reloads its pages",
+                )
+                self.browser.send("css" if css else "reload")
+                continue
             worker = self.worker
             starting = self._starting is not None and not self._starting.done()
             if (
@@ -494,6 +529,7 @@ class Supervisor:
                 and await worker.handles(changed)
             ):
                 logger.info("Changed: %s; the app took it in without a restart", named)
+                self._tell_browser()
                 continue
             logger.debug("Changed: %s; restarting", named)
             await self._cancel_start()  # a worker still starting (an import that hangs)
@@ -537,6 +573,8 @@ class Supervisor:
         assert self.template is not None
         started = time.perf_counter()
         new = self.template.fork(self._request(announce=not self._announced))
+        if self.browser is not None:
+            new.on_event_stream = self.browser.add_fd
         timeout = self.config.timeout_worker_start
         try:
             ok = await asyncio.wait_for(new.started(), timeout)
@@ -579,6 +617,8 @@ class Supervisor:
         if new.watch is not None:
             self._watch_more(new.watch)
         self._serving()
+        if changed and self.browser is not None:
+            self._spawn(self._tell_browser_once_drained(old))
         new.on_modules = self._preload_later
         self._preload_later(new.modules)
 
@@ -665,11 +705,14 @@ class Supervisor:
         page = LoadedApp(kind="asgi", app=error_app(title, summary, details), name="error page")
         server = Server(page, self.config.replace(lifespan="off", tune_gc=False))
         server.log_serving = server.log_stopped = False
+        if self.browser is not None:
+            server.browser_events = self.browser.add
         self._error_server = server
         self._error_task = asyncio.create_task(
             server.serve([self.sock.dup()], handle_signals=False)
         )
         self._serving()
+        self._tell_browser()
 
     async def _hide_error(self) -> None:
         server, task = self._error_server, self._error_task
@@ -677,6 +720,18 @@ class Supervisor:
         if server is not None and task is not None:
             server.request_stop()
             await task
+
+    async def _tell_browser_once_drained(self, old: Worker | None) -> None:
+        """A page reloaded while the old worker still accepts could get the old code."""
+        if old is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(old.draining.wait(), DRAIN_WAIT)
+        self._tell_browser()
+
+    def _tell_browser(self) -> None:
+        """The pages open in the browser are out of date: they reload."""
+        if self.browser is not None:
+            self.browser.send("reload")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -697,6 +752,8 @@ class Supervisor:
             await template.close()
         await self._hide_error()
         self.sock.close()
+        if self.browser is not None:
+            self.browser.close()
         if self.worker is not None:
             worker, self.worker = self.worker, None
             await worker.stop(0 if self._force else self.config.timeout_graceful_shutdown)

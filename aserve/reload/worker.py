@@ -29,6 +29,8 @@ from aserve.reload.ipc import (
     WORKER_LINK,
     Changed,
     Channel,
+    Draining,
+    EventStream,
     Failed,
     Fork,
     FromWorker,
@@ -50,6 +52,10 @@ logger = logging.getLogger("aserve.error")
 ERRORS_KEPT = 5
 # The signal on which a worker writes its threads' stacks to its dump pipe.
 DUMP_SIGNAL = signal.SIGUSR1
+# A replaced worker's wait for requests on connections opened but not yet used. Browsers
+# open spare connections and leave them idle for seconds: one used after the reload would
+# get the old code. A client that connects to send a request sends it within milliseconds.
+REPLACED_GRACE = 0.2
 # When, after it is ready, a worker looks again for modules its first requests imported
 # (seconds, each after the one before): a reload shortly after starts with the modules of
 # the requests made meanwhile, a browser's first page load within the first few seconds.
@@ -169,6 +175,22 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int, dump_fd: int) ->
     server = Server(loaded, config)
     server.log_serving = message.announce
     server.log_stopped = False
+    server.shutdown_grace = REPLACED_GRACE
+    if config.reload_browser:
+
+        def hand_over(sock: socket.socket) -> None:
+            # The supervisor serves the browser's event stream: it outlives this worker.
+            with contextlib.suppress(OSError):
+                channel.send(EventStream(), fds=[sock.fileno()])
+            sock.close()
+
+        server.browser_events = hand_over
+
+        def draining() -> None:
+            with contextlib.suppress(OSError):
+                channel.send(Draining())
+
+        server.on_draining = draining
 
     # The loop keeps only weak references to tasks.
     obeying: set[asyncio.Task[None]] = set()

@@ -131,6 +131,8 @@ class Command(StaticfilesRunserver):
         }
         if not options.get("use_threading", True):
             values["threads"] = 1  # --nothreading: one request at a time, as runserver
+        if values.get("reload_browser") and not options.get("use_reloader", True):
+            raise CommandError("--reload-browser refreshes pages after a reload: drop --noreload")
         if options.get("use_reloader", True) and not values.get("reload_dirs"):
             # runserver watches the project; the directory of manage.py is its root.
             values["reload_dirs"] = [os.path.dirname(os.path.abspath(sys.argv[0]))]
