@@ -10,6 +10,7 @@ from typing import NoReturn
 from aserve import __version__
 from aserve.arguments import add_config_options
 from aserve.config import Config
+from aserve.errorpage import user_traceback
 from aserve.errors import AserveError
 
 EXIT_USAGE = 2
@@ -65,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Server(app, config).run()
     except AserveError as exc:
         print(f"aserve: error: {exc}", file=sys.stderr)
+        if config.log_level == "debug" and exc.__cause__ is not None:
+            # The line names the place to look; when that is not enough, the whole story.
+            print(user_traceback(exc.__cause__), file=sys.stderr, end="")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
+import sysconfig
 import traceback
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -184,10 +186,35 @@ def _import_failure(module_name: str, exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         where = f"{exc.filename}, line {exc.lineno}" if exc.filename else "unknown file"
         return f"cannot import {module_name!r}: SyntaxError at {where}: {exc.msg}"
-    frames = [
-        f
-        for f in traceback.extract_tb(exc.__traceback__)
-        if "importlib" not in f.filename and not f.filename.startswith("<frozen")
-    ]
-    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
-    return f"cannot import {module_name!r}: {_summary(exc)}{where}"
+    return f"cannot import {module_name!r}: {_summary(exc)}{_where(exc)}"
+
+
+def _where(exc: BaseException) -> str:
+    """` (file, line N)`: where in the user's code `exc` was raised. That is the last frame
+    outside the standard library, installed packages and aserve: a setting Django rejects, or
+    a bad argument to `json.loads`, raises deep inside the library, but the line to fix is the
+    caller's. Without such a frame (the app string names a library), the last frame that is
+    not importlib's machinery."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    library = _library_dirs()
+    shown = [f for f in frames if _is_users(f.filename, library)]
+    if not shown:
+        shown = [f for f in frames if not f.filename.startswith("<frozen")]
+        shown = [f for f in shown if "importlib" not in f.filename]
+    return f" ({shown[-1].filename}, line {shown[-1].lineno})" if shown else ""
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """The directories whose code is not the user's: the standard library's and aserve's."""
+    paths = sysconfig.get_paths()
+    dirs = {paths["stdlib"], paths["platstdlib"], os.path.dirname(__file__)}
+    return tuple(os.path.realpath(d) + os.sep for d in dirs)
+
+
+def _is_users(filename: str, library: tuple[str, ...]) -> bool:
+    if filename.startswith("<"):
+        return False  # <frozen importlib._bootstrap>, <string>: no file to open
+    parts = filename.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not os.path.realpath(filename).startswith(library)
