@@ -31,6 +31,9 @@ class LoadedApp:
     kind: Kind
     app: Any
     name: str
+    # aserve's own app standing in for the user's (the reloader's error page): the server that
+    # serves it announces nothing, since the supervisor has said why it is up.
+    stand_in: bool = False
 
     @property
     def asgi(self) -> ASGIApp:
@@ -59,7 +62,8 @@ def load(target: object, *, factory: bool = False, interface: Interface = "auto"
         except Exception as exc:
             raise AppLoadError(f"app factory {name} raised: {_summary(exc)}") from exc
     if not callable(app):
-        raise AppLoadError(f"{name} is a {type(app).__name__}, not a callable app")
+        subject = f"app factory {name} returned" if factory else f"{name} is"
+        raise AppLoadError(f"{subject} {_described(app)}, not a callable app")
     kind = detect_interface(app) if interface == "auto" else interface
     if kind is None:
         raise AppLoadError(
@@ -179,6 +183,14 @@ def _signature(app: Any) -> str:
 
 def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _described(value: object) -> str:
+    """What `value` is, in words: None, or its type with its article (an int, a module)."""
+    if value is None:
+        return "None"
+    kind = type(value).__name__
+    return f"{'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind}"
 
 
 def _import_failure(module_name: str, exc: BaseException) -> str:

@@ -170,7 +170,7 @@ class Server:
                 await self._serve(runner)
             finally:
                 await runner.shutdown(0.0 if self._force else config.timeout_graceful_shutdown)
-            logger.info("aserve stopped")
+            logger.log(logging.DEBUG if loaded.stand_in else logging.INFO, "aserve stopped")
             return EXIT_OK
 
     async def _serve(self, runner: AppRunner) -> None:
@@ -191,9 +191,11 @@ class Server:
         acceptors = [Acceptor(loop, sock, lambda: HttpProtocol(state)) for sock in self.sockets]
         date_timer = self._refresh_date(state, loop)
         assert self.loaded is not None
-        # Under runserver, its banner says where the server listens, once.
+        # Under runserver, its banner says where the server listens, once; the supervisor says
+        # why a stand-in is up.
+        quiet = config.access_log_style == "runserver" or self.loaded.stand_in
         logger.log(
-            logging.DEBUG if config.access_log_style == "runserver" else logging.INFO,
+            logging.DEBUG if quiet else logging.INFO,
             "aserve %s serving %s app %s on %s; quit with CONTROL-C",
             __version__,
             self.loaded.kind.upper(),
