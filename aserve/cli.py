@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from aserve import __version__
-from aserve.arguments import add_config_options
+from aserve.arguments import add_config_options, option_names
 from aserve.config import Config
 from aserve.errorpage import user_traceback
 from aserve.errors import AserveError
@@ -50,8 +51,31 @@ def parse(argv: Sequence[str] | None = None) -> tuple[str, Config]:
         parser.error(str(exc))
 
 
+def without_reload(config: Config) -> list[str]:
+    """The `--reload-*` options set while `--reload` is not, where they would do nothing."""
+    if config.reload:
+        return []
+    default = Config()
+    flags = option_names()
+    return [
+        flags[field.name]
+        for field in dataclasses.fields(config)
+        if field.name.startswith("reload_")
+        and getattr(config, field.name) != getattr(default, field.name)
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     app, config = parse(argv)
+    # Refused rather than ignored, and --reload not implied: it changes how aserve runs (a
+    # supervisor and forked workers, the traceback page for local clients), which an option
+    # about what to watch should not switch on behind the user's back.
+    if unused := without_reload(config):
+        verb = "does" if len(unused) == 1 else "do"
+        print(
+            f"aserve: error: {', '.join(unused)} {verb} nothing without --reload", file=sys.stderr
+        )
+        return EXIT_USAGE
     try:
         if config.reload:
             from aserve.reload.supervisor import Supervisor
