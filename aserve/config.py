@@ -214,6 +214,15 @@ class Config:
         "Wait this long after a change for more before restarting (debounce).",
         metavar="SECONDS",
     )
+    # In Docker for Mac or WSL, and on network mounts, a save on the host raises no file
+    # system event where aserve runs: only polling sees it (every 300 ms, watchfiles' default,
+    # which WATCHFILES_POLL_DELAY_MS changes).
+    reload_poll: bool = setting(
+        False,
+        "Poll the watched directories for changes instead of waiting for file system events, "
+        "which do not arrive from Docker for Mac, WSL or network mounts "
+        "(WATCHFILES_FORCE_POLLING=1 does the same).",
+    )
 
     def __post_init__(self) -> None:
         self._check_numbers()

@@ -251,10 +251,13 @@ class _Changes:
     root the app adds later (a directory it asked to watch outside the others) gets a watch
     of its own at once, so that nothing changed meanwhile is missed."""
 
-    def __init__(self, roots: list[Path], watch_filter: ReloadFilter, step_ms: int) -> None:
+    def __init__(
+        self, roots: list[Path], watch_filter: ReloadFilter, step_ms: int, poll: bool = False
+    ) -> None:
         self.roots = list(roots)
         self._filter = watch_filter
         self._step_ms = step_ms
+        self._poll = poll
         self._stop = asyncio.Event()
         self._pending: dict[
             asyncio.Future[set[tuple[Change, str]]], AsyncGenerator[set[tuple[Change, str]]]
@@ -282,6 +285,9 @@ class _Changes:
             # at its change set, so --reload-delay 0 would make its thread spin.
             step=self._step_ms,
             debounce=WATCH_DEBOUNCE_MS,
+            # None unless --reload-poll: watchfiles then decides, honouring
+            # WATCHFILES_FORCE_POLLING (False would override it) and polling on WSL.
+            force_polling=True if self._poll else None,
         )
         self._pending[asyncio.ensure_future(anext(feed))] = feed
 
@@ -330,7 +336,8 @@ class Supervisor:
         self.config = config
         self.roots = [Path(d).resolve() for d in (config.reload_dirs or ["."])]
         self.filter = ReloadFilter(self.roots, config.reload_includes, config.reload_excludes)
-        self._changes = _Changes(self.roots, self.filter, max(1, int(config.reload_delay * 1000)))
+        step_ms = max(1, int(config.reload_delay * 1000))
+        self._changes = _Changes(self.roots, self.filter, step_ms, config.reload_poll)
         self.worker: Worker | None = None
         self.template: Template | None = None
         self._error_server: Server | None = None
@@ -360,9 +367,10 @@ class Supervisor:
     async def _watch_and_restart(self, sock: socket.socket) -> int:
         self.sock = sock
         logger.info(
-            "aserve supervisor on %s, watching %s",
+            "aserve supervisor on %s, watching %s%s",
             self.config.bind_description,
             ", ".join(str(r) for r in self.roots),
+            " by polling" if self.config.reload_poll else "",
         )
         self.template = await Template.start(BASE_PRELOAD, sock)
         # Watch before the first worker starts, or a save just after "ready" is missed;
