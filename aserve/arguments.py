@@ -14,15 +14,20 @@ from aserve.config import Config
 
 
 def add_config_options(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, skip: Collection[str] = ()
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    skip: Collection[str] = (),
+    *,
+    runserver: bool = True,
 ) -> list[str]:
-    """An option for each CLI setting not in `skip`; the names of the settings added."""
+    """An option for each CLI setting not in `skip`; the names of the settings added. For
+    runserver on aserve (the default, what its command asks for with `skip` alone), not the
+    settings it cannot honour; the `aserve` command passes `runserver=False`."""
     hints = typing.get_type_hints(Config)
     flags = option_names()
     added = []
     for field in dataclasses.fields(Config):
         meta = field.metadata
-        if not meta.get("cli", True) or field.name in skip:
+        if not meta["cli"] or field.name in skip or (runserver and not meta["runserver"]):
             continue
         flag = flags[field.name]
         hint = hints[field.name]

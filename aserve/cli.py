@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from aserve import __version__
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="The application, as module:attribute.")
-    add_config_options(parser)
+    add_config_options(parser, runserver=False)
     parser.add_argument("--version", action="version", version=f"aserve {__version__}")
     return parser
 
@@ -65,6 +67,28 @@ def without_reload(config: Config) -> list[str]:
     ]
 
 
+def watching_env_file(config: Config) -> Config:
+    """The settings with `--env-file` among the files whose change restarts the workers: a
+    name the watched globs do not match (`config/dev.vars`) is added to them."""
+    from aserve.reload.filter import DEFAULT_INCLUDES, ReloadFilter
+
+    assert config.env_file is not None
+    path = Path(config.env_file).resolve()
+    roots = [Path(d).resolve() for d in config.reload_dirs or ["."]]
+    if not any(path.is_relative_to(root) for root in roots):
+        print(
+            f"aserve: warning: --env-file {config.env_file} is outside the watched "
+            "directories: an edit of it restarts nothing (see --reload-dir)",
+            file=sys.stderr,
+        )
+        return config
+    if ReloadFilter(roots, config.reload_includes, config.reload_excludes).accepts(path):
+        return config
+    # An absolute glob matches the whole path; escaped, it matches only this file.
+    includes = [*(config.reload_includes or DEFAULT_INCLUDES), glob.escape(str(path))]
+    return config.replace(reload_includes=includes)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     app, config = parse(argv)
     # Refused rather than ignored, and --reload not implied: it changes how aserve runs (a
@@ -77,10 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
+        # Here, not at the top: `aserve --help` imports no server code (asgiref's asyncio).
+        from aserve.loader import load_env_file, read_env_file
+
         if config.reload:
             from aserve.reload.supervisor import Supervisor
 
+            if config.env_file is not None:
+                # Each worker loads it (aserve/reload/worker.py), afresh after an edit of it;
+                # the supervisor's environment stays the one the workers start from.
+                read_env_file(config.env_file)
+                config = watching_env_file(config)
             return Supervisor(app, config).run()
+        load_env_file(config.env_file)
         if config.server == "wsgiref":
             from aserve.fallback import serve_wsgiref
 

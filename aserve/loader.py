@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import io
 import os
 import sys
 import sysconfig
@@ -14,7 +15,7 @@ from typing import Any, Literal, cast
 from asgiref.compatibility import guarantee_single_callable
 
 from aserve.config import Interface
-from aserve.errors import AppLoadError
+from aserve.errors import AppLoadError, ConfigError
 from aserve.types import ASGIApp, WSGIApp
 
 Kind = Literal["asgi", "wsgi"]
@@ -76,6 +77,28 @@ def load(target: object, *, factory: bool = False, interface: Interface = "auto"
         # ASGI 3 coroutine function returns the coroutine itself and must stay single.
         app = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
     return LoadedApp(kind=kind, app=app, name=name)
+
+
+def read_env_file(path: str) -> str:
+    """The text of the `--env-file`; a one-line ConfigError when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise ConfigError(f"--env-file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--env-file {path} is not UTF-8 text") from exc
+
+
+def load_env_file(path: str | None) -> None:
+    """Set the variables of the `--env-file` before the app is imported. Those already in the
+    environment win, as python-dotenv's `override=False` has it (uvicorn's --env-file too):
+    a variable set for one run (`DEBUG=0 aserve ...`) overrides the file."""
+    if path is None:
+        return
+    from dotenv import load_dotenv  # only for --env-file
+
+    load_dotenv(stream=io.StringIO(read_env_file(path)), override=False)
 
 
 def django_handler(app: object) -> object | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from aserve.config import Config
 from aserve.errorpage import user_traceback
 from aserve.errors import AppLoadError
-from aserve.loader import load
+from aserve.loader import load, load_env_file
 from aserve.logs import configure
 from aserve.reload.ipc import (
     WORKER_LINK,
@@ -127,6 +127,9 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
     link = ReloadLink()
     token = _LINK.set(link)
     try:
+        # Here, not in the template or the supervisor: each worker reads the file as it is
+        # now, so an edit of it takes effect with the restart it causes.
+        load_env_file(config.env_file)
         loaded = load(message.app, factory=config.factory, interface=config.interface)
     except BaseException as exc:
         cause = exc.__cause__ if isinstance(exc, AppLoadError) and exc.__cause__ else exc
