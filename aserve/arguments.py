@@ -19,9 +19,9 @@ def add_config_options(
     *,
     runserver: bool = True,
 ) -> list[str]:
-    """An option for each CLI setting not in `skip`; the names of the settings added. For
-    runserver on aserve (the default, what its command asks for with `skip` alone), not the
-    settings it cannot honour; the `aserve` command passes `runserver=False`."""
+    """An option for each CLI setting not in `skip`; the names of the settings added. With
+    `runserver` (the default: the Django command passes only `skip`), the settings runserver
+    on aserve cannot honour are left out; the `aserve` command passes `runserver=False`."""
     hints = typing.get_type_hints(Config)
     flags = option_names()
     added = []

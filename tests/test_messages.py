@@ -9,6 +9,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,24 +24,25 @@ from tests.support.servers import ServeFactory
 ASGI_APP = "tests.support.apps.asgi_apps:app"
 
 
-@pytest.fixture
-def connection() -> Iterator[list[http.client.HTTPConnection]]:
-    opened: list[http.client.HTTPConnection] = []
-    yield opened
-    for conn in opened:
-        conn.close()
+@contextmanager
+def a_request_in_flight(graceful_timeout: str) -> Iterator[ServerProcess]:
+    """A server with --timeout-graceful-shutdown `graceful_timeout`, busy with a request that
+    takes ten seconds."""
+    args = ["--port", "0", "--timeout-graceful-shutdown", graceful_timeout, ASGI_APP]
+    with ServerProcess(*args) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.wait_listening(), timeout=10)
+        try:
+            conn.request("GET", "/sleep/10")
+            server.wait_for("app: started /sleep/10")
+            yield server
+        finally:
+            conn.close()
 
 
-def test_a_second_signal_reports_the_time_really_waited(
-    connection: list[http.client.HTTPConnection],
-) -> None:
+def test_a_second_signal_reports_the_time_really_waited() -> None:
     """Ctrl-C, then Ctrl-C again half a second later: the requests were cancelled after half a
     second, not after --timeout-graceful-shutdown."""
-    with ServerProcess("--port", "0", "--timeout-graceful-shutdown", "5", ASGI_APP) as server:
-        conn = http.client.HTTPConnection("127.0.0.1", server.wait_listening(), timeout=10)
-        connection.append(conn)
-        conn.request("GET", "/sleep/10")
-        server.wait_for("app: started /sleep/10")
+    with a_request_in_flight("5") as server:
         server.send_signal(signal.SIGINT)
         server.wait_for("SIGINT received")
         first = time.monotonic()
@@ -54,12 +56,8 @@ def test_a_second_signal_reports_the_time_really_waited(
     assert 0.4 <= waited <= between + 0.1, (waited, between)
 
 
-def test_the_deadline_reports_the_timeout(connection: list[http.client.HTTPConnection]) -> None:
-    with ServerProcess("--port", "0", "--timeout-graceful-shutdown", "0.3", ASGI_APP) as server:
-        conn = http.client.HTTPConnection("127.0.0.1", server.wait_listening(), timeout=10)
-        connection.append(conn)
-        conn.request("GET", "/sleep/10")
-        server.wait_for("app: started /sleep/10")
+def test_the_deadline_reports_the_timeout() -> None:
+    with a_request_in_flight("0.3") as server:
         server.send_signal(signal.SIGTERM)
         assert server.wait() == 0, server.stderr
     # The drain polls every 20 ms, so it ends a little after the deadline: that is not news.
