@@ -14,16 +14,22 @@ from aserve.config import Config
 
 
 def add_config_options(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, skip: Collection[str] = ()
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    skip: Collection[str] = (),
+    *,
+    runserver: bool = True,
 ) -> list[str]:
-    """An option for each CLI setting not in `skip`; the names of the settings added."""
+    """An option for each CLI setting not in `skip`; the names of the settings added. With
+    `runserver` (the default: the Django command passes only `skip`), the settings runserver
+    on aserve cannot honour are left out; the `aserve` command passes `runserver=False`."""
     hints = typing.get_type_hints(Config)
+    flags = option_names()
     added = []
     for field in dataclasses.fields(Config):
         meta = field.metadata
-        if not meta.get("cli", True) or field.name in skip:
+        if not meta["cli"] or field.name in skip or (runserver and not meta["runserver"]):
             continue
-        flag = "--" + field.name.replace("_", "-")
+        flag = flags[field.name]
         hint = hints[field.name]
         kind, choices = _field_type(hint)
         kwargs: dict[str, Any] = {"dest": field.name, "help": meta["help"]}
@@ -33,7 +39,6 @@ def add_config_options(
         elif typing.get_origin(hint) is list:
             # argparse's append copies its default before appending: [] is never shared.
             kwargs.update(action="append", type=kind, default=[], metavar=meta["metavar"])
-            flag = flag.removesuffix("s")
         else:
             kwargs.update(type=kind, default=field.default, metavar=meta["metavar"])
             if choices is not None:
@@ -42,6 +47,16 @@ def add_config_options(
         parser.add_argument(flag, *meta["aliases"], **kwargs)
         added.append(field.name)
     return added
+
+
+def option_names() -> dict[str, str]:
+    """Each setting's option: `--reload-dir` for `reload_dirs`, a list given one value at a
+    time."""
+    names = {}
+    for name, hint in typing.get_type_hints(Config).items():
+        flag = "--" + name.replace("_", "-")
+        names[name] = flag.removesuffix("s") if typing.get_origin(hint) is list else flag
+    return names
 
 
 def _field_type(hint: Any) -> tuple[Any, tuple[str, ...] | None]:

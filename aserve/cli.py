@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import glob
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from aserve import __version__
-from aserve.arguments import add_config_options
+from aserve.arguments import add_config_options, option_names
 from aserve.config import Config
+from aserve.errorpage import user_traceback
 from aserve.errors import AserveError
 
 EXIT_USAGE = 2
@@ -32,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="The application, as module:attribute.")
-    add_config_options(parser)
+    add_config_options(parser, runserver=False)
     parser.add_argument("--version", action="version", version=f"aserve {__version__}")
     return parser
 
@@ -49,13 +53,67 @@ def parse(argv: Sequence[str] | None = None) -> tuple[str, Config]:
         parser.error(str(exc))
 
 
+def without_reload(config: Config) -> list[str]:
+    """The `--reload-*` options set while `--reload` is not, where they would do nothing."""
+    if config.reload:
+        return []
+    default = Config()
+    flags = option_names()
+    return [
+        flags[field.name]
+        for field in dataclasses.fields(config)
+        if field.name.startswith("reload_")
+        and getattr(config, field.name) != getattr(default, field.name)
+    ]
+
+
+def watching_env_file(config: Config) -> Config:
+    """The settings with `--env-file` among the files whose change restarts the workers: a
+    name the watched globs do not match (`config/dev.vars`) is added to them."""
+    from aserve.reload.filter import DEFAULT_INCLUDES, ReloadFilter
+
+    assert config.env_file is not None
+    path = Path(config.env_file).resolve()
+    roots = [Path(d).resolve() for d in config.reload_dirs or ["."]]
+    if not any(path.is_relative_to(root) for root in roots):
+        print(
+            f"aserve: warning: --env-file {config.env_file} is outside the watched "
+            "directories: an edit of it restarts nothing (see --reload-dir)",
+            file=sys.stderr,
+        )
+        return config
+    if ReloadFilter(roots, config.reload_includes, config.reload_excludes).accepts(path):
+        return config
+    # An absolute glob matches the whole path; escaped, it matches only this file.
+    includes = [*(config.reload_includes or DEFAULT_INCLUDES), glob.escape(str(path))]
+    return config.replace(reload_includes=includes)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     app, config = parse(argv)
+    # Refused rather than ignored, and --reload not implied: it changes how aserve runs (a
+    # supervisor and forked workers, the traceback page for local clients), which an option
+    # about what to watch should not switch on behind the user's back.
+    if unused := without_reload(config):
+        verb = "does" if len(unused) == 1 else "do"
+        print(
+            f"aserve: error: {', '.join(unused)} {verb} nothing without --reload", file=sys.stderr
+        )
+        return EXIT_USAGE
     try:
+        # Here, not at the top: `aserve --help` imports no server code (asgiref's asyncio).
+        from aserve.loader import load_env_file, read_env_file
+
         if config.reload:
             from aserve.reload.supervisor import Supervisor
 
+            if config.env_file is not None:
+                # Each worker loads it (aserve/reload/worker.py), afresh after an edit of it;
+                # the supervisor's environment stays the one the workers start from.
+                read_env_file(config.env_file)
+                config = watching_env_file(config)
             return Supervisor(app, config).run()
+        load_env_file(config.env_file)
         if config.server == "wsgiref":
             from aserve.fallback import serve_wsgiref
 
@@ -65,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Server(app, config).run()
     except AserveError as exc:
         print(f"aserve: error: {exc}", file=sys.stderr)
+        if config.log_level == "debug" and exc.__cause__ is not None:
+            # The line names the place to look; when that is not enough, the whole story.
+            print(user_traceback(exc.__cause__), file=sys.stderr, end="")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 0

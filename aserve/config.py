@@ -22,11 +22,19 @@ def setting(
     *,
     metavar: str | None = None,
     cli: bool = True,
+    runserver: bool = True,
     aliases: tuple[str, ...] = (),
 ) -> Any:
-    """A `Config` field: its default, the help text the CLI shows for it, and former spellings
-    of its option that the CLI still accepts."""
-    meta: dict[str, Any] = {"help": help, "metavar": metavar, "cli": cli, "aliases": aliases}
+    """A `Config` field: its default, the help text the CLI shows for it, whether runserver on
+    aserve offers the option too, and former spellings of the option that the CLI still
+    accepts."""
+    meta: dict[str, Any] = {
+        "help": help,
+        "metavar": metavar,
+        "cli": cli,
+        "runserver": runserver,
+        "aliases": aliases,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -65,6 +73,15 @@ class Config:
     fd: int | None = setting(None, "Serve on this already-bound socket file descriptor.")
     interface: Interface = setting("auto", "Application interface; auto detects it.")
     factory: bool = setting(False, "APP is a callable that returns the application.")
+    # Not runserver's: manage.py has imported the settings before the command runs, too early
+    # for variables aserve would set.
+    env_file: str | None = setting(
+        None,
+        "Set the variables of this file (KEY=value lines, as a .env file) before the app is "
+        "imported; variables already in the environment win.",
+        metavar="PATH",
+        runserver=False,
+    )
     server: ServerKind = setting(
         "aserve", "aserve: event loop server; wsgiref: the stdlib threaded server runserver uses."
     )
@@ -226,6 +243,15 @@ class Config:
         0.05,
         "Wait this long after a change for more before restarting (debounce).",
         metavar="SECONDS",
+    )
+    # In Docker for Mac or WSL, and on network mounts, a save on the host raises no file
+    # system event where aserve runs: only polling sees it (every 300 ms, watchfiles' default,
+    # which WATCHFILES_POLL_DELAY_MS changes).
+    reload_poll: bool = setting(
+        False,
+        "Poll the watched directories for changes instead of waiting for file system events, "
+        "which do not arrive from Docker for Mac, WSL or network mounts "
+        "(WATCHFILES_FORCE_POLLING=1 does the same).",
     )
 
     def __post_init__(self) -> None:

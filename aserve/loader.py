@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import io
+import os
 import sys
+import sysconfig
 import traceback
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -12,7 +15,7 @@ from typing import Any, Literal, cast
 from asgiref.compatibility import guarantee_single_callable
 
 from aserve.config import Interface
-from aserve.errors import AppLoadError
+from aserve.errors import AppLoadError, ConfigError
 from aserve.types import ASGIApp, WSGIApp
 
 Kind = Literal["asgi", "wsgi"]
@@ -29,6 +32,9 @@ class LoadedApp:
     kind: Kind
     app: Any
     name: str
+    # aserve's own app standing in for the user's (the reloader's error page): the server that
+    # serves it announces nothing, since the supervisor has said why it is up.
+    stand_in: bool = False
 
     @property
     def asgi(self) -> ASGIApp:
@@ -57,7 +63,8 @@ def load(target: object, *, factory: bool = False, interface: Interface = "auto"
         except Exception as exc:
             raise AppLoadError(f"app factory {name} raised: {_summary(exc)}") from exc
     if not callable(app):
-        raise AppLoadError(f"{name} is a {type(app).__name__}, not a callable app")
+        subject = f"app factory {name} returned" if factory else f"{name} is"
+        raise AppLoadError(f"{subject} {_described(app)}, not a callable app")
     kind = detect_interface(app) if interface == "auto" else interface
     if kind is None:
         raise AppLoadError(
@@ -70,6 +77,28 @@ def load(target: object, *, factory: bool = False, interface: Interface = "auto"
         # ASGI 3 coroutine function returns the coroutine itself and must stay single.
         app = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
     return LoadedApp(kind=kind, app=app, name=name)
+
+
+def read_env_file(path: str) -> str:
+    """The text of the `--env-file`; a one-line ConfigError when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise ConfigError(f"--env-file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--env-file {path} is not UTF-8 text") from exc
+
+
+def load_env_file(path: str | None) -> None:
+    """Set the variables of the `--env-file` before the app is imported. Those already in the
+    environment win, as python-dotenv's `override=False` has it (uvicorn's --env-file too):
+    a variable set for one run (`DEBUG=0 aserve ...`) overrides the file."""
+    if path is None:
+        return
+    from dotenv import load_dotenv  # only for --env-file
+
+    load_dotenv(stream=io.StringIO(read_env_file(path)), override=False)
 
 
 def django_handler(app: object) -> object | None:
@@ -179,15 +208,48 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _described(value: object) -> str:
+    """What `value` is, in words: None, or its type with its article (an int, a module)."""
+    if value is None:
+        return "None"
+    kind = type(value).__name__
+    return f"{'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind}"
+
+
 def _import_failure(module_name: str, exc: BaseException) -> str:
     """One line naming the error and where in the user's code it happened."""
     if isinstance(exc, SyntaxError):
         where = f"{exc.filename}, line {exc.lineno}" if exc.filename else "unknown file"
         return f"cannot import {module_name!r}: SyntaxError at {where}: {exc.msg}"
-    frames = [
-        f
-        for f in traceback.extract_tb(exc.__traceback__)
-        if "importlib" not in f.filename and not f.filename.startswith("<frozen")
-    ]
-    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
-    return f"cannot import {module_name!r}: {_summary(exc)}{where}"
+    return f"cannot import {module_name!r}: {_summary(exc)}{_where(exc)}"
+
+
+def _where(exc: BaseException) -> str:
+    """` (file, line N)`: where in the user's code `exc` was raised. That is the last frame
+    outside the standard library, installed packages and aserve: a setting Django rejects, or
+    a bad argument to `json.loads`, raises deep inside the library, but the line to fix is the
+    caller's. Without such a frame (the app string names a library), the last frame that is
+    not importlib's machinery."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    library = _library_dirs()
+    shown = [f for f in frames if _is_users(f.filename, library)]
+    if not shown:
+        shown = [f for f in frames if not f.filename.startswith("<frozen")]
+        shown = [f for f in shown if "importlib" not in f.filename]
+    return f" ({shown[-1].filename}, line {shown[-1].lineno})" if shown else ""
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """The directories whose code is not the user's: the standard library's and aserve's."""
+    paths = sysconfig.get_paths()
+    dirs = {paths["stdlib"], paths["platstdlib"], os.path.dirname(__file__)}
+    return tuple(os.path.realpath(d) + os.sep for d in dirs)
+
+
+def _is_users(filename: str, library: tuple[str, ...]) -> bool:
+    if filename.startswith("<"):
+        return False  # <frozen importlib._bootstrap>, <string>: no file to open
+    parts = filename.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not os.path.realpath(filename).startswith(library)

@@ -182,7 +182,8 @@ class Server:
                 await self._serve(runner)
             finally:
                 await runner.shutdown(0.0 if self._force else config.timeout_graceful_shutdown)
-            logger.log(logging.INFO if self.log_stopped else logging.DEBUG, "aserve stopped")
+            quiet_stop = loaded.stand_in or not self.log_stopped
+            logger.log(logging.DEBUG if quiet_stop else logging.INFO, "aserve stopped")
             return EXIT_OK
 
     async def _serve(self, runner: AppRunner) -> None:
@@ -203,8 +204,11 @@ class Server:
         acceptors = [Acceptor(loop, sock, lambda: HttpProtocol(state)) for sock in self.sockets]
         date_timer = self._refresh_date(state, loop)
         assert self.loaded is not None
-        # Under runserver, its banner says where the server listens, once.
-        quiet = config.access_log_style == "runserver" or not self.log_serving
+        # Under runserver, its banner says where the server listens, once; the supervisor says
+        # why a stand-in is up.
+        quiet = (
+            config.access_log_style == "runserver" or self.loaded.stand_in or not self.log_serving
+        )
         logger.log(
             logging.DEBUG if quiet else logging.INFO,
             "aserve %s serving %s app %s on %s; quit with CONTROL-C",
@@ -228,14 +232,18 @@ class Server:
             while any(c.phase is Phase.GRACE for c in state.connections) and not self._force:
                 await asyncio.sleep(_DRAIN_POLL)
             self.on_draining()
-        deadline = loop.time() + config.timeout_graceful_shutdown
+        began = loop.time()
+        deadline = began + config.timeout_graceful_shutdown
         while state.connections and loop.time() < deadline and not self._force:
             await asyncio.sleep(_DRAIN_POLL)
         if state.connections:
+            # A second signal ends the wait early; past the deadline, the poll's overshoot is
+            # not worth reporting.
+            waited = min(loop.time() - began, config.timeout_graceful_shutdown)
             logger.warning(
                 "Cancelling %d request(s) still running after %.1fs",
                 len(state.connections),
-                config.timeout_graceful_shutdown,
+                waited,
             )
             for connection in list(state.connections):
                 connection.abort()

@@ -150,6 +150,7 @@ SAMPLES: dict[str, object] = {
     "uds": "/tmp/aserve.sock",
     "fd": 3,
     "root_path": "/api",
+    "env_file": ".env",
 }
 
 

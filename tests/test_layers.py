@@ -43,7 +43,8 @@ LAYERS = {
 # What each layer may import, besides itself. Data flows down this table; nothing imports a
 # layer above it.
 ALLOWED = {
-    "cli": {"package", "config", "base", "arguments", "server", "reload", "fallback"},
+    # The loader: --env-file's variables are set before any serving mode imports the app.
+    "cli": {"package", "config", "base", "arguments", "server", "reload", "fallback", "loader"},
     "reload": {"package", "config", "base", "logs", "loader", "process", "sockets", "signals"}
     | {"server", "fallback"},
     "fallback": {"package", "config", "base", "logs", "loader", "sockets", "signals"},

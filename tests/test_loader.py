@@ -82,7 +82,7 @@ def test_nested_attribute_missing() -> None:
 @pytest.mark.parametrize("attr", ["NUMBER", "holder.not_an_app"])
 def test_not_callable(attr: str) -> None:
     message = load_error(f"tests.support.apps.loadable:{attr}")
-    assert message.startswith(f"tests.support.apps.loadable:{attr} is a int")
+    assert message.startswith(f"tests.support.apps.loadable:{attr} is an int")
     assert "not a callable app" in message
 
 
@@ -240,7 +240,7 @@ def test_factory_not_callable() -> None:
 
 def test_factory_returning_a_non_app() -> None:
     message = load_error("tests.support.apps.loadable:no_arguments", factory=True)
-    assert "is a NoneType, not a callable app" in message
+    assert "no_arguments returned None, not a callable app" in message
 
 
 def test_without_factory_flag_a_factory_is_not_an_app() -> None:

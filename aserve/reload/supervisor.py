@@ -360,10 +360,13 @@ class _Changes:
     root the app adds later (a directory it asked to watch outside the others) gets a watch
     of its own at once, so that nothing changed meanwhile is missed."""
 
-    def __init__(self, roots: list[Path], watch_filter: ReloadFilter, step_ms: int) -> None:
+    def __init__(
+        self, roots: list[Path], watch_filter: ReloadFilter, step_ms: int, poll: bool = False
+    ) -> None:
         self.roots = list(roots)
         self._filter = watch_filter
         self._step_ms = step_ms
+        self._poll = poll
         self._stop = asyncio.Event()
         # Set when a root is added while `next()` waits: it waits on the new watch too.
         self._grown = asyncio.Event()
@@ -393,6 +396,9 @@ class _Changes:
             # at its change set, so --reload-delay 0 would make its thread spin.
             step=self._step_ms,
             debounce=WATCH_DEBOUNCE_MS,
+            # None unless --reload-poll: watchfiles then decides, honouring
+            # WATCHFILES_FORCE_POLLING (False would override it) and polling on WSL.
+            force_polling=True if self._poll else None,
         )
         self._pending[asyncio.ensure_future(anext(feed))] = feed
         self._grown.set()
@@ -453,7 +459,8 @@ class Supervisor:
         self.browser = BrowserHub() if config.reload_browser else None
         if self.browser is not None:
             self.filter.watch_assets()
-        self._changes = _Changes(self.roots, self.filter, max(1, int(config.reload_delay * 1000)))
+        step_ms = max(1, int(config.reload_delay * 1000))
+        self._changes = _Changes(self.roots, self.filter, step_ms, config.reload_poll)
         self.worker: Worker | None = None
         self.template: Template | None = None
         # Every template whose workers may still run: the current one, and retired ones.
@@ -490,9 +497,10 @@ class Supervisor:
     async def _watch_and_restart(self, sock: socket.socket) -> int:
         self.sock = sock
         logger.info(
-            "aserve supervisor on %s, watching %s",
+            "aserve supervisor on %s, watching %s%s",
             self.config.bind_description,
             ", ".join(str(r) for r in self.roots),
+            " by polling" if self.config.reload_poll else "",
         )
         self.template = await Template.start(BASE_PRELOAD, sock)
         self._templates.append(self.template)
@@ -702,9 +710,10 @@ class Supervisor:
 
     async def _show_error(self, title: str, summary: str, details: str) -> None:
         await self._hide_error()
-        page = LoadedApp(kind="asgi", app=error_app(title, summary, details), name="error page")
+        page = LoadedApp(
+            kind="asgi", app=error_app(title, summary, details), name="error page", stand_in=True
+        )
         server = Server(page, self.config.replace(lifespan="off", tune_gc=False))
-        server.log_serving = server.log_stopped = False
         if self.browser is not None:
             server.browser_events = self.browser.add
         self._error_server = server

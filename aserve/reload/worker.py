@@ -23,7 +23,7 @@ from collections.abc import Callable
 from aserve.config import Config
 from aserve.errorpage import user_traceback
 from aserve.errors import AppLoadError
-from aserve.loader import LoadedApp, load
+from aserve.loader import LoadedApp, load, load_env_file
 from aserve.logs import configure
 from aserve.reload.ipc import (
     WORKER_LINK,
@@ -149,6 +149,9 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int, dump_fd: int) ->
     link = ReloadLink()
     token = _LINK.set(link)
     try:
+        # Here, not in the template or the supervisor: each worker reads the file as it is
+        # now, so an edit of it takes effect with the restart it causes.
+        load_env_file(config.env_file)
         loaded = load(message.app, factory=config.factory, interface=config.interface)
     except BaseException as exc:
         cause = exc.__cause__ if isinstance(exc, AppLoadError) and exc.__cause__ else exc
@@ -177,20 +180,7 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int, dump_fd: int) ->
     server.log_stopped = False
     server.shutdown_grace = REPLACED_GRACE
     if config.reload_browser:
-
-        def hand_over(sock: socket.socket) -> None:
-            # The supervisor serves the browser's event stream: it outlives this worker.
-            with contextlib.suppress(OSError):
-                channel.send(EventStream(), fds=[sock.fileno()])
-            sock.close()
-
-        server.browser_events = hand_over
-
-        def draining() -> None:
-            with contextlib.suppress(OSError):
-                channel.send(Draining())
-
-        server.on_draining = draining
+        _link_browser(server, channel)
 
     # The loop keeps only weak references to tasks.
     obeying: set[asyncio.Task[None]] = set()
@@ -215,6 +205,23 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int, dump_fd: int) ->
                 )
             )
     return code
+
+
+def _link_browser(server: Server, channel: Channel[ToWorker, FromWorker]) -> None:
+    """--reload-browser: the supervisor serves the browsers' event streams (they outlive this
+    worker), and tells them to reload once this worker, replaced, takes no more requests."""
+
+    def hand_over(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            channel.send(EventStream(), fds=[sock.fileno()])
+        sock.close()
+
+    def draining() -> None:
+        with contextlib.suppress(OSError):
+            channel.send(Draining())
+
+    server.browser_events = hand_over
+    server.on_draining = draining
 
 
 def _serve_wsgiref(
