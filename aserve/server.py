@@ -18,7 +18,7 @@ from aserve import __version__
 from aserve.config import Config
 from aserve.errors import LifespanError
 from aserve.exchange import AppRunner
-from aserve.loader import LoadedApp, load
+from aserve.loader import LoadedApp, load, load_env_file
 from aserve.logs import AccessLog, configure
 from aserve.net.acceptor import Acceptor
 from aserve.net.connection import SHUTDOWN_GRACE, HttpProtocol, Phase, ServerState
@@ -157,6 +157,7 @@ class Server:
         if isinstance(self.app, LoadedApp):
             loaded = self.loaded = self.app
         else:
+            load_env_file(config.env_file)  # as uvicorn.run(env_file=...) does
             loaded = self.loaded = load(
                 self.app, factory=config.factory, interface=config.interface
             )

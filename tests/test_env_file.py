@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from aserve.loader import load_env_file
 from tests.support.client import http_get
 from tests.support.polling import wait_until
 from tests.support.procs import ServerProcess, assert_usage_error
+from tests.support.servers import running
 
 MODES = [[], ["--server", "wsgiref"], ["--reload"]]
 MODE_IDS = ["aserve", "wsgiref", "reload"]
@@ -123,3 +125,18 @@ def test_runserver_on_aserve_does_not_offer_it() -> None:
     """Django has imported the settings before runserver runs: too late for the file."""
     assert "env_file" not in add_config_options(argparse.ArgumentParser())
     assert "env_file" in add_config_options(argparse.ArgumentParser(), runserver=False)
+
+
+def test_server_in_a_program_reads_it_before_importing_the_app(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Server("app:app", env_file=...)`, as `uvicorn.run(..., env_file=...)` is used."""
+    monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.setenv("ENVFILE_PRESET", "from-the-program")
+    monkeypatch.delenv("ENVFILE_GREETING", raising=False)
+    try:
+        with running("app:app", env_file=str(project / "config" / "dev.vars")) as server:
+            assert http_get(server.port) == (200, b"hello from-the-program")
+    finally:
+        sys.modules.pop("app", None)  # no other test's app:app finds this one

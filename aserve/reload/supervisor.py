@@ -609,6 +609,8 @@ class Supervisor:
                 details="See the terminal running aserve for its output.",
             )
             new.close()
+            if new.watch is not None:
+                self._watch_more(new.watch)  # what it asked to watch may hold the fix
             await self._fail(changed, failure)
             return
         await self._hide_error()
