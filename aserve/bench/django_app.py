@@ -67,12 +67,19 @@ configure()
 application: WSGIApp = get_wsgi_application()
 
 
-def runserver(argv: Sequence[str] | None = None) -> None:
-    """Django's own `runserver ADDR:PORT --noreload` on this project (threaded, its default)."""
+def runserver(argv: Sequence[str] | None = None, on_aserve: bool = False) -> None:
+    """Django's own `runserver ADDR:PORT --noreload` on this project (threaded, its default),
+    or, `on_aserve`, the runserver of aserve's Django plugin (what `"aserve.django"` first in
+    INSTALLED_APPS makes of `manage.py runserver`)."""
     from django.core.management import call_command
 
     args = list(sys.argv[1:] if argv is None else argv)
-    call_command("runserver", *args, use_reloader=False)
+    if on_aserve:
+        from aserve.django.management.commands.runserver import Command
+
+        call_command(Command(), *args, use_reloader=False)
+    else:
+        call_command("runserver", *args, use_reloader=False)
 
 
 def in_process_rate(seconds: float) -> float:

@@ -149,6 +149,14 @@ def _runserver(spec: AppSpec, launch: Launch) -> list[str]:
     )
 
 
+def _runserver_aserve(spec: AppSpec, launch: Launch) -> list[str]:
+    return _python(
+        "-c",
+        "from aserve.bench.django_app import runserver; runserver(on_aserve=True)",
+        f"{HOST}:{launch.port}",
+    )
+
+
 BOTH: frozenset[Interface] = frozenset(("asgi", "wsgi"))
 WSGI: frozenset[Interface] = frozenset(("wsgi",))
 ASGI: frozenset[Interface] = frozenset(("asgi",))
@@ -237,6 +245,15 @@ PEERS: tuple[Peer, ...] = (
         WSGI,
         ("django",),
         _runserver,
+        "pip install django",
+        only=frozenset(("django",)),
+    ),
+    Peer(
+        "runserver-aserve",
+        "manage.py runserver --noreload on aserve (the aserve.django plugin)",
+        WSGI,
+        ("django",),
+        _runserver_aserve,
         "pip install django",
         only=frozenset(("django",)),
     ),

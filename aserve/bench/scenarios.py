@@ -62,7 +62,7 @@ STANDARD: tuple[Scenario, ...] = (
         "django",
         "Django view through WSGIHandler (startproject middleware), 50 connections",
         DJANGO,
-        (ASERVE, "runserver", "aserve-wsgiref", *_WSGI_PEERS),
+        (ASERVE, "runserver", "runserver-aserve", "aserve-wsgiref", *_WSGI_PEERS),
         expect=HELLO,
     ),
     Scenario(
