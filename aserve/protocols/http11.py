@@ -298,10 +298,7 @@ def _field_lines(
                 content_length = int(value)
                 append(b"%s: %s\r\n" % (name, value))
             continue
-        if _TOKEN.fullmatch(name) is None:
-            raise AppProtocolError(f"invalid response header name {name!r}")
-        if _FORBIDDEN_IN_VALUE.search(value) is not None:
-            raise AppProtocolError(f"invalid response header value {value!r}")
+        check_field(name, value)
         lname = bytes(name).lower()
         if lname not in _SPECIAL_FIELDS:
             append(_remember_field(memo, name, value))
@@ -311,6 +308,14 @@ def _field_lines(
         if _special_field(special, lname, value, framing_allowed, http_version):
             append(b"%s: %s\r\n" % (name, value))
     return content_length, special
+
+
+def check_field(name: bytes, value: bytes) -> None:
+    """Raise AppProtocolError unless `name: value` may be written as a response field line."""
+    if _TOKEN.fullmatch(name) is None:
+        raise AppProtocolError(f"invalid response header name {name!r}")
+    if _FORBIDDEN_IN_VALUE.search(value) is not None:
+        raise AppProtocolError(f"invalid response header value {value!r}")
 
 
 def _remember_field(memo: FieldMemo, name: bytes, value: bytes) -> bytes:
@@ -906,6 +911,21 @@ class Connection:
             self._held = b""
             self._parse(held)
         return True
+
+    def switch_protocols(self) -> bytes:
+        """The upgrade request being answered was answered with a 101: the connection is no
+        longer HTTP. The bytes received after that request, which are the new protocol's
+        (RFC 9110 §15.2.2); nothing more is parsed."""
+        request = self.request
+        if request is None or self._upgrade is not request or self.response_started:
+            raise AppProtocolError("no upgrade request waits for its answer")
+        held, self._held = self._held, b""
+        self._upgrade = None
+        self._broken = True
+        self.response_started = True
+        self.response_pending = False
+        self.keep_alive = False
+        return held
 
     def _more_body_than_drained(self) -> bool:
         """Whether more of the current request's body may still arrive than `Limits.drain`

@@ -13,6 +13,7 @@ from aserve.errors import AppProtocolError, ClientDisconnected
 from aserve.exchange import Cycle
 from aserve.protocols.target import decode_path, remember_target, split_target
 from aserve.runners.lifespan import ASGI_SPEC_VERSION, ASGI_VERSION, Lifespan
+from aserve.runners.websocket import WebSocketCycle
 from aserve.types import ASGIApp, Headers, Message, Scope
 
 logger = logging.getLogger("aserve.error")
@@ -62,6 +63,8 @@ class _HeadFlusher:
 class ASGIRunner:
     """Runs each request of an ASGI 3 app as a task in a fresh context."""
 
+    websockets = True
+
     def __init__(
         self,
         app: ASGIApp,
@@ -107,10 +110,17 @@ class ASGIRunner:
             "headers": request.headers,
             "state": self.state.copy(),
         }
-        task = self.loop.create_task(
-            _HTTPCycle(cycle, self._flusher, self.debug).run(self.app, scope),
-            context=self._context.copy(),
-        )
+        websocket = cycle.websocket
+        if websocket is None:
+            run = _HTTPCycle(cycle, self._flusher, self.debug).run(self.app, scope)
+        else:
+            scope["type"] = "websocket"
+            scope["scheme"] = "wss" if info.scheme == "https" else "ws"
+            scope["subprotocols"] = websocket.subprotocols
+            scope["extensions"] = {"websocket.http.response": {}}
+            del scope["method"]
+            run = WebSocketCycle(cycle, websocket, self.debug).run(self.app, scope)
+        task = self.loop.create_task(run, context=self._context.copy())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
