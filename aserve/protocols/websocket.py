@@ -13,7 +13,7 @@ from typing import Any
 from websockets.exceptions import ProtocolError as LibraryProtocolError
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Close, CloseCode, Opcode
+from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import Request as LibraryRequest
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
@@ -85,6 +85,18 @@ class Closed:
 Event = str | bytes | Closed
 
 
+class _ServerProtocol(ServerProtocol):
+    """The library's protocol, but a close frame in the middle of a fragmented message
+    closes normally: RFC 6455 §5.4 lets control frames interleave with the fragments, and
+    the library fails such a close with 1002 (Autobahn case 7.1.5). The unfinished message is
+    dropped, as any message cut by a close is."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is _CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
 class Handshake:
     """A request asking to become a WebSocket, checked by the library up front; `refusal`
     is its answer when the request is no valid handshake (400, 405, 426, 505)."""
@@ -100,7 +112,7 @@ class Handshake:
             # The library binds this to the protocol; the app chooses once it accepts.
             self.subprotocols = list(subprotocols)
 
-        protocol = ServerProtocol(
+        protocol = _ServerProtocol(
             extensions=settings.extensions(),
             select_subprotocol=offered,
             max_size=settings.max_size,
