@@ -137,6 +137,10 @@ class Server:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._exit.set)
 
+    def request_restart(self) -> None:
+        """`request_stop(restart=True)`: the reload worker's stop, when a new worker takes over."""
+        self.request_stop(restart=True)
+
     async def serve(
         self, sockets: list[socket.socket] | None = None, *, handle_signals: bool = True
     ) -> int:

@@ -153,7 +153,7 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int) -> int:
 
     def on_ready() -> None:
         channel.send(Ready(tuple(third_party_modules(roots))))
-        obeying.add(asyncio.ensure_future(_obey(channel, server.request_stop, link)))
+        obeying.add(asyncio.ensure_future(_obey(channel, server.request_restart, link)))
 
     server.on_ready = on_ready
     code = server.run([listen])
