@@ -74,9 +74,15 @@ class ResponseSink(Protocol):
 
     def send_body(self, data: bytes) -> None: ...
 
-    def end_response(self, data: bytes) -> None:
-        """Send the last body bytes and end the response; raises AppProtocolError (nothing
-        sent) when that breaks the framing its head announced."""
+    def end_response(self, data: bytes, trailers: Headers | None = None) -> None:
+        """Send the last body bytes (and `trailers`, where the framing carries them) and end
+        the response; raises AppProtocolError (nothing sent) when that breaks the framing its
+        head announced."""
+        ...
+
+    def send_interim(self, status: int, headers: Headers) -> None:
+        """Send an informational (1xx) response now, before the final one; raises
+        AppProtocolError (nothing sent) for an invalid one."""
         ...
 
     def response_done(self, cycle: Cycle) -> None:
@@ -327,11 +333,24 @@ class Cycle:
             return
         self.sink.send_body(data)
 
+    def send_interim(self, status: int, headers: Headers) -> None:
+        """An informational response (103 Early Hints) before the final one."""
+        if not self.done:
+            self.sink.send_interim(status, headers)
+
     def send_end(self, data: bytes = b"") -> None:
         """Finish the response (with a last piece of body); the connection then moves on."""
         if self.done:
             return
         self.sink.end_response(data)
+        self.done = True
+        self.sink.response_done(self)
+
+    def send_end_with(self, trailers: Headers) -> None:
+        """Finish the response with trailer fields after its body."""
+        if self.done:
+            return
+        self.sink.end_response(b"", trailers)
         self.done = True
         self.sink.response_done(self)
 

@@ -433,15 +433,20 @@ class HttpProtocol(asyncio.Protocol):
         if out:
             self._write(out)
 
-    def end_response(self, data: bytes) -> None:
+    def end_response(self, data: bytes, trailers: Headers | None = None) -> None:
         conn = self.conn
-        out = conn.body_bytes(data) + conn.end_bytes() if data else conn.end_bytes()
+        out = conn.body_bytes(data) + conn.end_bytes(trailers) if data else conn.end_bytes(trailers)
         head = self._head
         if head:
             out = head + out
             self._head = b""
         if out:
             self._write(out)
+
+    def send_interim(self, status: int, headers: Headers) -> None:
+        interim = self.conn.interim_response(status, headers)
+        if interim:
+            self._write(interim)
 
     def response_done(self, cycle: Cycle) -> None:
         """The response is out: go on to the next request, or end the connection."""

@@ -318,6 +318,19 @@ def check_field(name: bytes, value: bytes) -> None:
         raise AppProtocolError(f"invalid response header value {value!r}")
 
 
+def _trailer_lines(trailers: Headers) -> bytes:
+    """The checked lines of a trailer section (RFC 9110 §6.5.1: none that frames the message
+    or routes the connection)."""
+    lines = []
+    for name, value in trailers:
+        check_field(name, value)
+        lname = bytes(name).lower()
+        if lname in _SPECIAL_FIELDS or lname == b"trailer":
+            raise AppProtocolError(f"{name!r} is not allowed in a trailer section")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(lines)
+
+
 def _remember_field(memo: FieldMemo, name: bytes, value: bytes) -> bytes:
     line = b"%s: %s\r\n" % (name, value)
     if (
@@ -868,18 +881,40 @@ class Connection:
             return b"%x\r\n%s\r\n" % (len(data), data)
         return data
 
-    def end_bytes(self) -> bytes:
-        """Bytes that end the response body; the cycle is then over (see `start_next_cycle`)."""
+    def end_bytes(self, trailers: Headers | None = None) -> bytes:
+        """Bytes that end the response body, with `trailers` after it when it is chunked (RFC
+        9112 §7.1.2; otherwise they are dropped, as RFC 9110 §6.5 allows); the cycle is then
+        over (see `start_next_cycle`). Raises AppProtocolError for an invalid trailer field."""
         if not self.response_started:
             raise AppProtocolError("response end before the response start")
+        lines = b""
+        if trailers and self._chunked:
+            lines = _trailer_lines(trailers)
         if self._length_left:
             # The app sent less than it announced: the client can only see that by a close.
             self.keep_alive = False
             self.body_missing = self._length_left
         self.response_pending = False
         if self._chunked:
-            return b"0\r\n\r\n"
+            return b"0\r\n%s\r\n" % lines if lines else b"0\r\n\r\n"
         return b""
+
+    def interim_response(self, status: int, headers: Headers) -> bytes:
+        """An informational response before the final one (103 Early Hints, RFC 8297); b""
+        to an HTTP/1.0 client, which may not understand one (RFC 9110 §15.2)."""
+        request = self.request
+        if request is None or self.response_started:
+            raise AppProtocolError("an interim response after the final one began")
+        if not isinstance(status, int) or not 100 <= status <= 199 or status == 101:
+            raise AppProtocolError(f"invalid interim response status {status!r}")
+        if request.http_version == "1.0":
+            return b""
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b""))]
+        for name, value in headers:
+            check_field(name, value)
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     def start_next_cycle(self) -> bool:
         """After a response: release a pipelined request. False when the connection must close.
