@@ -313,6 +313,25 @@ class Generator:
         except (ValueError, TypeError) as exc:
             raise RuntimeError(f"built-in generator printed {output[:200]!r}") from exc
 
+    def run_websocket(
+        self, base_url: str, request: Request, connections: int, duration: int, timeout: float
+    ) -> LoadResult:
+        """WebSocket echo at `base_url` + `request.path` (`bench.wsload`, wrk or not)."""
+        command = [
+            sys.executable,
+            "-m",
+            "aserve.bench.wsload",
+            base_url.replace("http://", "ws://", 1) + request.path,
+            f"--connections={connections}",
+            f"--duration={duration}",
+            f"--timeout={timeout:g}",
+        ]
+        output = self._execute(command, duration)
+        try:
+            return LoadResult(**json.loads(output))
+        except (ValueError, TypeError) as exc:
+            raise RuntimeError(f"WebSocket generator printed {output[:200]!r}") from exc
+
     def _wrk(
         self, url: str, request: Request, connections: int, duration: int, timeout: float
     ) -> LoadResult:
