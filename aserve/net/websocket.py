@@ -224,11 +224,15 @@ class WebSocketConnection(asyncio.Protocol):
     def send_message(self, data: str | bytes) -> None:
         if self.closing:
             return
+        self._sent += len(data)
+        frame = self.session.frame(data)
+        if frame is not None:
+            self.transport.write(frame)
+            return
         if type(data) is str:
             self.session.send_text(data)
         else:
             self.session.send_bytes(data)  # type: ignore[arg-type]
-        self._sent += len(data)
         self._flush()
 
     def close(self, code: int, reason: str) -> None:
