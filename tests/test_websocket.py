@@ -21,6 +21,7 @@ from aserve.types import Receive, Scope, Send
 from tests.support.apps.websocket_apps import echo
 from tests.support.client import connect, raw_exchange
 from tests.support.logs import LogRecords, access_records
+from tests.support.polling import wait_until
 from tests.support.servers import ServeFactory
 
 MiB = 1024 * 1024
@@ -290,17 +291,8 @@ async def test_client_close_code_and_reason_reach_the_app(serve: ServeFactory) -
     server = serve(app, lifespan="off")
     async with dial(server.port) as ws:
         await ws.close(4002, "bye")
-    assert await asyncio.to_thread(_wait_for, lambda: bool(heard))
+    assert await asyncio.to_thread(wait_until, lambda: bool(heard))
     assert heard == [{"type": "websocket.disconnect", "code": 4002, "reason": "bye"}]
-
-
-def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 async def test_app_error_after_accept_closes_with_1011(
@@ -462,7 +454,7 @@ async def test_fast_client_is_paused_while_the_app_does_not_receive(
             client.sendall(frame[sent % len(frame) :])
             whole += 1
         client.sendall(masked(0x8, struct.pack("!H", 1000)))
-        assert await asyncio.to_thread(_wait_for, lambda: len(received) == whole)
+        assert await asyncio.to_thread(wait_until, lambda: len(received) == whole)
 
 
 async def test_slow_reader_makes_the_app_wait(serve: ServeFactory) -> None:
@@ -493,7 +485,7 @@ async def test_access_log_has_one_line_per_websocket(serve: ServeFactory) -> Non
         async with dial(server.port, "/chat?room=1") as ws:
             await ws.send("hi")
             await ws.recv()
-        assert await asyncio.to_thread(_wait_for, lambda: bool(records.records))
+        assert await asyncio.to_thread(wait_until, lambda: bool(records.records))
     (line,) = [record.getMessage() for record in records.records]
     assert '"GET /chat?room=1 HTTP/1.1" 101 2 ' in line
     assert line.endswith("(WebSocket closed 1000)")

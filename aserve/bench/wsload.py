@@ -11,7 +11,6 @@ loads, and none of them is favoured by sharing code with it.
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
 import base64
 import functools
@@ -24,8 +23,7 @@ from dataclasses import asdict
 from typing import cast
 from urllib.parse import urlsplit
 
-from aserve.bench.loadgen import SOCKET_ERRORS, LoadResult
-from aserve.bench.stats import percentile
+from aserve.bench.loadgen import LoadClient, LoadResult, LoadRun, drive
 
 _TEXT, _BINARY, _CLOSE = 0x1, 0x2, 0x8
 
@@ -61,8 +59,9 @@ def server_frame_size(buffer: bytearray | bytes, start: int) -> int:
     return 2 + length
 
 
-class _Run:
-    def __init__(self, host: str, path: str, message: bytes, deadline: float) -> None:
+class _Run(LoadRun):
+    def __init__(self, host: str, path: str, message: bytes, deadline: float, timeout: float):
+        super().__init__(deadline, timeout)
         key = base64.b64encode(os.urandom(16))
         self.handshake = (
             b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -70,25 +69,17 @@ class _Run:
             % (path.encode(), host.encode(), key)
         )
         self.frame = message
-        self.deadline = deadline
-        self.latencies = array.array("d")
-        self.errors = dict.fromkeys(SOCKET_ERRORS, 0)
-        self.failed_handshakes = 0
-        self.clients: set[_Client] = set()
-        self.stopping = False
 
 
-class _Client(asyncio.Protocol):
+class _Client(LoadClient):
     """One WebSocket: the handshake, then one message in flight at a time."""
 
+    run: _Run
+
     def __init__(self, run: _Run, closed: asyncio.Future[None]) -> None:
-        self.run = run
-        self.closed = closed
-        self.transport: asyncio.Transport | None = None
+        super().__init__(run, closed)
         self.buffer = bytearray()
         self.open = False
-        self.sent_at = 0.0
-        self.in_flight = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -109,7 +100,8 @@ class _Client(asyncio.Protocol):
             if end < 0:
                 return
             if not buffer.startswith(b"HTTP/1.1 101"):
-                self.run.failed_handshakes += 1
+                # A refused handshake is the WebSocket's non-2xx answer.
+                self.run.non_2xx_3xx += 1
                 self._abort()
                 return
             del buffer[: end + 4]
@@ -141,37 +133,6 @@ class _Client(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.run.clients.discard(self)
-        if self.in_flight and not self.run.stopping:
-            self.run.errors["read"] += 1
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-async def _connection(run: _Run, host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    while time.perf_counter() < run.deadline and not run.stopping:
-        closed: asyncio.Future[None] = loop.create_future()
-        try:
-            await loop.create_connection(functools.partial(_Client, run, closed), host, port)
-        except OSError:
-            run.errors["connect"] += 1
-            await asyncio.sleep(0.01)
-            continue
-        await closed
-
-
-async def _watchdog(run: _Run, timeout: float) -> None:
-    while not run.stopping:
-        await asyncio.sleep(min(0.1, timeout / 4))
-        now = time.perf_counter()
-        for client in list(run.clients):
-            if client.in_flight and now - client.sent_at > timeout:
-                run.errors["timeout"] += 1
-                client.in_flight = False
-                client._abort()
-
 
 async def generate(
     url: str,
@@ -183,33 +144,11 @@ async def generate(
 ) -> LoadResult:
     """Echo `size`-byte messages over `connections` WebSockets to `url` for `duration` s."""
     parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     message = client_frame(_TEXT if text else _BINARY, b"x" * size)
     started = time.perf_counter()
-    run = _Run(parts.netloc, path, message, started + duration)
-    tasks = [asyncio.create_task(_connection(run, host, port)) for _ in range(connections)]
-    watchdog = asyncio.create_task(_watchdog(run, timeout))
-    await asyncio.sleep(max(0.0, run.deadline - time.perf_counter()))
-    elapsed = time.perf_counter() - started
-    run.stopping = True
-    for client in list(run.clients):
-        client._abort()
-    for task in [*tasks, watchdog]:
-        task.cancel()
-    await asyncio.gather(*tasks, watchdog, return_exceptions=True)
-    await asyncio.sleep(0)
-    ordered = sorted(run.latencies)
-    return LoadResult(
-        requests=len(ordered),
-        duration_s=elapsed,
-        requests_per_s=len(ordered) / elapsed,
-        p50_ms=percentile(ordered, 50) * 1000,
-        p99_ms=percentile(ordered, 99) * 1000,
-        # A refused handshake is the WebSocket's non-2xx answer.
-        non_2xx_3xx=run.failed_handshakes,
-        socket_errors=run.errors,
-    )
+    run = _Run(parts.netloc, path, message, started + duration, timeout)
+    return await drive(run, url, connections, functools.partial(_Client, run), started)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
