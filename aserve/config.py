@@ -293,7 +293,7 @@ class Config:
     def _check_websockets(self) -> None:
         if self.ws_max_size < 1 or self.ws_max_queue < 1:
             raise ConfigError("--ws-max-size and --ws-max-queue must be at least 1")
-        if self.ws_ping_interval < 0:
+        if not self.ws_ping_interval >= 0:  # NaN too
             raise ConfigError("--ws-ping-interval cannot be negative")
         if not self.ws_ping_timeout > 0:
             raise ConfigError("--ws-ping-timeout must be more than 0")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import os
+import re
 import socket
 import struct
 import threading
@@ -17,6 +19,9 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from aserve.cli import parse
+from aserve.config import Config
+from aserve.errors import ConfigError
 from aserve.types import Receive, Scope, Send
 from tests.support.apps.websocket_apps import echo
 from tests.support.client import connect, raw_exchange
@@ -82,6 +87,35 @@ def masked(opcode: int, payload: bytes) -> bytes:
 def close_code(payload: bytes) -> int:
     code: int = struct.unpack("!H", payload[:2])[0]
     return code
+
+
+# -- the settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ws_max_size": 0}, "--ws-max-size and --ws-max-queue must be at least 1"),
+        ({"ws_max_queue": 0}, "--ws-max-size and --ws-max-queue must be at least 1"),
+        ({"ws_ping_interval": -1.0}, "--ws-ping-interval cannot be negative"),
+        ({"ws_ping_interval": math.nan}, "--ws-ping-interval cannot be negative"),
+        ({"ws_ping_timeout": 0.0}, "--ws-ping-timeout must be more than 0"),
+    ],
+)
+def test_invalid_ws_settings_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Config(**changes)
+
+
+def test_ws_options_on_the_command_line() -> None:
+    options = "--ws off --ws-max-size 1048576 --ws-max-queue 4 --ws-ping-interval 0"
+    _, config = parse(["app:app", *options.split(), "--ws-ping-timeout", "5"])
+    _, off = parse(["app:app", "--no-ws-per-message-deflate"])
+    assert (config.ws, config.ws_max_size, config.ws_max_queue) == ("off", 1048576, 4)
+    assert (config.ws_ping_interval, config.ws_ping_timeout) == (0.0, 5.0)
+    assert config.ws_per_message_deflate is True
+    assert off.ws_per_message_deflate is False
+    assert Config().ws_max_size == 16 * MiB
 
 
 # -- the handshake and the scope ---------------------------------------------------------------
