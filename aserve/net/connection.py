@@ -340,14 +340,10 @@ class HttpProtocol(asyncio.Protocol):
         if self._stopping:
             self.conn.keep_alive = False  # the server is stopping: this response ends it
         self._enter(_BUSY)
-        upgrades = self.state.upgrades
-        if (
-            request.upgrade is not None
-            and upgrades is not None
-            and not self._stopping
-            and not upgrades.prepare(self, cycle)
-        ):
-            return
+        if request.upgrade is not None:
+            upgrades = self.state.upgrades
+            if upgrades is not None and not self._stopping and not upgrades.prepare(self, cycle):
+                return
         self.state.runner.handle(cycle)
 
     def hand_over(self, cycle: Cycle) -> tuple[asyncio.Transport, bytes]:

@@ -887,16 +887,19 @@ class Connection:
         over (see `start_next_cycle`). Raises AppProtocolError for an invalid trailer field."""
         if not self.response_started:
             raise AppProtocolError("response end before the response start")
-        lines = b""
-        if trailers and self._chunked:
+        if trailers:
+            # Checked before anything changes: an invalid one leaves the response unended.
             lines = _trailer_lines(trailers)
+            if self._chunked:  # (and so no Content-Length to fall short of)
+                self.response_pending = False
+                return b"0\r\n%s\r\n" % lines
         if self._length_left:
             # The app sent less than it announced: the client can only see that by a close.
             self.keep_alive = False
             self.body_missing = self._length_left
         self.response_pending = False
         if self._chunked:
-            return b"0\r\n%s\r\n" % lines if lines else b"0\r\n\r\n"
+            return b"0\r\n\r\n"
         return b""
 
     def interim_response(self, status: int, headers: Headers) -> bytes:
