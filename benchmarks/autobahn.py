@@ -3,7 +3,7 @@ by aserve, or by a peer for comparison, driven by the `kosoku` runner; prints th
 
     pip install kosoku                 # the runner; not a test dependency
     .venv/bin/python benchmarks/autobahn.py                  # aserve, every case but 9.*
-    .venv/bin/python benchmarks/autobahn.py --server uvicorn --server uvicorn-sansio
+    .venv/bin/python benchmarks/autobahn.py --server uvicorn --server uvicorn-wsproto
 
 Exit code 0 only when aserve (every server asked for) has no FAILED or UNCLEAN case and no
 case whose close behaviour is anything but OK or INFORMATIONAL.
@@ -32,8 +32,9 @@ PASSING_CLOSE = frozenset(("OK", "INFORMATIONAL"))
 _UVICORN = [sys.executable, "-m", "uvicorn", APP, "--log-level", "warning"]
 SERVERS = {
     "aserve": [sys.executable, "-m", "aserve", APP, "--no-access-log", "--host", HOST],
+    # uvicorn's default backend (as of 0.55, when websockets is installed): its sans-IO one.
     "uvicorn": _UVICORN,
-    "uvicorn-sansio": [*_UVICORN, "--ws", "websockets-sansio"],
+    "uvicorn-legacy": [*_UVICORN, "--ws", "websockets"],
     "uvicorn-wsproto": [*_UVICORN, "--ws", "wsproto"],
 }
 
