@@ -14,6 +14,7 @@ LifespanMode = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LoopKind = Literal["auto", "uvloop", "asyncio"]
 AccessLogStyle = Literal["aserve", "runserver"]
+WebSocketMode = Literal["auto", "on", "off"]
 
 
 def setting(
@@ -254,11 +255,52 @@ class Config:
         "(WATCHFILES_FORCE_POLLING=1 does the same).",
     )
 
+    # -- WebSockets (uvicorn's spellings of the same settings) --------------------------------
+    ws: WebSocketMode = setting(
+        "auto",
+        "WebSockets for ASGI apps: auto serves them when the websockets library is importable; "
+        "off answers an Upgrade as plain HTTP (RFC 9110 §7.8 lets a server ignore it).",
+    )
+    # uvicorn's and websockets' default is 1 MiB, which a file sent as one message passes
+    # easily in development; 16 MiB still bounds what one message costs in memory (daphne's
+    # was unbounded until 4.2.2).
+    ws_max_size: int = setting(
+        16 * 1024 * 1024,
+        "Largest incoming WebSocket message in bytes; a larger one closes the connection with "
+        "1009 (message too big).",
+        metavar="BYTES",
+    )
+    # uvicorn's default: with 16 MiB messages, 32 of them bound what one connection may hold
+    # for an app that does not receive; reading pauses until it does.
+    ws_max_queue: int = setting(
+        32,
+        "Incoming WebSocket messages queued for an app that does not receive them, before "
+        "reading from the client pauses.",
+        metavar="N",
+    )
+    # uvicorn's and websockets' 20 s: often enough to keep NAT and proxy mappings alive
+    # (they drop idle flows after 30 s or more) and to notice a dead peer within a minute.
+    ws_ping_interval: float = setting(
+        20.0,
+        "Send a WebSocket ping after this many seconds without anything from the client "
+        "(0: never).",
+        metavar="SECONDS",
+    )
+    ws_ping_timeout: float = setting(
+        20.0,
+        "Close a WebSocket (1011) whose client has not answered a ping within this many seconds.",
+        metavar="SECONDS",
+    )
+    ws_per_message_deflate: bool = setting(
+        True, "Offer permessage-deflate compression (RFC 7692) to WebSocket clients."
+    )
+
     def __post_init__(self) -> None:
         self._check_numbers()
         self._check_choices()
         if self.reload_browser and not self.reload:
             object.__setattr__(self, "reload", True)
+        self._check_websockets()
 
     def _check_numbers(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -290,6 +332,14 @@ class Config:
             raise ConfigError(
                 "--server wsgiref serves WSGI apps only; use --server aserve for ASGI"
             )
+
+    def _check_websockets(self) -> None:
+        if self.ws_max_size < 1 or self.ws_max_queue < 1:
+            raise ConfigError("--ws-max-size and --ws-max-queue must be at least 1")
+        if not self.ws_ping_interval >= 0:  # NaN too
+            raise ConfigError("--ws-ping-interval cannot be negative")
+        if not self.ws_ping_timeout > 0:
+            raise ConfigError("--ws-ping-timeout must be more than 0")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed, validated again."""

@@ -1,6 +1,8 @@
 """The seam between a connection and an app runner: one request and its response (`Cycle`),
 the request body the app reads (`RequestBody`), and what each side offers the other
-(`ResponseSink` from the connection, `AppRunner` from the runner)."""
+(`ResponseSink` from the connection, `AppRunner` from the runner). A request that asks to
+become a WebSocket carries a `WebSocketOffer`; once accepted, the app reads `Messages` and
+answers through a `MessageSink`."""
 
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ class RequestHead(Protocol):
     def http_version(self) -> str: ...
     @property
     def headers(self) -> Headers: ...
+    @property
+    def upgrade(self) -> bytes | None:
+        """The protocols a bodiless request asks to switch to (its Upgrade field)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +75,15 @@ class ResponseSink(Protocol):
 
     def send_body(self, data: bytes) -> None: ...
 
-    def end_response(self, data: bytes) -> None:
-        """Send the last body bytes and end the response; raises AppProtocolError (nothing
-        sent) when that breaks the framing its head announced."""
+    def end_response(self, data: bytes, trailers: Headers | None = None) -> None:
+        """Send the last body bytes (and `trailers`, where the framing carries them) and end
+        the response; raises AppProtocolError (nothing sent) when that breaks the framing its
+        head announced."""
+        ...
+
+    def send_interim(self, status: int, headers: Headers) -> None:
+        """Send an informational (1xx) response now, before the final one; raises
+        AppProtocolError (nothing sent) for an invalid one."""
         ...
 
     def response_done(self, cycle: Cycle) -> None:
@@ -270,6 +282,7 @@ class Cycle:
         "sink",
         "started_at",
         "status",
+        "websocket",
     )
 
     def __init__(
@@ -282,6 +295,8 @@ class Cycle:
         self.started_at = time.perf_counter()
         self.status = 0
         self.done = False
+        # A valid WebSocket opening handshake the app may accept (set by the connection).
+        self.websocket: WebSocketOffer | None = None
 
     @property
     def disconnected(self) -> bool:
@@ -325,11 +340,24 @@ class Cycle:
             return
         self.sink.send_body(data)
 
+    def send_interim(self, status: int, headers: Headers) -> None:
+        """An informational response (103 Early Hints) before the final one."""
+        if not self.done:
+            self.sink.send_interim(status, headers)
+
     def send_end(self, data: bytes = b"") -> None:
         """Finish the response (with a last piece of body); the connection then moves on."""
         if self.done:
             return
         self.sink.end_response(data)
+        self.done = True
+        self.sink.response_done(self)
+
+    def send_end_with(self, trailers: Headers) -> None:
+        """Finish the response with trailer fields after its body."""
+        if self.done:
+            return
+        self.sink.end_response(b"", trailers)
         self.done = True
         self.sink.response_done(self)
 
@@ -366,9 +394,128 @@ class Cycle:
             self.sink.abandon(self)
 
 
+class MessageSink(Protocol):
+    """What an open WebSocket offers its runner: a connection switched from HTTP/1.1 by a
+    101 today, an HTTP/2 stream (RFC 8441) later. Loop side only."""
+
+    @property
+    def write_paused(self) -> bool:
+        """The peer reads slower than the app writes: wait for `on_writable`."""
+        ...
+
+    @property
+    def closing(self) -> bool:
+        """The WebSocket is closing or gone: no message can be sent."""
+        ...
+
+    def send_message(self, data: str | bytes) -> None:
+        """Send a text (str) or binary (bytes) message."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; raises AppProtocolError for a code an endpoint may
+        not send."""
+        ...
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close at once (the app broke its protocol or raised): nothing more is read."""
+        ...
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the loop once writing may go on, or the peer is gone."""
+        ...
+
+
+class Messages:
+    """Messages the peer sent that the app has not received yet, and how the WebSocket ended.
+
+    The connection `feed`s them and `end`s the WebSocket; the app `take`s one at a time and
+    waits with `wait()` when none is there. Taking from a full queue calls `on_wanted`: the
+    connection then resumes reading. Loop side only.
+    """
+
+    __slots__ = ("_future", "_loop", "_on_wanted", "_queue", "closed", "limit", "paused", "sink")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sink: MessageSink,
+        limit: int,
+        on_wanted: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self.sink = sink
+        self.limit = limit
+        self._on_wanted = on_wanted
+        self._queue: deque[str | bytes] = deque()
+        self._future: asyncio.Future[None] | None = None
+        # The close code and reason, once the WebSocket is over.
+        self.closed: tuple[int, str] | None = None
+        # Reading is paused until the app takes a message.
+        self.paused = False
+
+    def feed(self, message: str | bytes) -> bool:
+        """Queue `message`; True when the queue is full and reading should pause."""
+        queue = self._queue
+        queue.append(message)
+        self._wake()
+        if len(queue) >= self.limit:
+            self.paused = True
+        return self.paused
+
+    def end(self, code: int, reason: str) -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+            self._wake()
+
+    def _wake(self) -> None:
+        future = self._future
+        if future is not None:
+            self._future = None
+            if not future.done():
+                future.set_result(None)
+
+    def take(self) -> str | bytes | None:
+        """The oldest message not yet received, or None."""
+        queue = self._queue
+        if not queue:
+            return None
+        message = queue.popleft()
+        if self.paused and len(queue) < self.limit:
+            self.paused = False
+            self._on_wanted()
+        return message
+
+    async def wait(self) -> None:
+        """Wait until a message is there or the WebSocket is over."""
+        if self._queue or self.closed is not None:
+            return
+        future = self._loop.create_future()
+        self._future = future
+        await future
+
+
+class WebSocketOffer(Protocol):
+    """What a connection offers for a request that is a valid WebSocket opening handshake:
+    the subprotocols the client offered, and the switch once the app accepts. Denying is an
+    ordinary response through the cycle."""
+
+    @property
+    def subprotocols(self) -> list[str]: ...
+
+    def accept(self, cycle: Cycle, subprotocol: str | None, headers: Headers) -> Messages:
+        """Send the 101 response and hand the connection over to the WebSocket. Raises
+        AppProtocolError, nothing sent, for a subprotocol the client did not offer or an
+        invalid header."""
+        ...
+
+
 class AppRunner(Protocol):
     """Runs an application: each request arrives as a `Cycle`, answered on the loop through it
     and finally `send_end` (or `fail`)."""
+
+    # Whether its apps take WebSockets: when not, a request asking for one is plain HTTP.
+    websockets: bool
 
     async def startup(self) -> None:
         """Before the first request (ASGI lifespan); raises LifespanError when it failed."""

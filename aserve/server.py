@@ -16,12 +16,12 @@ from typing import Any
 
 from aserve import __version__
 from aserve.config import Config
-from aserve.errors import LifespanError
+from aserve.errors import ConfigError, LifespanError
 from aserve.exchange import AppRunner
 from aserve.loader import LoadedApp, load, load_env_file
 from aserve.logs import AccessLog, configure
 from aserve.net.acceptor import Acceptor
-from aserve.net.connection import SHUTDOWN_GRACE, HttpProtocol, Phase, ServerState
+from aserve.net.connection import SHUTDOWN_GRACE, HttpProtocol, ServerState, Upgrades
 from aserve.process import loop_factory, tune_gc
 from aserve.protocols.http11 import Limits
 from aserve.runners import make_runner
@@ -77,6 +77,7 @@ class Server:
         # asyncio.Event binds to a loop only when first awaited (Python 3.10+).
         self._exit = asyncio.Event()
         self._force = False
+        self._restart = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -136,8 +137,11 @@ class Server:
 
     # the server itself
 
-    def request_stop(self) -> None:
-        """Begin a graceful shutdown without waiting for it; from any thread."""
+    def request_stop(self, *, restart: bool = False) -> None:
+        """Begin a graceful shutdown without waiting for it; from any thread. `restart`: the
+        server stops to be replaced (a reload), and its WebSockets are told so (1012)."""
+        if restart and not self._exit.is_set():
+            self._restart = True
         loop = self._loop
         if loop is None:
             self._exit.set()  # not serving yet: serve() will return at once
@@ -202,6 +206,7 @@ class Server:
             body_timeout=config.timeout_request_body,
             access_log=access_log,
         )
+        state.upgrades = websocket_upgrades(config, state) if runner.websockets else None
         acceptors = [Acceptor(loop, sock, lambda: HttpProtocol(state)) for sock in self.sockets]
         date_timer = self._refresh_date(state, loop)
         assert self.loaded is not None
@@ -223,14 +228,16 @@ class Server:
             self.on_ready()
         await self._exit.wait()
 
-        # Graceful shutdown: stop accepting, close idle connections, let the busy ones finish.
+        # Graceful shutdown: stop accepting, close idle connections, let the busy ones finish;
+        # WebSockets are closed with 1012 when the server is replaced, else 1001.
+        state.going_away = 1012 if self._restart else 1001
         for acceptor in acceptors:
             await acceptor.close()
         for connection in list(state.connections):
             connection.shutdown(self.shutdown_grace)
         if self.on_draining is not None:
             # Until the connections opened but not yet used have sent a request or closed.
-            while any(c.phase is Phase.GRACE for c in state.connections) and not self._force:
+            while any(c.in_grace for c in state.connections) and not self._force:
                 await asyncio.sleep(_DRAIN_POLL)
             self.on_draining()
         began = loop.time()
@@ -271,6 +278,27 @@ class Server:
     def _on_force(self, sig: int) -> None:
         self._force = True
         self._exit.set()
+
+
+def websocket_upgrades(config: Config, state: ServerState) -> Upgrades | None:
+    """The WebSocket side of a server whose runner takes them, per `--ws`."""
+    if config.ws == "off":
+        return None
+    try:
+        from aserve.net.websocket import Upgrades as WebSocketUpgrades
+        from aserve.net.websocket import WebSocketSettings
+        from aserve.protocols.websocket import Settings
+    except ImportError as exc:
+        if config.ws == "on":
+            raise ConfigError(f"--ws on needs the websockets library: {exc}") from exc
+        return None
+    settings = WebSocketSettings(
+        Settings(config.ws_max_size, config.ws_per_message_deflate),
+        max_queue=config.ws_max_queue,
+        ping_interval=config.ws_ping_interval,
+        ping_timeout=config.ws_ping_timeout,
+    )
+    return WebSocketUpgrades(state, settings)
 
 
 def run(app: object, **settings: Any) -> int:

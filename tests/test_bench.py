@@ -18,8 +18,8 @@ from wsgiref.validate import validator
 
 import pytest
 
-from aserve.bench import cli, loadgen, peers, report, runner
-from aserve.bench.apps import BODY, hello_asgi, hello_wsgi, transfer_wsgi
+from aserve.bench import cli, loadgen, peers, report, runner, wsload
+from aserve.bench.apps import BODY, hello_asgi, hello_wsgi, transfer_wsgi, ws_echo
 from aserve.bench.ceiling import RESPONSE, CannedProtocol
 from aserve.bench.loadgen import LoadResult, Request, generate, parse_wrk
 from aserve.bench.peers import AppSpec, Launch, discover
@@ -329,7 +329,7 @@ def test_peer_command_lines() -> None:
 
 def test_standard_scenarios_name_known_peers() -> None:
     assert [s.name for s in STANDARD] == [
-        "hello-wsgi", "hello-asgi", "django", "stream-1mib", "upload-16mib",
+        "hello-wsgi", "hello-asgi", "ws-echo", "django", "stream-1mib", "upload-16mib",
         "hello-wsgi-c1000", "memory-1gib",
     ]  # fmt: skip
     for scenario in STANDARD:
@@ -661,6 +661,23 @@ async def test_builtin_generator_against_aserve() -> None:
     assert result.requests_per_s == pytest.approx(result.requests / result.duration_s)
     assert 0.25 <= result.duration_s < 1.0
     assert 0 < result.p50_ms <= result.p99_ms < 1000
+
+
+async def test_websocket_generator_against_aserve() -> None:
+    with running(ws_echo) as server:
+        url = server.url.replace("http://", "ws://") + "/"
+        result = await wsload.generate(url, connections=4, duration=0.3, size=1024)
+    assert result.requests > 50
+    assert result.errors == 0
+    assert 0 < result.p50_ms <= result.p99_ms < 1000
+
+
+def test_websocket_frames_of_the_generator() -> None:
+    assert wsload.client_frame(0x1, b"hi") == b"\x81\x82\0\0\0\0hi"
+    assert wsload.client_frame(0x2, b"x" * 200)[:4] == b"\x82\xfe\x00\xc8"
+    assert wsload.server_frame_size(b"\x81\x02hi", 0) == 4
+    assert wsload.server_frame_size(b"\x81\x7e\x01", 0) == 0  # the length is not all there
+    assert wsload.server_frame_size(b"\x81\x7e\x01\x00", 0) == 260
 
 
 async def test_builtin_generator_uploads_and_counts_non_2xx(transfer_server: int) -> None:

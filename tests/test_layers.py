@@ -81,6 +81,15 @@ FORBIDDEN = [
     ("aserve.server", "aserve.runners.wsgi"),
     ("aserve.server", "aserve.runners.lifespan"),
     ("aserve.runners", "aserve.protocols.http11"),
+    # WebSockets: a layer of their own in each of protocols/, net/ and runners/. http11 knows
+    # nothing of them, the HTTP/1.1 connection reaches them only through `Upgrades`, and the
+    # runners only through the exchange's offer and messages.
+    ("aserve.protocols.http11", "aserve.protocols.websocket"),
+    ("aserve.net.connection", "aserve.net.websocket"),
+    ("aserve.runners", "aserve.protocols.websocket"),
+    ("aserve.runners", "aserve.net"),
+    ("aserve.runners.wsgi", "aserve.runners.websocket"),
+    ("aserve.server", "aserve.runners.websocket"),
 ]
 
 # Sans-IO means no I/O, no loop, no clock and no threads.
@@ -191,6 +200,10 @@ def test_every_module_has_a_layer() -> None:
         ("aserve.loader", "aserve.server"),
         ("aserve.process", "aserve.server"),
         ("aserve.sockets", "aserve.server"),
+        ("aserve.protocols.http11", "aserve.protocols.websocket"),
+        ("aserve.protocols.websocket", "asyncio"),
+        ("aserve.net.connection", "aserve.net.websocket"),
+        ("aserve.runners.websocket", "aserve.protocols.websocket"),
     ],
     ids=lambda pair: f"{pair[0]}->{pair[1]}",
 )

@@ -49,7 +49,12 @@ from aserve.reload.ipc import (
 FORK = Fork(app="app:app", config={"port": 8000, "reload_dirs": ["."]}, announce=True)
 TO_TEMPLATE: list[ipc.ToTemplate] = [Preload(("django", "uvloop")), Preload(()), FORK]
 FROM_TEMPLATE: list[ipc.FromTemplate] = [TemplateReady(("pydevd.Reader",)), Exited(4242, -9)]
-TO_WORKER: list[ipc.ToWorker] = [Stop(), Changed(("/srv/site/templates/a.html",)), Changed(())]
+TO_WORKER: list[ipc.ToWorker] = [
+    Stop(),
+    Stop(replaced=True),
+    Changed(("/srv/site/templates/a.html",)),
+    Changed(()),
+]
 FROM_WORKER: list[ipc.FromWorker] = [
     Hello(pid=4243),
     Ready(modules=("django", "django.db", "é")),
@@ -232,7 +237,10 @@ def test_a_message_at_the_wrong_end_is_refused() -> None:
         (b'{"type": "Restart"}', "unknown message type 'Restart'"),
         (b'{"type": 3}', "unknown message type 3"),
         (b'{"type": "Exited", "pid": 1}', r"Exited message: missing \['code'\], unexpected \[\]"),
-        (b'{"type": "Stop", "now": true}', r"Stop message: missing \[\], unexpected \['now'\]"),
+        (
+            b'{"type": "Stop", "now": true}',
+            r"Stop message: missing \['replaced'\], unexpected \['now'\]",
+        ),
         (b'{"type": "Hello", "pid": "12"}', "Hello message, field 'pid': expected int, got str"),
         (b'{"type": "Hello", "pid": true}', "field 'pid': expected int, got bool"),
         (b'{"type": "Hello", "pid": 1.0}', "field 'pid': expected int, got float"),

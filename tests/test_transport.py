@@ -77,6 +77,8 @@ class FakeTransport(asyncio.Transport):
 class Runner:
     """An app runner that only records cycles; the test answers through them."""
 
+    websockets = False
+
     def __init__(self) -> None:
         self.cycles: list[Cycle] = []
 

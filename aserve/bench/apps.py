@@ -1,5 +1,6 @@
 """The apps every server in the benchmark runs: WSGI and ASGI hello worlds, a streamed
-download and an upload sink, and an a2wsgi factory. No Django here (see `django_app`)."""
+download and an upload sink, a WebSocket echo, and an a2wsgi factory. No Django here (see
+`django_app`)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,25 @@ async def hello_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     start: Message = {"type": "http.response.start", "status": 200, "headers": _HELLO_ASGI_HEADERS}
     await send(start)
     await send({"type": "http.response.body", "body": BODY})
+
+
+async def ws_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """Every WebSocket message sent back as it came (the Autobahn suite's echo server and
+    the `ws-echo` scenario's app); HTTP gets the hello world, for the harness's check."""
+    if scope["type"] != "websocket":
+        await hello_asgi(scope, receive, send)
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        text = message.get("text")
+        if text is not None:
+            await send({"type": "websocket.send", "text": text})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
 
 
 def _stream(size: int) -> Iterator[bytes]:

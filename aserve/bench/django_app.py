@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +19,10 @@ from aserve.types import WSGIApp
 
 BODY = b"Hello, world!"
 _MODULE = "aserve.bench.django_app"
+# Set (to anything) by the `runserver-aserve` peer: the project lists aserve's Django plugin
+# first, as its users do, so that `runserver` is aserve's. By name only: the harness imports
+# nothing of the server.
+PLUGIN_VARIABLE = "ASERVE_BENCH_DJANGO_PLUGIN"
 
 
 def hello(request: HttpRequest) -> HttpResponse:
@@ -38,6 +43,7 @@ def configure() -> None:
         ROOT_URLCONF=_MODULE,
         WSGI_APPLICATION=f"{_MODULE}.application",
         INSTALLED_APPS=[
+            *(["aserve.django"] if os.environ.get(PLUGIN_VARIABLE) else []),
             "django.contrib.auth",
             "django.contrib.contenttypes",
             "django.contrib.sessions",
@@ -67,19 +73,13 @@ configure()
 application: WSGIApp = get_wsgi_application()
 
 
-def runserver(argv: Sequence[str] | None = None, on_aserve: bool = False) -> None:
-    """Django's own `runserver ADDR:PORT --noreload` on this project (threaded, its default),
-    or, `on_aserve`, the runserver of aserve's Django plugin (what `"aserve.django"` first in
-    INSTALLED_APPS makes of `manage.py runserver`)."""
+def runserver(argv: Sequence[str] | None = None) -> None:
+    """`runserver ADDR:PORT --noreload` on this project (threaded, its default): Django's own,
+    or aserve's when PLUGIN_VARIABLE is set."""
     from django.core.management import call_command
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if on_aserve:
-        from aserve.django.management.commands.runserver import Command
-
-        call_command(Command(), *args, use_reloader=False)
-    else:
-        call_command("runserver", *args, use_reloader=False)
+    call_command("runserver", *args, use_reloader=False)
 
 
 def in_process_rate(seconds: float) -> float:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, cast
@@ -132,31 +132,53 @@ def wrk_version() -> str:
 # -- the built-in generator ------------------------------------------------------------------
 
 
-class _Run:
-    """Shared state of one built-in load run."""
+class LoadRun:
+    """Shared state of one closed-loop load run: HTTP requests here, WebSocket messages in
+    `bench.wsload`."""
 
-    def __init__(self, request: Request, host: str, deadline: float, timeout: float) -> None:
-        self.head = request.head(host)
-        self.body = b"x" * request.body_size
+    def __init__(self, deadline: float, timeout: float) -> None:
         self.deadline = deadline
         self.timeout = timeout
         self.latencies = array.array("d")
         self.non_2xx_3xx = 0
         self.errors = dict.fromkeys(SOCKET_ERRORS, 0)
-        self.clients: set[_Client] = set()
+        self.clients: set[LoadClient] = set()
         self.stopping = False
 
 
-class _Client(asyncio.Protocol):
-    """One keep-alive connection: send, wait for the whole response, send again."""
+class LoadClient(asyncio.Protocol):
+    """One connection of a closed-loop run: its request in flight, and its end (`closed`)."""
 
-    def __init__(self, run: _Run, closed: asyncio.Future[None]) -> None:
+    def __init__(self, run: LoadRun, closed: asyncio.Future[None]) -> None:
         self.run = run
         self.closed = closed
-        self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.sent_at = 0.0
         self.in_flight = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.run.clients.discard(self)
+        if self.in_flight and not self.run.stopping:
+            self.run.errors["read"] += 1
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _Run(LoadRun):
+    def __init__(self, request: Request, host: str, deadline: float, timeout: float) -> None:
+        super().__init__(deadline, timeout)
+        self.head = request.head(host)
+        self.body = b"x" * request.body_size
+
+
+class _Client(LoadClient):
+    """One keep-alive connection: send, wait for the whole response, send again."""
+
+    run: _Run
+
+    def __init__(self, run: _Run, closed: asyncio.Future[None]) -> None:
+        super().__init__(run, closed)
+        self.parser = httptools.HttpResponseParser(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -196,20 +218,15 @@ class _Client(asyncio.Protocol):
         else:
             self.transport.close()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.run.clients.discard(self)
-        if self.in_flight and not self.run.stopping:
-            self.run.errors["read"] += 1
-        if not self.closed.done():
-            self.closed.set_result(None)
 
-
-async def _connection(run: _Run, host: str, port: int) -> None:
+async def _connection(
+    run: LoadRun, host: str, port: int, client: Callable[[asyncio.Future[None]], asyncio.Protocol]
+) -> None:
     loop = asyncio.get_running_loop()
     while time.perf_counter() < run.deadline and not run.stopping:
         closed: asyncio.Future[None] = loop.create_future()
         try:
-            await loop.create_connection(functools.partial(_Client, run, closed), host, port)
+            await loop.create_connection(functools.partial(client, closed), host, port)
         except OSError:
             run.errors["connect"] += 1
             await asyncio.sleep(0.01)
@@ -217,7 +234,7 @@ async def _connection(run: _Run, host: str, port: int) -> None:
         await closed
 
 
-async def _watchdog(run: _Run) -> None:
+async def _watchdog(run: LoadRun) -> None:
     """Abort requests older than the timeout (counted, like wrk's timeouts); they reconnect."""
     while not run.stopping:
         await asyncio.sleep(min(0.1, run.timeout / 4))
@@ -230,26 +247,25 @@ async def _watchdog(run: _Run) -> None:
                     client.transport.abort()
 
 
-async def generate(
+async def drive(
+    run: LoadRun,
     url: str,
-    request: Request,
     connections: int,
-    duration: float,
-    timeout: float = 2.0,
+    client: Callable[[asyncio.Future[None]], asyncio.Protocol],
+    started: float,
 ) -> LoadResult:
-    """Load `url` from `connections` keep-alive connections for `duration` seconds."""
+    """Keep `connections` made by `client` (given a future to resolve when it is lost) busy
+    until the run's deadline; what completed."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    started = time.perf_counter()
-    run = _Run(request, parts.netloc, started + duration, timeout)
-    tasks = [asyncio.create_task(_connection(run, host, port)) for _ in range(connections)]
+    tasks = [asyncio.create_task(_connection(run, host, port, client)) for _ in range(connections)]
     watchdog = asyncio.create_task(_watchdog(run))
     await asyncio.sleep(max(0.0, run.deadline - time.perf_counter()))
     elapsed = time.perf_counter() - started
     run.stopping = True
-    for client in list(run.clients):
-        if client.transport is not None:
-            client.transport.abort()
+    for each in list(run.clients):
+        if each.transport is not None:
+            each.transport.abort()
     for task in [*tasks, watchdog]:
         task.cancel()
     await asyncio.gather(*tasks, watchdog, return_exceptions=True)
@@ -265,6 +281,19 @@ async def generate(
         non_2xx_3xx=run.non_2xx_3xx,
         socket_errors=run.errors,
     )
+
+
+async def generate(
+    url: str,
+    request: Request,
+    connections: int,
+    duration: float,
+    timeout: float = 2.0,
+) -> LoadResult:
+    """Load `url` from `connections` keep-alive connections for `duration` seconds."""
+    started = time.perf_counter()
+    run = _Run(request, urlsplit(url).netloc, started + duration, timeout)
+    return await drive(run, url, connections, functools.partial(_Client, run), started)
 
 
 # -- running either --------------------------------------------------------------------------
@@ -296,22 +325,48 @@ class Generator:
         url = base_url + request.path
         if self.kind == "wrk":
             return self._wrk(url, request, connections, duration, timeout)
+        return self._builtin(
+            "aserve.bench.loadgen",
+            url,
+            connections,
+            duration,
+            timeout,
+            f"--method={request.method}",
+            f"--body-size={request.body_size}",
+        )
+
+    def run_websocket(
+        self, base_url: str, request: Request, connections: int, duration: int, timeout: float
+    ) -> LoadResult:
+        """WebSocket echo at `base_url` + `request.path` (`bench.wsload`, wrk or not)."""
+        url = base_url.replace("http://", "ws://", 1) + request.path
+        return self._builtin("aserve.bench.wsload", url, connections, duration, timeout)
+
+    def _builtin(
+        self,
+        module: str,
+        url: str,
+        connections: int,
+        duration: int,
+        timeout: float,
+        *options: str,
+    ) -> LoadResult:
+        """Run one of the built-in generators, `python -m MODULE`, and read its JSON."""
         command = [
             sys.executable,
             "-m",
-            "aserve.bench.loadgen",
+            module,
             url,
             f"--connections={connections}",
             f"--duration={duration}",
             f"--timeout={timeout:g}",
-            f"--method={request.method}",
-            f"--body-size={request.body_size}",
+            *options,
         ]
         output = self._execute(command, duration)
         try:
             return LoadResult(**json.loads(output))
         except (ValueError, TypeError) as exc:
-            raise RuntimeError(f"built-in generator printed {output[:200]!r}") from exc
+            raise RuntimeError(f"{module} printed {output[:200]!r}") from exc
 
     def _wrk(
         self, url: str, request: Request, connections: int, duration: int, timeout: float

@@ -152,7 +152,8 @@ def _runserver(spec: AppSpec, launch: Launch) -> list[str]:
 def _runserver_aserve(spec: AppSpec, launch: Launch) -> list[str]:
     return _python(
         "-c",
-        "from aserve.bench.django_app import runserver; runserver(on_aserve=True)",
+        "import os; os.environ['ASERVE_BENCH_DJANGO_PLUGIN'] = '1'; "
+        "from aserve.bench.django_app import runserver; runserver()",
         f"{HOST}:{launch.port}",
     )
 

@@ -178,13 +178,16 @@ def measure_load(
             with serving(peer, scenario, settings, log) as server:
                 base = f"http://{HOST}:{server.port}"
                 load = (scenario.request, scenario.connections)
+                run_load = (
+                    generator.run_websocket if scenario.protocol == "websocket" else generator.run
+                )
                 if settings.warmup > 0:
-                    generator.run(base, *load, settings.warmup, scenario.timeout)
+                    run_load(base, *load, settings.warmup, scenario.timeout)
                 server_before = tree_cpu_s(server.pid)
                 load_before = children_cpu_s()
                 ticks_server = Ticks.read(settings.server_cpu)
                 ticks_load = Ticks.read(settings.load_cpu)
-                run.result = generator.run(base, *load, settings.duration, scenario.timeout)
+                run.result = run_load(base, *load, settings.duration, scenario.timeout)
                 server_busy, server_elapsed = _busy(ticks_server, settings.server_cpu)
                 load_busy, load_elapsed = _busy(ticks_load, settings.load_cpu)
                 run.server_cpu_s = tree_cpu_s(server.pid) - server_before

@@ -10,6 +10,9 @@ from aserve.bench.loadgen import Request
 from aserve.bench.peers import ASERVE, CEILING, AppSpec, Interface
 
 ScenarioKind = Literal["load", "memory"]
+# What the load is: HTTP requests (wrk or the built-in generator), or WebSocket messages
+# echoed (`bench.wsload`; a message and its echo count as one request).
+LoadProtocol = Literal["http", "websocket"]
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -17,6 +20,7 @@ HELLO_WSGI = AppSpec("hello-wsgi", "aserve.bench.apps:hello_wsgi", "wsgi")
 HELLO_ASGI = AppSpec("hello-asgi", "aserve.bench.apps:hello_asgi", "asgi")
 DJANGO = AppSpec("django", "aserve.bench.django_app:application", "wsgi")
 TRANSFER = AppSpec("transfer", "aserve.bench.apps:transfer_wsgi", "wsgi")
+WS_ECHO = AppSpec("ws-echo", "aserve.bench.apps:ws_echo", "asgi")
 USER = "user"
 
 # Display order; a scenario runs those of its servers that are installed.
@@ -39,6 +43,7 @@ class Scenario:
     kind: ScenarioKind = "load"
     # The body every server must answer the check request with (None: any 2xx/3xx).
     expect: bytes | None = None
+    protocol: LoadProtocol = "http"
 
 
 HELLO = b"Hello, world!"
@@ -57,6 +62,16 @@ STANDARD: tuple[Scenario, ...] = (
         HELLO_ASGI,
         (CEILING, ASERVE, "aserve+log", *_ASGI_PEERS),
         expect=HELLO,
+    ),
+    Scenario(
+        "ws-echo",
+        "WebSocket echo of 1 KiB text messages (messages/s), 100 connections",
+        WS_ECHO,
+        (ASERVE, "uvicorn", "hypercorn"),
+        connections=100,
+        payload=1024,
+        expect=HELLO,
+        protocol="websocket",
     ),
     Scenario(
         "django",

@@ -11,10 +11,10 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from aserve.errorpage import Page
-from aserve.errors import RequestBodyTooLarge
+from aserve.errors import ClientDisconnected, RequestBodyTooLarge
 from aserve.exchange import AppRunner, ConnectionInfo, Cycle, RequestBody
 from aserve.logs import AccessLog, RunserverAccessLog
 from aserve.protocols.http11 import (
@@ -66,6 +66,31 @@ _IDLE, _HEAD, _BUSY, _BODY_WAIT = Phase.IDLE, Phase.HEAD, Phase.BUSY, Phase.BODY
 _GRACE, _LINGER, _CLOSED = Phase.GRACE, Phase.LINGER, Phase.CLOSED
 
 
+class Served(Protocol):
+    """A connection the server closes when it stops: HTTP/1.1, or the WebSocket one became."""
+
+    def shutdown(self, grace: float) -> None:
+        """Close when idle; `grace`: seconds for a request from a client that connected but
+        has not sent one yet."""
+        ...
+
+    @property
+    def in_grace(self) -> bool:
+        """Waiting for a first request after `shutdown`."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+class Upgrades(Protocol):
+    """The switch of protocols a server offers (`net.websocket`)."""
+
+    def prepare(self, connection: HttpProtocol, cycle: Cycle) -> bool:
+        """Offer the switch the request of `cycle` asks for; False when the request is
+        answered already (its handshake is invalid) and must not reach the app."""
+        ...
+
+
 class ServerState:
     """What every connection of one server shares."""
 
@@ -75,6 +100,7 @@ class ServerState:
         "connections",
         "default_headers",
         "field_memo",
+        "going_away",
         "head_timeout",
         "idle",
         "keep_alive_timeout",
@@ -84,6 +110,7 @@ class ServerState:
         "lingering",
         "loop",
         "runner",
+        "upgrades",
     )
 
     def __init__(
@@ -108,7 +135,7 @@ class ServerState:
         self.head_timeout = head_timeout
         self.body_timeout = body_timeout
         self.access_log = access_log
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[Served] = set()
         # Connections with no request in the app, longest idle first (kept with a limit only).
         self.idle: dict[HttpProtocol, None] = {}
         # Connections in `connections` that only wait to close after a final response (see
@@ -118,6 +145,11 @@ class ServerState:
         self.default_headers = b"server: aserve\r\n"
         # Response fields its connections have validated (see http11.FieldMemo).
         self.field_memo: FieldMemo = {}
+        # WebSockets, when the runner takes them and they are on.
+        self.upgrades: Upgrades | None = None
+        # 0 while serving; once the server stops, the close code its WebSockets get: 1001
+        # (going away), or 1012 (service restart) for a reload (RFC 6455 §7.4.1, IANA).
+        self.going_away = 0
 
     def admit(self) -> bool:
         """Whether a new connection may be served under `limit_concurrency`.
@@ -136,7 +168,7 @@ class ServerState:
         return True
 
 
-class _LazyTimer:
+class LazyTimer:
     """One timer handle for a deadline that keeps moving later.
 
     Moving the deadline later costs nothing: the handle fires at the earlier time and the
@@ -184,7 +216,7 @@ class HttpProtocol(asyncio.Protocol):
         self.phase = _IDLE
         # When the current phase's wait runs out (0: it has none).
         self._deadline = 0.0
-        self._timer = _LazyTimer(state.loop, self._on_timer)
+        self._timer = LazyTimer(state.loop, self._on_timer)
         self._connected_at = 0.0
         # When the request head under way began (for the log of one refused).
         self._head_began = 0.0
@@ -204,6 +236,11 @@ class HttpProtocol(asyncio.Protocol):
         # pipelined request waits for the response in progress.
         self._body_full = False
         self._pipeline_full = False
+
+    @property
+    def client_text(self) -> str:
+        """The client's address as the access log writes it."""
+        return self._client_text
 
     # asyncio callbacks
 
@@ -312,7 +349,27 @@ class HttpProtocol(asyncio.Protocol):
         if self._stopping:
             self.conn.keep_alive = False  # the server is stopping: this response ends it
         self._enter(_BUSY)
+        if request.upgrade is not None:
+            upgrades = self.state.upgrades
+            if upgrades is not None and not self._stopping and not upgrades.prepare(self, cycle):
+                return
         self.state.runner.handle(cycle)
+
+    def hand_over(self, cycle: Cycle) -> tuple[asyncio.Transport, bytes]:
+        """The app accepted the switch `cycle`'s request asked for, and its 101 is to go out:
+        this connection leaves the server's books and its timer. The transport, and the bytes
+        received after the request, which are the new protocol's."""
+        transport = self.transport
+        if self.cycle is not cycle or transport is None or transport.is_closing():
+            raise ClientDisconnected("client disconnected")
+        held = self.conn.switch_protocols()
+        cycle.status = 101
+        cycle.done = True
+        self.cycle = None
+        self.state.connections.discard(self)
+        self._leave()
+        self.transport = None
+        return transport, held
 
     def _body_wanted(self, body: RequestBody) -> None:
         """The app wants request body bytes: resume reading, send `100 Continue` once."""
@@ -381,15 +438,20 @@ class HttpProtocol(asyncio.Protocol):
         if out:
             self._write(out)
 
-    def end_response(self, data: bytes) -> None:
+    def end_response(self, data: bytes, trailers: Headers | None = None) -> None:
         conn = self.conn
-        out = conn.body_bytes(data) + conn.end_bytes() if data else conn.end_bytes()
+        out = conn.body_bytes(data) + conn.end_bytes(trailers) if data else conn.end_bytes(trailers)
         head = self._head
         if head:
             out = head + out
             self._head = b""
         if out:
             self._write(out)
+
+    def send_interim(self, status: int, headers: Headers) -> None:
+        interim = self.conn.interim_response(status, headers)
+        if interim:
+            self._write(interim)
 
     def response_done(self, cycle: Cycle) -> None:
         """The response is out: go on to the next request, or end the connection."""
@@ -585,6 +647,10 @@ class HttpProtocol(asyncio.Protocol):
             self._protocol_failure(ProtocolFailure(408, "request body not received in time"))
         else:
             self.close()
+
+    @property
+    def in_grace(self) -> bool:
+        return self.phase is _GRACE
 
     def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Server shutdown: close now when idle, else after the response in progress.

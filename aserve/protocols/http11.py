@@ -298,10 +298,7 @@ def _field_lines(
                 content_length = int(value)
                 append(b"%s: %s\r\n" % (name, value))
             continue
-        if _TOKEN.fullmatch(name) is None:
-            raise AppProtocolError(f"invalid response header name {name!r}")
-        if _FORBIDDEN_IN_VALUE.search(value) is not None:
-            raise AppProtocolError(f"invalid response header value {value!r}")
+        check_field(name, value)
         lname = bytes(name).lower()
         if lname not in _SPECIAL_FIELDS:
             append(_remember_field(memo, name, value))
@@ -311,6 +308,27 @@ def _field_lines(
         if _special_field(special, lname, value, framing_allowed, http_version):
             append(b"%s: %s\r\n" % (name, value))
     return content_length, special
+
+
+def check_field(name: bytes, value: bytes) -> None:
+    """Raise AppProtocolError unless `name: value` may be written as a response field line."""
+    if _TOKEN.fullmatch(name) is None:
+        raise AppProtocolError(f"invalid response header name {name!r}")
+    if _FORBIDDEN_IN_VALUE.search(value) is not None:
+        raise AppProtocolError(f"invalid response header value {value!r}")
+
+
+def _trailer_lines(trailers: Headers) -> bytes:
+    """The checked lines of a trailer section (RFC 9110 §6.5.1: none that frames the message
+    or routes the connection)."""
+    lines = []
+    for name, value in trailers:
+        check_field(name, value)
+        lname = bytes(name).lower()
+        if lname in _SPECIAL_FIELDS or lname == b"trailer":
+            raise AppProtocolError(f"{name!r} is not allowed in a trailer section")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(lines)
 
 
 def _remember_field(memo: FieldMemo, name: bytes, value: bytes) -> bytes:
@@ -863,10 +881,18 @@ class Connection:
             return b"%x\r\n%s\r\n" % (len(data), data)
         return data
 
-    def end_bytes(self) -> bytes:
-        """Bytes that end the response body; the cycle is then over (see `start_next_cycle`)."""
+    def end_bytes(self, trailers: Headers | None = None) -> bytes:
+        """Bytes that end the response body, with `trailers` after it when it is chunked (RFC
+        9112 §7.1.2; otherwise they are dropped, as RFC 9110 §6.5 allows); the cycle is then
+        over (see `start_next_cycle`). Raises AppProtocolError for an invalid trailer field."""
         if not self.response_started:
             raise AppProtocolError("response end before the response start")
+        if trailers:
+            # Checked before anything changes: an invalid one leaves the response unended.
+            lines = _trailer_lines(trailers)
+            if self._chunked:  # (and so no Content-Length to fall short of)
+                self.response_pending = False
+                return b"0\r\n%s\r\n" % lines
         if self._length_left:
             # The app sent less than it announced: the client can only see that by a close.
             self.keep_alive = False
@@ -875,6 +901,23 @@ class Connection:
         if self._chunked:
             return b"0\r\n\r\n"
         return b""
+
+    def interim_response(self, status: int, headers: Headers) -> bytes:
+        """An informational response before the final one (103 Early Hints, RFC 8297); b""
+        to an HTTP/1.0 client, which may not understand one (RFC 9110 §15.2)."""
+        request = self.request
+        if request is None or self.response_started:
+            raise AppProtocolError("an interim response after the final one began")
+        if not isinstance(status, int) or not 100 <= status <= 199 or status == 101:
+            raise AppProtocolError(f"invalid interim response status {status!r}")
+        if request.http_version == "1.0":
+            return b""
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b""))]
+        for name, value in headers:
+            check_field(name, value)
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     def start_next_cycle(self) -> bool:
         """After a response: release a pipelined request. False when the connection must close.
@@ -906,6 +949,21 @@ class Connection:
             self._held = b""
             self._parse(held)
         return True
+
+    def switch_protocols(self) -> bytes:
+        """The upgrade request being answered was answered with a 101: the connection is no
+        longer HTTP. The bytes received after that request, which are the new protocol's
+        (RFC 9110 §15.2.2); nothing more is parsed."""
+        request = self.request
+        if request is None or self._upgrade is not request or self.response_started:
+            raise AppProtocolError("no upgrade request waits for its answer")
+        held, self._held = self._held, b""
+        self._upgrade = None
+        self._broken = True
+        self.response_started = True
+        self.response_pending = False
+        self.keep_alive = False
+        return held
 
     def _more_body_than_drained(self) -> bool:
         """Whether more of the current request's body may still arrive than `Limits.drain`

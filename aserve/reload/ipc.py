@@ -134,7 +134,11 @@ class Handled:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """To a worker: stop accepting, drain, exit."""
+    """To a worker: stop accepting, drain, exit. `replaced`: a new worker takes over (a
+    reload), which the worker's WebSockets are told with 1012 rather than 1001 (RFC 6455
+    §7.4.1, the IANA registry's "service restart")."""
+
+    replaced: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,12 +200,13 @@ class Worker:
     async def wait_exit(self) -> None:
         await self.exited.wait()
 
-    async def stop(self, timeout: float) -> None:
-        """Ask for a graceful stop; kill after `timeout` plus a grace period."""
+    async def stop(self, timeout: float, *, replaced: bool = False) -> None:
+        """Ask for a graceful stop; kill after `timeout` plus a grace period. `replaced`: a
+        new worker (or the error page) takes over from this one."""
         self.stopping = True
         if not self.exited.is_set():
             with contextlib.suppress(OSError):
-                self.channel.send(Stop())
+                self.channel.send(Stop(replaced))
             try:
                 await asyncio.wait_for(self.exited.wait(), timeout + KILL_GRACE)
             except TimeoutError:
@@ -618,7 +619,7 @@ class Supervisor:
         old, self.worker = self.worker, new
         self._spawn(self._watch(new))
         if old is not None:
-            self._spawn(old.stop(self.config.timeout_graceful_shutdown))
+            self._spawn(old.stop(self.config.timeout_graceful_shutdown, replaced=True))
         elapsed = (time.perf_counter() - started) * 1e3
         if changed:
             logger.info("Reloaded in %.0f ms (files: %s; worker %s)", elapsed, changed, new.pid)
@@ -636,7 +637,7 @@ class Supervisor:
         """The new code cannot run: stop the old worker and show why, until the next change."""
         if self.worker is not None:
             old, self.worker = self.worker, None
-            await old.stop(self.config.timeout_graceful_shutdown)
+            await old.stop(self.config.timeout_graceful_shutdown, replaced=True)
         files = f" (files: {changed})" if changed else ""
         logger.error("%s: %s%s", failure.title, failure.summary, files)
         await self._show_error(failure.title, failure.summary, failure.details)

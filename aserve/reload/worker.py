@@ -185,10 +185,13 @@ def worker_main(message: Fork, listen_fd: int, channel_fd: int, dump_fd: int) ->
     # The loop keeps only weak references to tasks.
     obeying: set[asyncio.Task[None]] = set()
 
+    def stop(replaced: bool) -> None:
+        server.request_stop(restart=replaced)
+
     def on_ready() -> None:
         modules = preloadable_modules()
         channel.send(Ready(modules))
-        obeying.add(asyncio.ensure_future(_obey(channel, server.request_stop, link)))
+        obeying.add(asyncio.ensure_future(_obey(channel, stop, link)))
         obeying.add(asyncio.ensure_future(_report_late_modules(channel, set(modules))))
 
     server.on_ready = on_ready
@@ -266,14 +269,17 @@ async def _report_late_modules(channel: Channel[ToWorker, FromWorker], reported:
 
 
 async def _obey(
-    channel: Channel[ToWorker, FromWorker], stop: Callable[[], None], link: ReloadLink
+    channel: Channel[ToWorker, FromWorker], stop: Callable[[bool], None], link: ReloadLink
 ) -> None:
     """Stop the server when the supervisor says so or goes away; let the app deal with
     changed files when it asked to."""
     while True:
         match await channel.receive():
-            case Stop() | None:
-                stop()
+            case Stop(replaced):
+                stop(replaced)
+                return
+            case None:  # the supervisor is gone: nothing replaces this worker
+                stop(False)
                 return
             case Changed(paths):
                 # The app's handlers are synchronous code (Django's signal receivers).

@@ -35,6 +35,7 @@ class BrowserReload:
         self.hand_over = hand_over
         # Say once, not per page, why a page went without the script.
         self._csp_logged = False
+        self.websockets = inner.websockets
 
     async def startup(self) -> None:
         await self.inner.startup()
@@ -208,9 +209,9 @@ class _Injecting:
         elif self._scanned > SEARCH_LIMIT:
             self._release(b"".join(self._waiting), grew=False)
 
-    def end_response(self, data: bytes) -> None:
+    def end_response(self, data: bytes, trailers: Headers | None = None) -> None:
         if self._held is None:
-            self.inner.end_response(data)
+            self.inner.end_response(data, trailers)
             return
         body = b"".join([*self._waiting, data])
         status, headers, reason = self._held
@@ -223,7 +224,10 @@ class _Injecting:
             headers = _with_length(headers, _length(headers, body) + len(TAG))
             body = injected
         self.inner.start_response(status, headers, reason)
-        self.inner.end_response(body)
+        self.inner.end_response(body, trailers)
+
+    def send_interim(self, status: int, headers: Headers) -> None:
+        self.inner.send_interim(status, headers)
 
     def _release(self, body: bytes, grew: bool) -> None:
         """Send the held head and body, the rest of the page passing straight through."""

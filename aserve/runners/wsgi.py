@@ -321,6 +321,9 @@ class _Response:
 class WSGIRunner:
     """Runs a WSGI app on a bounded pool of threads; requests queue when all are busy."""
 
+    # PEP 3333 has no WebSockets: a request asking for one is plain HTTP (RFC 9110 §7.8).
+    websockets = False
+
     def __init__(
         self,
         app: WSGIApp,
