@@ -62,6 +62,13 @@ from mysite import views  # noqa: E402
 
 urlpatterns += [path("version/", views.version)]
 """
+# The runserver-aserve peer's settings: the project's, with "aserve.django" first, as the
+# README tells a Django user to add it.
+PLUGIN_SETTINGS = "settings_aserve"
+PLUGIN_SETTINGS_SOURCE = """from mysite.settings import *  # noqa: F403
+
+INSTALLED_APPS = ["aserve.django", *INSTALLED_APPS]  # noqa: F405
+"""
 
 
 # -- the servers -----------------------------------------------------------------------------
@@ -127,12 +134,19 @@ def _runserver(port: int) -> list[str]:
     return [sys.executable, "manage.py", "runserver", f"{HOST}:{port}"]
 
 
+def _runserver_aserve(port: int) -> list[str]:
+    """The same `manage.py runserver`, with aserve's Django plugin first in INSTALLED_APPS."""
+    settings = f"--settings=mysite.{PLUGIN_SETTINGS}"
+    return [sys.executable, "manage.py", "runserver", settings, f"{HOST}:{port}"]
+
+
 SERVERS = {
     spec.name: spec
     for spec in (
         ServerSpec("aserve", _aserve, _needs("aserve")),
         ServerSpec("uvicorn", _uvicorn, _needs("uvicorn")),
         ServerSpec("runserver", _runserver, _django_missing),
+        ServerSpec("runserver-aserve", _runserver_aserve, _django_missing),
     )
 }
 
@@ -161,6 +175,7 @@ def make_project(directory: Path, view_import: str = "") -> Path:
     view.write_text(view_source(0, view_import))
     with (directory / "mysite" / "urls.py").open("a") as urls:
         urls.write(URLS_SUFFIX)
+    (directory / "mysite" / f"{PLUGIN_SETTINGS}.py").write_text(PLUGIN_SETTINGS_SOURCE)
     return view
 
 
