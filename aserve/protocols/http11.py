@@ -129,8 +129,6 @@ _PHRASES = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
 # slices, parsing stops soon after the pipeline is full (see `_parsing_waits`), the rest of
 # the read waiting in `_held`.
 _SLICE = 2048
-# The protocols besides HTTP that llhttp parses request lines of (see `_check_head`).
-_OTHER_PROTOCOL = re.compile(rb" (?:RTSP|ICE)/")
 # The longest chunk-size line, extensions included (RFC 9112 §7.1.1): llhttp does not buffer
 # extensions, but a body could trickle them forever without a bound; 4 KiB is Node's.
 CHUNK_LINE_MAX = 4096
@@ -380,9 +378,10 @@ def _check_head(message: _Message, method: bytes, version: str, upgrade: bool) -
     if version not in ("1.1", "1.0"):
         raise ProtocolError(f"unsupported HTTP version {version}", 400)
     # llhttp also takes RTSP/x.x and ICE/x.x request lines, and reports their version as an
-    # HTTP one: only the bytes tell the protocol apart (llhttp allows several spaces).
+    # HTTP one: only the bytes tell the protocol apart (llhttp allows several spaces). The
+    # substring tests come first: they cost less than any regular expression call.
     raw = message.raw[0] if len(message.raw) == 1 else b"".join(message.raw)
-    if _OTHER_PROTOCOL.search(raw) is not None and re.search(
+    if (b" RTSP/" in raw or b" ICE/" in raw) and re.search(
         re.escape(message.url) + rb" +(?:RTSP|ICE)/", raw
     ):
         raise ProtocolError("not an HTTP/1.x request line", 400)

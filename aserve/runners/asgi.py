@@ -227,10 +227,12 @@ class _HTTPCycle:
         # a further call; the start and anything else below.
         kind = message["type"]
         if kind != "http.response.body":
-            if kind == "http.response.pathsend":
+            if kind == "http.response.start":
+                self._send_start(message)
+            elif kind == "http.response.pathsend":
                 await self._pathsend(message)
             else:
-                self._send_other(message)
+                self._send_extension(kind, message)
             return
         cycle = self.cycle
         if not self.started or self.complete:
@@ -263,11 +265,7 @@ class _HTTPCycle:
             cycle.send_end(data)
             cycle.body.wake()
 
-    def _send_other(self, message: Message) -> None:
-        kind = message["type"]
-        if kind != "http.response.start":
-            self._send_extension(kind, message)
-            return
+    def _send_start(self, message: Message) -> None:
         cycle = self.cycle
         if self.started:
             raise AppProtocolError("http.response.start sent twice")
