@@ -3,8 +3,10 @@ in time, instead of the drain waiting on them (uvicorn #2943)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,16 +45,29 @@ async def test_sigterm_closes_open_websockets_with_1001() -> None:
         server.wait_for("app: websocket.disconnect 1001")
 
 
-async def test_reload_closes_open_websockets_with_1012(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _reloading(
+    tmp_path: Path, *options: str, app: str = APP
+) -> Iterator[tuple[ServerProcess, int, Path]]:
+    """A reload supervisor watching a fresh directory, once its first worker is ready: the
+    process, its port and the directory."""
     watched = tmp_path / "watched"
     watched.mkdir()
     (watched / "module.py").write_text("VERSION = 1\n")
     with ServerProcess(
-        "--reload", "--reload-dir", str(watched), "--port", "0", "--no-access-log",
-        "--timeout-graceful-shutdown", "10", APP,
-    ) as server:  # fmt: skip
+        *options, "--reload-dir", str(watched), "--port", "0", "--no-access-log", app
+    ) as server:
         port = int(server.wait_for(SUPERVISOR_ON).group(1))
         server.wait_for(r"Worker \d+ ready")
+        yield server, port, watched
+
+
+async def test_reload_closes_open_websockets_with_1012(tmp_path: Path) -> None:
+    with _reloading(tmp_path, "--reload", "--timeout-graceful-shutdown", "10") as (
+        server,
+        port,
+        watched,
+    ):
         code, took = await _closed_by_server(
             port, server, lambda: (watched / "module.py").write_text("VERSION = 2\n")
         )
@@ -67,14 +82,11 @@ async def test_stopping_the_reload_supervisor_closes_open_websockets_with_1001(
     tmp_path: Path,
 ) -> None:
     """The worker is not replaced, the whole server goes: 1001, not 1012."""
-    watched = tmp_path / "watched"
-    watched.mkdir()
-    with ServerProcess(
-        "--reload", "--reload-dir", str(watched), "--port", "0", "--no-access-log",
-        "--timeout-graceful-shutdown", "10", APP,
-    ) as server:  # fmt: skip
-        port = int(server.wait_for(SUPERVISOR_ON).group(1))
-        server.wait_for(r"Worker \d+ ready")
+    with _reloading(tmp_path, "--reload", "--timeout-graceful-shutdown", "10") as (
+        server,
+        port,
+        _,
+    ):
         code, took = await _closed_by_server(
             port, server, lambda: server.send_signal(signal.SIGTERM)
         )
@@ -86,14 +98,8 @@ async def test_stopping_the_reload_supervisor_closes_open_websockets_with_1001(
 
 async def test_websockets_work_under_reload_browser(tmp_path: Path) -> None:
     """--reload-browser wraps the app's runner; WebSockets still reach the app."""
-    watched = tmp_path / "watched"
-    watched.mkdir()
-    with ServerProcess(
-        "--reload-browser", "--reload-dir", str(watched), "--port", "0", "--no-access-log",
-        "tests.support.apps.websocket_apps:echo",
-    ) as server:  # fmt: skip
-        port = int(server.wait_for(SUPERVISOR_ON).group(1))
-        server.wait_for(r"Worker \d+ ready")
+    echo = "tests.support.apps.websocket_apps:echo"
+    with _reloading(tmp_path, "--reload-browser", app=echo) as (server, port, _):
         async with websockets.connect(f"ws://127.0.0.1:{port}/", open_timeout=10) as ws:
             await ws.send("hello")
             assert await ws.recv() == "hello"
