@@ -778,3 +778,25 @@ def test_execute_measures_a_failed_run_again_up_to_the_retries() -> None:
     assert [r.error for r in results.runs] == ["exited with code 2"] * 3
     (summary,) = summarise("hello-wsgi", ["fake"], results.runs)
     assert (summary.runs, summary.error) == (3, "exited with code 2")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.2, "about 1 s"), (4.0, "about 4 s"), (40.5, "about 41 s"), (89.0, "about 89 s"),
+     (90.0, "about 2 min"), (125.0, "about 3 min")],
+)  # fmt: skip
+def test_the_announced_duration_is_the_plans(seconds: float, text: str) -> None:
+    assert cli.duration_text(seconds) == text
+
+
+def test_a_missing_matplotlib_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(report, "chart_available", lambda: False)
+    code = cli.main(
+        ["--scenarios", "hello-asgi", "--servers", "aserve", "--rounds", "1", "--duration", "1",
+         "--warmup", "0", "--output", str(tmp_path), "--generator", "builtin"]
+    )  # fmt: skip
+    assert code == 0
+    assert "no chart: matplotlib is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "aserve-bench.png").exists()

@@ -283,6 +283,14 @@ def _list() -> int:
     return EXIT_OK
 
 
+def duration_text(seconds: float) -> str:
+    """How long a run will take, as its announcement says it: seconds while under a minute and
+    a half (a 4 s run is not "about 1 min"), whole minutes above."""
+    if seconds < 90:
+        return f"about {max(1, math.ceil(seconds))} s"
+    return f"about {math.ceil(seconds / 60)} min"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -304,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"aserve-bench: {len(plan)} scenarios, {runs} runs of {settings.warmup}s warm-up + "
-        f"{settings.duration}s, about {math.ceil(estimate / 60)} min; {pinning}\n"
+        f"{settings.duration}s, {duration_text(estimate)}; {pinning}\n"
         f"machine: {info['cpus']} CPUs, {info['cpu_model']}, Python {info['python']}, "
         f"commit {info['commit'] or 'unknown'}\n"
         f"load generator: {info['generator']}",
@@ -351,8 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = [str(json_path)]
     scenarios = [step.scenario for step in plan if step.scenario.kind == "load"]
     chart = options.output / "aserve-bench.png"
-    if options.chart and report.write_chart(chart, scenarios, summaries):
-        written.append(str(chart))
+    if options.chart:
+        if report.chart_available():
+            if report.write_chart(chart, scenarios, summaries):
+                written.append(str(chart))
+        else:
+            print("no chart: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
     print(f"wrote {', '.join(written)}", file=sys.stderr)
     aserve_failed = any(r.server == "aserve" and r.error for r in results.runs) or any(
         m.server == "aserve" and m.error for m in results.memory

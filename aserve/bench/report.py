@@ -3,6 +3,7 @@ scenario, the claims, the JSON document and (when matplotlib is installed) a PNG
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -238,6 +239,11 @@ def write_json(path: Path, document: Mapping[str, Any]) -> None:
 
 def run_record(run: Run) -> dict[str, Any]:
     return {**asdict(run), "requests_per_cpu_s": run.requests_per_cpu_s}
+
+
+def chart_available() -> bool:
+    """Whether matplotlib, which draws the chart, can be imported."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def write_chart(
