@@ -41,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("app", metavar="APP", help="The application, as module:attribute.")
     add_config_options(parser, runserver=False)
-    # Absent unless given, so that $WEB_CONCURRENCY can stand in for it (see `parse`).
-    parser.set_defaults(workers=argparse.SUPPRESS)
+    # Absent unless given, so that $WEB_CONCURRENCY can stand in for it (see `parse`); the
+    # action's own default, since set_defaults() would put SUPPRESS in the namespace.
+    for action in parser._actions:
+        if action.dest == "workers":
+            action.default = argparse.SUPPRESS
     parser.add_argument("--version", action="version", version=f"aserve {__version__}")
     return parser
 

@@ -363,6 +363,10 @@ def _startup_failure(error: BaseException) -> int:
 
 
 def _log_start_failure(failure: StartFailed) -> None:
+    if failure.reported and failure.code == EXIT_LIFESPAN_FAILED:
+        # The worker logged why itself, as a single process does.
+        logger.error("A worker could not start (%s)", describe_exit(failure.code))
+        return
     how = f" ({describe_exit(failure.code)})" if failure.code is not None else ""
     logger.error("A worker could not start%s: %s", how, failure.summary)
     if failure.details:
