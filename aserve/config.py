@@ -92,7 +92,7 @@ class Config:
         1,
         "Worker processes forked by a supervisor that binds once and replaces any that dies; "
         "SIGHUP restarts them one by one, SIGTTIN/SIGTTOU add or remove one "
-        "(default: $WEB_CONCURRENCY, else 1).",
+        "(default: $WEB_CONCURRENCY, else 1)",
         metavar="N",
         runserver=False,
     )
