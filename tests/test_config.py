@@ -80,7 +80,8 @@ def test_invalid_settings_are_refused(changes: dict[str, object], message: str) 
 
 
 def test_every_setting_post_init_checks_is_tried() -> None:
-    source = inspect.getsource(Config._check_numbers) + inspect.getsource(Config._check_choices)
+    checks = (Config._check_numbers, Config._check_choices, Config._check_workers)
+    source = "".join(inspect.getsource(check) for check in checks)
     tables = {*aserve.config._NON_NEGATIVE, *aserve.config._POSITIVE, *aserve.config._AT_LEAST_ONE}
     checked = set(re.findall(r"self\.(\w+)", source)) | tables
     assert checked & set(FIELDS) == {name for changes, _ in INVALID for name in changes}
