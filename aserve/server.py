@@ -17,7 +17,7 @@ from typing import Any
 from aserve import __version__
 from aserve.config import Config
 from aserve.errors import ConfigError, LifespanError
-from aserve.exchange import AppRunner
+from aserve.exchange import AppRunner, Cycle
 from aserve.loader import LoadedApp, load, load_env_file
 from aserve.logs import AccessLog, configure
 from aserve.net.acceptor import Acceptor
@@ -73,6 +73,9 @@ class Server:
         self.shutdown_grace = SHUTDOWN_GRACE
         # Under --reload-browser, who takes the connections asking for the event stream.
         self.browser_events: Callable[[socket.socket], None] | None = None
+        # Called on the loop as each request reaches the app (gunicorn's worker counts them
+        # for --max-requests); None costs nothing per request.
+        self.on_request: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # asyncio.Event binds to a loop only when first awaited (Python 3.10+).
         self._exit = asyncio.Event()
@@ -137,11 +140,14 @@ class Server:
 
     # the server itself
 
-    def request_stop(self, *, restart: bool = False) -> None:
+    def request_stop(self, *, restart: bool = False, force: bool = False) -> None:
         """Begin a graceful shutdown without waiting for it; from any thread. `restart`: the
-        server stops to be replaced (a reload), and its WebSockets are told so (1012)."""
+        server stops to be replaced (a reload), and its WebSockets are told so (1012).
+        `force`: requests in flight are not waited for (a second Ctrl-C, gunicorn's SIGINT)."""
         if restart and not self._exit.is_set():
             self._restart = True
+        if force:
+            self._force = True
         loop = self._loop
         if loop is None:
             self._exit.set()  # not serving yet: serve() will return at once
@@ -166,6 +172,8 @@ class Server:
                 self.app, factory=config.factory, interface=config.interface
             )
         runner = make_runner(loaded, config, self.browser_events)
+        if self.on_request is not None:
+            runner = _Observed(runner, self.on_request)
         signals = StopSignals(self._on_stop, self._on_force, "finishing in-flight requests")
         with contextlib.ExitStack() as stack:
             if handle_signals:
@@ -278,6 +286,25 @@ class Server:
     def _on_force(self, sig: int) -> None:
         self._force = True
         self._exit.set()
+
+
+class _Observed:
+    """A runner that calls `on_request` before handing each request to the one it wraps."""
+
+    def __init__(self, runner: AppRunner, on_request: Callable[[], None]) -> None:
+        self._runner = runner
+        self._on_request = on_request
+        self.websockets = runner.websockets
+
+    async def startup(self) -> None:
+        await self._runner.startup()
+
+    def handle(self, cycle: Cycle) -> None:
+        self._on_request()
+        self._runner.handle(cycle)
+
+    async def shutdown(self, timeout: float) -> None:
+        await self._runner.shutdown(timeout)
 
 
 def websocket_upgrades(config: Config, state: ServerState) -> Upgrades | None:

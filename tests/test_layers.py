@@ -38,6 +38,7 @@ LAYERS = {
     "aserve.types": "base",
     "aserve.bench": "bench",
     "aserve.django": "django",
+    "aserve.workers": "workers",
 }
 
 # What each layer may import, besides itself. Data flows down this table; nothing imports a
@@ -68,6 +69,9 @@ ALLOWED = {
     # The Django plugin drives the server from manage.py; it never reaches into a connection.
     "django": {"package", "config", "base", "logs", "loader", "server", "reload", "fallback"}
     | {"process", "sockets", "signals", "arguments"},
+    # gunicorn's worker class: gunicorn's arbiter forks it and hands it sockets; it runs the
+    # server on them and never reaches below it.
+    "workers": {"package", "config", "base", "logs", "loader", "process", "server"},
 }
 
 # Finer rules inside the table: the runners never import each other (only their factory,
