@@ -6,9 +6,11 @@
 
 Each variant is `LABEL=[NAME=VALUE ...] COMMAND`; `{port}` in COMMAND is replaced by a free
 port, else `--host 127.0.0.1 --port PORT` is appended. The server runs on CPU 0 and wrk on
-CPU 1. The figure that moves least on a shared machine is the server's CPU time per request
-(user + system of every thread of the server and of the worker processes it forks), read from
-/proc; context switches per request show hand-offs between threads.
+CPU 1, unless `--unpinned` leaves both to the scheduler (several worker processes: the server
+may then use both CPUs, which wrk shares with it). The figure that moves least on a shared
+machine is the server's CPU time per request (user + system of every thread of the server and
+of the worker processes it forks), read from /proc; context switches per request show
+hand-offs between threads.
 Run from a directory other than the checkout when comparing checkouts with PYTHONPATH:
 `python -m` puts the current directory first on sys.path.
 """
@@ -69,8 +71,8 @@ def switches(pid: int) -> int:
     return total
 
 
-def wrk(url: str, connections: int, seconds: float) -> str:
-    command = pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url])
+def wrk(url: str, connections: int, seconds: float, cpu: int | None = 1) -> str:
+    command = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url])
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
@@ -80,7 +82,7 @@ def measure(variant: Variant, args: argparse.Namespace) -> None:
     if not any("{port}" in word for word in variant.argv):
         argv += ["--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(
-        pinned(0, argv),
+        pinned(None if args.unpinned else 0, argv),
         env={**os.environ, **variant.env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -88,9 +90,10 @@ def measure(variant: Variant, args: argparse.Namespace) -> None:
     try:
         wait_accepting(port, server)
         url = f"http://127.0.0.1:{port}{args.path}"
-        wrk(url, args.connections, 1.0)  # warm-up
+        client_cpu = None if args.unpinned else 1
+        wrk(url, args.connections, 1.0, client_cpu)  # warm-up
         cpu0, switches0 = tree_cpu_s(server.pid), switches(server.pid)
-        output = wrk(url, args.connections, args.duration)
+        output = wrk(url, args.connections, args.duration, client_cpu)
         cpu1, switches1 = tree_cpu_s(server.pid), switches(server.pid)
     finally:
         server.terminate()
@@ -118,6 +121,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--path", default="/", help="request target, e.g. /?size=1048576")
+    parser.add_argument(
+        "--unpinned",
+        action="store_true",
+        help="pin neither the server nor wrk to a CPU (servers with several processes)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         parser.error("needs wrk (apt-get install wrk)")
