@@ -24,7 +24,7 @@ from aserve.errors import AppLoadError
 from aserve.logs import configure
 from aserve.process import loop_factory
 from aserve.reload.ipc import Fork, IPCError
-from aserve.reload.supervisor import BASE_PRELOAD, Template, Worker
+from aserve.reload.supervisor import BASE_PRELOAD, KILL_GRACE, Template, Worker
 from aserve.reload.supervisor import _describe_exit as describe_exit
 from aserve.signals import StopSignals
 from aserve.sockets import bound
@@ -328,6 +328,10 @@ class Pool:
         timeout = 0 if self._force else self.config.timeout_graceful_shutdown
         workers, self.workers = self.workers, []
         await asyncio.gather(*(worker.stop(timeout) for worker in workers))
+        # Workers replaced just before (a SIGHUP) may still be draining: they get the same
+        # time; what is left then (a template still preloading) is given up.
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout + KILL_GRACE)
         for task in list(self._background):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
