@@ -161,6 +161,12 @@ class Server:
         """Serve until stopped. `sockets` already listen (else one is bound from the config);
         `handle_signals=False` leaves SIGINT/SIGTERM to the caller (the reload supervisor)."""
         config = self.config
+        if config.workers > 1:
+            # Rather than one process where several were asked for.
+            raise ConfigError(
+                "Server and run() serve in one process: --workers is the aserve command's "
+                "(in production: gunicorn -k aserve.workers.AserveWorker)"
+            )
         loop = asyncio.get_running_loop()
         self._loop = loop
         configure(config.log_level)

@@ -142,7 +142,9 @@ class Pool:
         """A new worker, once it accepts; StartFailed when it could not start."""
         template = self.template
         assert template is not None
-        request = Fork(app=self.app, config=dataclasses.asdict(self.config), announce=announce)
+        # Each worker is one process of the pool.
+        settings = dataclasses.asdict(self.config.replace(workers=1))
+        request = Fork(app=self.app, config=settings, announce=announce)
         try:
             worker = template.fork(request)
         except OSError:
