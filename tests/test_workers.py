@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import signal
 import subprocess
 import sys
@@ -158,6 +159,24 @@ def test_sigterm_lets_the_request_in_flight_finish(gunicorn: Callable[..., Gunic
         conn.close()
     assert server.wait(WAIT) == 0, server.stderr
     assert "Traceback" not in server.stderr
+
+
+def test_sigint_stops_a_worker_at_once(gunicorn: Callable[..., Gunicorn]) -> None:
+    """gunicorn's quick stop: the request in flight is not waited for; the arbiter, which was
+    not told to stop, boots a new worker."""
+    server = gunicorn(WSGI, "-w", "1", "--graceful-timeout", "20")
+    pid = first_answer(server.port)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
+    try:
+        conn.request("GET", "/slow")
+        server.wait_for("app: slow started")
+        os.kill(pid, signal.SIGINT)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            conn.getresponse().read()
+    finally:
+        conn.close()
+    server.wait_for(r"Cancelling 1 request\(s\) still running after 0\.0s")
+    assert first_answer(server.port) != pid
 
 
 def test_max_requests_recycles_the_worker(gunicorn: Callable[..., Gunicorn]) -> None:
