@@ -265,9 +265,14 @@ class Pool:
                     _log_start_failure(failure)
                     logger.error("Restart abandoned: the workers not replaced yet go on serving")
                     return
+                replaced += 1
+                if old not in self.workers:
+                    # It died while the new one started: `_keep_count` stops any extra.
+                    self.workers.append(new)
+                    self._resize.set()
+                    continue
                 self.workers[self.workers.index(old)] = new
                 self._spawn(old.stop(self.config.timeout_graceful_shutdown, replaced=True))
-                replaced += 1
             elapsed = (time.perf_counter() - began) * 1e3
             logger.info("Restarted %d workers in %.0f ms", replaced, elapsed)
             if not self._roll_again:
