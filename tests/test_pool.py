@@ -11,11 +11,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.client import refused
-from tests.support.procs import ServerProcess, assert_usage_error
+from tests.support.procs import ROOT, ServerProcess, assert_usage_error
 
 SUPERVISOR_ON = r"aserve supervisor on http://127\.0\.0\.1:(\d+), (\d+) workers"
 READY = r"Worker (\d+) ready in \d+ ms"
@@ -27,8 +28,10 @@ ASGI = "tests.support.apps.pid_apps:asgi"
 class Pool(ServerProcess):
     """`python -m aserve APP --workers N --port 0`; stderr lines collected."""
 
-    def __init__(self, *args: str, app: str = WSGI, workers: int = 2) -> None:
-        super().__init__(app, "--workers", str(workers), "--port", "0", "--no-access-log", *args)
+    def __init__(self, *args: str, app: str = WSGI, workers: int = 2, cwd: Path = ROOT) -> None:
+        super().__init__(
+            app, "--workers", str(workers), "--port", "0", "--no-access-log", *args, cwd=cwd
+        )
         self.port = int(self.wait_for(SUPERVISOR_ON, timeout=WAIT).group(1))
 
     def ready(self, count: int) -> list[int]:
@@ -56,8 +59,8 @@ class Pool(ServerProcess):
 def pool() -> Iterator[Callable[..., Pool]]:
     started: list[Pool] = []
 
-    def start(*args: str, app: str = WSGI, workers: int = 2) -> Pool:
-        started.append(Pool(*args, app=app, workers=workers))
+    def start(*args: str, app: str = WSGI, workers: int = 2, cwd: Path = ROOT) -> Pool:
+        started.append(Pool(*args, app=app, workers=workers, cwd=cwd))
         return started[-1]
 
     yield start
@@ -200,10 +203,38 @@ def test_sighup_restarts_every_worker_without_refusing_a_request(
     assert failures == []
     new = {int(m.group(1)) for m in server.matches(READY)} - old
     assert len(new) == 2
+    assert wait_gone(old)
     before = len(answered)
     assert pids_serving(server.port, new) == new  # the old ones answer no more
     assert len(answered) == before
     assert server.proc.poll() is None
+
+
+def test_sighup_with_code_that_cannot_be_imported_keeps_the_old_workers(
+    pool: Callable[..., Pool], tmp_path: Path
+) -> None:
+    """A deploy that broke the app: the restart stops at the first new worker, the old ones
+    go on serving, and the next SIGHUP, once the code is fixed, restarts them all."""
+    source = (
+        "import os\nfrom wsgiref.validate import validator\n\n@validator\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [str(os.getpid()).encode()]\n"
+    )
+    (tmp_path / "deployed.py").write_text(source)
+    server = pool(app="deployed:app", cwd=tmp_path)
+    old = set(server.ready(2))
+    (tmp_path / "deployed.py").write_text("raise RuntimeError('database is down')\n" + source)
+    server.send_signal(signal.SIGHUP)
+    server.wait_for("Restart abandoned: the workers not replaced yet go on serving")
+    assert server.matches(r"A worker could not start \(exit code 1\): .*database is down")
+    assert pids_serving(server.port, old) == old
+    (tmp_path / "deployed.py").write_text(source)
+    server.send_signal(signal.SIGHUP)
+    server.wait_for(r"Restarted 2 workers in \d+ ms")
+    assert wait_gone(old)  # replaced, they finish what they accepted and exit
+    new = {int(m.group(1)) for m in server.matches(READY)} - old
+    assert pids_serving(server.port, new) == new, server.stderr
 
 
 def test_sigttin_adds_a_worker_and_sigttou_removes_one(pool: Callable[..., Pool]) -> None:
@@ -216,11 +247,18 @@ def test_sigttin_adds_a_worker_and_sigttou_removes_one(pool: Callable[..., Pool]
     server.send_signal(signal.SIGTTOU)
     server.wait_for("SIGTTOU received: 2 workers")
     gone = pids[2]  # the newest goes
-    deadline = time.monotonic() + WAIT
-    while os.path.exists(f"/proc/{gone}") and _state(gone) != "Z":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    assert wait_gone({gone})
     assert gone not in pids_serving(server.port, set(pids[:2]))
+
+
+def wait_gone(pids: set[int]) -> bool:
+    """Whether every one of `pids` exits (or is a zombie) within WAIT."""
+    deadline = time.monotonic() + WAIT
+    while any(_state(pid) != "Z" for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _state(pid: int) -> str:
