@@ -103,6 +103,23 @@ def test_two_workers_serve_from_two_processes(pool: Callable[..., Pool], app: st
     assert len(server.matches(r"serving (WSGI|ASGI) app .* on http://127\.0\.0\.1:\d+")) == 1
 
 
+def test_workers_answer_an_app_error_with_a_plain_500(pool: Callable[..., Pool]) -> None:
+    """No development error page: the traceback goes to the log, not to the client."""
+    server = pool()
+    server.ready(2)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
+    try:
+        conn.request("GET", "/raise")
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 500
+    assert b"a bug in the view" not in body
+    assert b"Traceback" not in body
+    server.wait_for("RuntimeError: a bug in the view")
+
+
 def test_access_lines_of_every_worker_reach_the_supervisors_stderr() -> None:
     with ServerProcess(WSGI, "--workers", "2", "--port", "0") as server:
         port = int(server.wait_for(SUPERVISOR_ON, timeout=WAIT).group(1))

@@ -1,6 +1,6 @@
 """Apps that answer with the pid of the process serving them, for the tests of several worker
 processes (`--workers`, gunicorn's AserveWorker): /slow takes a second, /block holds the event
-loop (ASGI) for the seconds given in the query string."""
+loop (ASGI) for the seconds given in the query string, /raise (WSGI) fails."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def _pid() -> bytes:
 
 
 def _wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    if environ["PATH_INFO"] == "/raise":
+        raise RuntimeError("a bug in the view")
     if environ["PATH_INFO"] == "/slow":
         note("slow started")
         time.sleep(1.0)
