@@ -52,6 +52,7 @@ def config_from(cfg: Any) -> Config:
         limit_request_fields=cfg.limit_request_fields or head,
         limit_request_field_size=cfg.limit_request_field_size or head,
         limit_concurrency=cfg.worker_connections,
+        workers=cfg.workers,
         access_log=cfg.accesslog is not None,
         log_level=log_level,
     )

@@ -34,7 +34,7 @@ _CONNECTION_ERRORS = frozenset(
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 # Connections accepted per readiness event before other callbacks get a turn.
-_ACCEPT_BATCH = 64
+ACCEPT_BATCH = 64
 
 
 class Acceptor:
@@ -51,8 +51,10 @@ class Acceptor:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         factory: Callable[[], asyncio.Protocol],
+        batch: int = ACCEPT_BATCH,
     ) -> None:
         self.loop = loop
+        self.batch = batch
         self.sock = sock
         self.factory = factory
         self._fd = sock.fileno()
@@ -66,7 +68,7 @@ class Acceptor:
 
     def _accept(self) -> None:
         accept = self.sock.accept
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(self.batch):
             try:
                 conn, _ = accept()
             except (BlockingIOError, InterruptedError):

@@ -142,8 +142,7 @@ class Pool:
         """A new worker, once it accepts; StartFailed when it could not start."""
         template = self.template
         assert template is not None
-        # Each worker is one process of the pool.
-        settings = dataclasses.asdict(self.config.replace(workers=1))
+        settings = dataclasses.asdict(self.config)
         request = Fork(app=self.app, config=settings, announce=announce)
         try:
             worker = template.fork(request)
