@@ -242,6 +242,7 @@ def test_gunicorn_settings_become_aserves() -> None:
             limit_request_field_size=2000,
             worker_connections=300,
             loglevel="debug",
+            workers=3,
         )
     )
     assert config.threads == 4
@@ -250,6 +251,7 @@ def test_gunicorn_settings_become_aserves() -> None:
     assert (config.limit_request_line, config.limit_request_fields) == (1000, 50)
     assert config.limit_request_field_size == 2000
     assert config.limit_concurrency == 300
+    assert config.workers == 3  # the processes sharing the socket, which accept by turns
     assert config.log_level == "debug"
     assert config.access_log is False  # no --access-logfile
 
