@@ -20,7 +20,7 @@ from aserve.errors import ConfigError, LifespanError
 from aserve.exchange import AppRunner, Cycle
 from aserve.loader import LoadedApp, load, load_env_file
 from aserve.logs import AccessLog, configure
-from aserve.net.acceptor import ACCEPT_BATCH, Acceptor
+from aserve.net.acceptor import Acceptor
 from aserve.net.connection import SHUTDOWN_GRACE, HttpProtocol, ServerState, Upgrades
 from aserve.process import loop_factory, tune_gc
 from aserve.protocols.http11 import Limits
@@ -222,15 +222,15 @@ class Server:
             access_log=access_log,
         )
         state.upgrades = websocket_upgrades(config, state) if runner.websockets else None
-        # Several processes share the socket and every one wakes when connections wait: one
-        # that took 64 at a time took a burst (a load balancer's or wrk's 50 connections)
-        # nearly all to itself (measured: 49 and 1, 50 and 0); one at a time, 26 and 24 to
-        # 39 and 11.
-        batch = 1 if config.workers > 1 else ACCEPT_BATCH
-        acceptors = [
-            Acceptor(loop, sock, lambda: HttpProtocol(state), batch) for sock in self.sockets
-        ]
+        acceptors = [Acceptor(loop, sock, lambda: HttpProtocol(state)) for sock in self.sockets]
         date_timer = self._refresh_date(state, loop)
+        if config.workers > 1:
+            # Several processes share the socket and every one wakes when connections wait:
+            # one that took 64 at a time took a burst (a load balancer's or wrk's 50
+            # connections) nearly all to itself (measured: 49 and 1, 50 and 0); one at a
+            # time, 26 and 24 to 43 and 7.
+            for acceptor in acceptors:
+                acceptor.batch = 1
         assert self.loaded is not None
         # Under runserver, its banner says where the server listens, once; the supervisor says
         # why a stand-in is up.
@@ -302,25 +302,6 @@ class Server:
         self._exit.set()
 
 
-class _Observed:
-    """A runner that calls `on_request` before handing each request to the one it wraps."""
-
-    def __init__(self, runner: AppRunner, on_request: Callable[[], None]) -> None:
-        self._runner = runner
-        self._on_request = on_request
-        self.websockets = runner.websockets
-
-    async def startup(self) -> None:
-        await self._runner.startup()
-
-    def handle(self, cycle: Cycle) -> None:
-        self._on_request()
-        self._runner.handle(cycle)
-
-    async def shutdown(self, timeout: float) -> None:
-        await self._runner.shutdown(timeout)
-
-
 def websocket_upgrades(config: Config, state: ServerState) -> Upgrades | None:
     """The WebSocket side of a server whose runner takes them, per `--ws`."""
     if config.ws == "off":
@@ -345,3 +326,22 @@ def websocket_upgrades(config: Config, state: ServerState) -> Upgrades | None:
 def run(app: object, **settings: Any) -> int:
     """Serve `app` (an import string or the app) until SIGINT/SIGTERM; the exit code."""
     return Server(app, **settings).run()
+
+
+class _Observed:
+    """A runner that calls `on_request` before handing each request to the one it wraps."""
+
+    def __init__(self, runner: AppRunner, on_request: Callable[[], None]) -> None:
+        self._runner = runner
+        self._on_request = on_request
+        self.websockets = runner.websockets
+
+    async def startup(self) -> None:
+        await self._runner.startup()
+
+    def handle(self, cycle: Cycle) -> None:
+        self._on_request()
+        self._runner.handle(cycle)
+
+    async def shutdown(self, timeout: float) -> None:
+        await self._runner.shutdown(timeout)

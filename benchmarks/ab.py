@@ -6,11 +6,9 @@
 
 Each variant is `LABEL=[NAME=VALUE ...] COMMAND`; `{port}` in COMMAND is replaced by a free
 port, else `--host 127.0.0.1 --port PORT` is appended. The server runs on CPU 0 and wrk on
-CPU 1, unless `--unpinned` leaves both to the scheduler (several worker processes: the server
-may then use both CPUs, which wrk shares with it). The figure that moves least on a shared
-machine is the server's CPU time per request (user + system of every thread of the server and
-of the worker processes it forks), read from /proc; context switches per request show
-hand-offs between threads.
+CPU 1. The figure that moves least on a shared machine is the server's CPU time per request
+(user + system of every thread of the server and of the worker processes it forks), read from
+/proc; context switches per request show hand-offs between threads.
 Run from a directory other than the checkout when comparing checkouts with PYTHONPATH:
 `python -m` puts the current directory first on sys.path.
 """
@@ -118,14 +116,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variants", nargs="+", type=parse_variant, metavar="LABEL=COMMAND")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--path", default="/", help="request target, e.g. /?size=1048576")
     parser.add_argument(
         "--unpinned",
         action="store_true",
-        help="pin neither the server nor wrk to a CPU (servers with several processes)",
+        help="pin neither the server (CPU 0) nor wrk (CPU 1): servers with several processes "
+        "may then use both CPUs, which wrk shares with them",
     )
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--path", default="/", help="request target, e.g. /?size=1048576")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         parser.error("needs wrk (apt-get install wrk)")

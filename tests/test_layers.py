@@ -48,6 +48,9 @@ ALLOWED = {
     "cli": {"package", "config", "base", "arguments", "server", "reload", "fallback", "loader"},
     "reload": {"package", "config", "base", "logs", "loader", "process", "sockets", "signals"}
     | {"server", "fallback"},
+    # gunicorn's worker class: gunicorn's arbiter forks it and hands it sockets; it runs the
+    # server on them and never reaches below it.
+    "workers": {"package", "config", "base", "logs", "loader", "process", "server"},
     "fallback": {"package", "config", "base", "logs", "loader", "sockets", "signals"},
     "server": {"package", "config", "base", "logs", "loader", "process", "sockets", "signals"}
     | {"exchange", "net", "runners", "protocols"},
@@ -69,9 +72,6 @@ ALLOWED = {
     # The Django plugin drives the server from manage.py; it never reaches into a connection.
     "django": {"package", "config", "base", "logs", "loader", "server", "reload", "fallback"}
     | {"process", "sockets", "signals", "arguments"},
-    # gunicorn's worker class: gunicorn's arbiter forks it and hands it sockets; it runs the
-    # server on them and never reaches below it.
-    "workers": {"package", "config", "base", "logs", "loader", "process", "server"},
 }
 
 # Finer rules inside the table: the runners never import each other (only their factory,

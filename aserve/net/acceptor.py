@@ -34,7 +34,7 @@ _CONNECTION_ERRORS = frozenset(
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 # Connections accepted per readiness event before other callbacks get a turn.
-ACCEPT_BATCH = 64
+_ACCEPT_BATCH = 64
 
 
 class Acceptor:
@@ -46,15 +46,17 @@ class Acceptor:
     serving resumes by itself when descriptors are free again.
     """
 
+    # Connections accepted per readiness event: one when processes share the socket (see
+    # aserve.server).
+    batch = _ACCEPT_BATCH
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         factory: Callable[[], asyncio.Protocol],
-        batch: int = ACCEPT_BATCH,
     ) -> None:
         self.loop = loop
-        self.batch = batch
         self.sock = sock
         self.factory = factory
         self._fd = sock.fileno()
