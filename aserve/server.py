@@ -228,7 +228,7 @@ class Server:
             # Several processes share the socket and every one wakes when connections wait:
             # one that took 64 at a time took a burst (a load balancer's or wrk's 50
             # connections) nearly all to itself (measured: 49 and 1, 50 and 0); one at a
-            # time, 26 and 24 to 43 and 7.
+            # time, mostly from 27 and 23 to 43 and 7 (BENCHMARKS.md).
             for acceptor in acceptors:
                 acceptor.batch = 1
         assert self.loaded is not None
