@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,9 @@ from aserve.errorpage import user_traceback
 from aserve.errors import AserveError
 
 EXIT_USAGE = 2
+# The environment variable uvicorn (and gunicorn, and hosting platforms) read for the number
+# of worker processes.
+WEB_CONCURRENCY = "WEB_CONCURRENCY"
 
 _SHORT_HELP = """\
 Serve a WSGI or ASGI app. APP is module:attribute, imported from the current directory,
@@ -37,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("app", metavar="APP", help="The application, as module:attribute.")
     add_config_options(parser, runserver=False)
+    # Absent unless given, so that $WEB_CONCURRENCY can stand in for it (see `parse`); the
+    # action's own default, since set_defaults() would put SUPPRESS in the namespace.
+    for action in parser._actions:
+        if action.dest == "workers":
+            action.default = argparse.SUPPRESS
     parser.add_argument("--version", action="version", version=f"aserve {__version__}")
     return parser
 
@@ -47,6 +56,15 @@ def parse(argv: Sequence[str] | None = None) -> tuple[str, Config]:
     args = vars(parser.parse_args(argv))
     app = args.pop("app")
     settings = {name: value for name, value in args.items() if value is not None}
+    concurrency = os.environ.get(WEB_CONCURRENCY, "")
+    reloading = settings.get("reload") or settings.get("reload_browser")
+    # As uvicorn: the platform's hint (Heroku, Render set it) when --workers is not given. Under
+    # --reload it is ignored rather than refused: the variable comes with the machine, not
+    # from the person who typed the command.
+    if "workers" not in settings and concurrency and not reloading:
+        if not concurrency.isdigit():
+            parser.error(f"{WEB_CONCURRENCY} must be a number of workers, not {concurrency!r}")
+        settings["workers"] = int(concurrency)
     try:
         return app, Config(**settings)
     except AserveError as exc:
@@ -113,6 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 read_env_file(config.env_file)
                 config = watching_env_file(config)
             return Supervisor(app, config).run()
+        if config.workers > 1:
+            from aserve.reload.pool import Pool
+
+            # Each worker reads the file as it imports the app, as under --reload.
+            if config.env_file is not None:
+                read_env_file(config.env_file)
+            return Pool(app, config).run()
         load_env_file(config.env_file)
         if config.server == "wsgiref":
             from aserve.fallback import serve_wsgiref

@@ -86,6 +86,16 @@ class Config:
     server: ServerKind = setting(
         "aserve", "aserve: event loop server; wsgiref: the stdlib threaded server runserver uses."
     )
+    # uvicorn's spelling; its default, $WEB_CONCURRENCY when set, is the CLI's to read (this
+    # dataclass does no I/O). 1 keeps today's single process, with no supervisor.
+    workers: int = setting(
+        1,
+        "Worker processes forked by a supervisor that binds once and replaces any that dies; "
+        "SIGHUP restarts them one by one, SIGTTIN/SIGTTOU add or remove one "
+        "(default: $WEB_CONCURRENCY, else 1)",
+        metavar="N",
+        runserver=False,
+    )
     threads: int = setting(
         16,
         "WSGI thread pool size: how many WSGI requests run at once (a blocked view holds one).",
@@ -219,8 +229,8 @@ class Config:
     # seconds); an import that hangs (a loop, a network call) is then shown with its stack.
     timeout_worker_start: float = setting(
         60.0,
-        "Under --reload, a worker not serving this many seconds after it was started is "
-        "stopped, and the error page shows where it was.",
+        "Under --reload or --workers, a worker not serving this many seconds after it was "
+        "started is stopped (under --reload, the error page shows where it was).",
         metavar="SECONDS",
     )
     reload_dirs: list[str] = setting(
@@ -300,6 +310,7 @@ class Config:
         self._check_choices()
         if self.reload_browser and not self.reload:
             object.__setattr__(self, "reload", True)
+        self._check_workers()
         self._check_websockets()
 
     def _check_numbers(self) -> None:
@@ -307,6 +318,8 @@ class Config:
             raise ConfigError(f"--port must be between 0 and 65535, not {self.port}")
         if self.fd is not None and self.fd < 0:
             raise ConfigError(f"--fd must be a non-negative file descriptor, not {self.fd}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, not {self.workers}")
         if self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, not {self.threads}")
         for name in _NON_NEGATIVE:
@@ -332,6 +345,17 @@ class Config:
             raise ConfigError(
                 "--server wsgiref serves WSGI apps only; use --server aserve for ASGI"
             )
+
+    def _check_workers(self) -> None:
+        if self.workers == 1:
+            return
+        if self.reload:
+            raise ConfigError(
+                "--workers cannot be used with --reload: the reloader runs one worker, "
+                "restarted on each change"
+            )
+        if self.server == "wsgiref":
+            raise ConfigError("--workers needs --server aserve, not wsgiref")
 
     def _check_websockets(self) -> None:
         if self.ws_max_size < 1 or self.ws_max_queue < 1:

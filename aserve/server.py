@@ -17,7 +17,7 @@ from typing import Any
 from aserve import __version__
 from aserve.config import Config
 from aserve.errors import ConfigError, LifespanError
-from aserve.exchange import AppRunner
+from aserve.exchange import AppRunner, Cycle
 from aserve.loader import LoadedApp, load, load_env_file
 from aserve.logs import AccessLog, configure
 from aserve.net.acceptor import Acceptor
@@ -73,6 +73,9 @@ class Server:
         self.shutdown_grace = SHUTDOWN_GRACE
         # Under --reload-browser, who takes the connections asking for the event stream.
         self.browser_events: Callable[[socket.socket], None] | None = None
+        # Called on the loop as each request reaches the app (gunicorn's worker counts them
+        # for --max-requests); None costs nothing per request.
+        self.on_request: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # asyncio.Event binds to a loop only when first awaited (Python 3.10+).
         self._exit = asyncio.Event()
@@ -137,11 +140,14 @@ class Server:
 
     # the server itself
 
-    def request_stop(self, *, restart: bool = False) -> None:
+    def request_stop(self, *, restart: bool = False, force: bool = False) -> None:
         """Begin a graceful shutdown without waiting for it; from any thread. `restart`: the
-        server stops to be replaced (a reload), and its WebSockets are told so (1012)."""
+        server stops to be replaced (a reload), and its WebSockets are told so (1012).
+        `force`: requests in flight are not waited for (a second Ctrl-C, gunicorn's SIGINT)."""
         if restart and not self._exit.is_set():
             self._restart = True
+        if force:
+            self._force = True
         loop = self._loop
         if loop is None:
             self._exit.set()  # not serving yet: serve() will return at once
@@ -155,6 +161,13 @@ class Server:
         """Serve until stopped. `sockets` already listen (else one is bound from the config);
         `handle_signals=False` leaves SIGINT/SIGTERM to the caller (the reload supervisor)."""
         config = self.config
+        if config.workers > 1 and not sockets:
+            # Rather than one process where several were asked for. Given its sockets, it is
+            # one of the `workers` processes that share them (a pool's, gunicorn's).
+            raise ConfigError(
+                "Server and run() serve in one process: --workers is the aserve command's "
+                "(in production: gunicorn -k aserve.workers.AserveWorker)"
+            )
         loop = asyncio.get_running_loop()
         self._loop = loop
         configure(config.log_level)
@@ -166,6 +179,8 @@ class Server:
                 self.app, factory=config.factory, interface=config.interface
             )
         runner = make_runner(loaded, config, self.browser_events)
+        if self.on_request is not None:
+            runner = _Observed(runner, self.on_request)
         signals = StopSignals(self._on_stop, self._on_force, "finishing in-flight requests")
         with contextlib.ExitStack() as stack:
             if handle_signals:
@@ -209,6 +224,13 @@ class Server:
         state.upgrades = websocket_upgrades(config, state) if runner.websockets else None
         acceptors = [Acceptor(loop, sock, lambda: HttpProtocol(state)) for sock in self.sockets]
         date_timer = self._refresh_date(state, loop)
+        if config.workers > 1:
+            # Several processes share the socket and every one wakes when connections wait:
+            # one that took 64 at a time took a burst (a load balancer's or wrk's 50
+            # connections) nearly all to itself (measured: 49 and 1, 50 and 0); one at a
+            # time, mostly from 27 and 23 to 43 and 7 (BENCHMARKS.md).
+            for acceptor in acceptors:
+                acceptor.batch = 1
         assert self.loaded is not None
         # Under runserver, its banner says where the server listens, once; the supervisor says
         # why a stand-in is up.
@@ -304,3 +326,22 @@ def websocket_upgrades(config: Config, state: ServerState) -> Upgrades | None:
 def run(app: object, **settings: Any) -> int:
     """Serve `app` (an import string or the app) until SIGINT/SIGTERM; the exit code."""
     return Server(app, **settings).run()
+
+
+class _Observed:
+    """A runner that calls `on_request` before handing each request to the one it wraps."""
+
+    def __init__(self, runner: AppRunner, on_request: Callable[[], None]) -> None:
+        self._runner = runner
+        self._on_request = on_request
+        self.websockets = runner.websockets
+
+    async def startup(self) -> None:
+        await self._runner.startup()
+
+    def handle(self, cycle: Cycle) -> None:
+        self._on_request()
+        self._runner.handle(cycle)
+
+    async def shutdown(self, timeout: float) -> None:
+        await self._runner.shutdown(timeout)

@@ -69,8 +69,8 @@ def switches(pid: int) -> int:
     return total
 
 
-def wrk(url: str, connections: int, seconds: float) -> str:
-    command = pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url])
+def wrk(url: str, connections: int, seconds: float, cpu: int | None = 1) -> str:
+    command = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url])
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
@@ -80,7 +80,7 @@ def measure(variant: Variant, args: argparse.Namespace) -> None:
     if not any("{port}" in word for word in variant.argv):
         argv += ["--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(
-        pinned(0, argv),
+        pinned(None if args.unpinned else 0, argv),
         env={**os.environ, **variant.env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -88,9 +88,10 @@ def measure(variant: Variant, args: argparse.Namespace) -> None:
     try:
         wait_accepting(port, server)
         url = f"http://127.0.0.1:{port}{args.path}"
-        wrk(url, args.connections, 1.0)  # warm-up
+        client_cpu = None if args.unpinned else 1
+        wrk(url, args.connections, 1.0, client_cpu)  # warm-up
         cpu0, switches0 = tree_cpu_s(server.pid), switches(server.pid)
-        output = wrk(url, args.connections, args.duration)
+        output = wrk(url, args.connections, args.duration, client_cpu)
         cpu1, switches1 = tree_cpu_s(server.pid), switches(server.pid)
     finally:
         server.terminate()
@@ -115,6 +116,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variants", nargs="+", type=parse_variant, metavar="LABEL=COMMAND")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--unpinned",
+        action="store_true",
+        help="pin neither the server (CPU 0) nor wrk (CPU 1): servers with several processes "
+        "may then use both CPUs, which wrk shares with them",
+    )
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--path", default="/", help="request target, e.g. /?size=1048576")

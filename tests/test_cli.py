@@ -222,6 +222,20 @@ def test_parse_defaults() -> None:
     assert parse(["main:app"]) == ("main:app", Config())
 
 
+def test_web_concurrency_is_the_default_number_of_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert parse(["main:app"])[1].workers == 3
+    assert parse(["main:app", "--workers", "2"])[1].workers == 2
+    # The machine's hint gives way to --reload, which runs one worker.
+    assert parse(["main:app", "--reload"])[1].workers == 1
+    monkeypatch.setenv("WEB_CONCURRENCY", "many")
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["main:app"])
+    assert exit_info.value.code == 2
+
+
 def test_parse_every_kind_of_option() -> None:
     argv = [
         "--host",

@@ -42,6 +42,10 @@ INVALID: list[tuple[dict[str, object], str]] = [
     ({"fd": -1}, "--fd must be a non-negative file descriptor, not -1"),
     ({"uds": "/tmp/aserve.sock", "fd": 3}, "--uds and --fd cannot be used together"),
     ({"threads": 0}, "--threads must be at least 1, not 0"),
+    ({"workers": 0}, "--workers must be at least 1, not 0"),
+    ({"workers": 2, "reload": True}, "--workers cannot be used with --reload"),
+    ({"workers": 2, "reload_browser": True}, "--workers cannot be used with --reload"),
+    ({"workers": 2, "server": "wsgiref"}, "--workers needs --server aserve, not wsgiref"),
     ({"timeout_keep_alive": -0.5}, "--timeout-keep-alive cannot be negative"),
     ({"timeout_graceful_shutdown": -1.0}, "--timeout-graceful-shutdown cannot be negative"),
     ({"timeout_request_head": 0.0}, "--timeout-request-head must be more than 0"),
@@ -76,7 +80,8 @@ def test_invalid_settings_are_refused(changes: dict[str, object], message: str) 
 
 
 def test_every_setting_post_init_checks_is_tried() -> None:
-    source = inspect.getsource(Config._check_numbers) + inspect.getsource(Config._check_choices)
+    checks = (Config._check_numbers, Config._check_choices, Config._check_workers)
+    source = "".join(inspect.getsource(check) for check in checks)
     tables = {*aserve.config._NON_NEGATIVE, *aserve.config._POSITIVE, *aserve.config._AT_LEAST_ONE}
     checked = set(re.findall(r"self\.(\w+)", source)) | tables
     assert checked & set(FIELDS) == {name for changes, _ in INVALID for name in changes}
@@ -223,7 +228,10 @@ def test_help_shows_the_dataclass_default(field: dataclasses.Field[object]) -> N
     option = flag(field.name)
     if typing.get_origin(HINTS[field.name]) is list:
         option = option.removesuffix("s")
-    assert help_defaults()[option] == str(getattr(DEFAULTS, field.name))
+    default = str(getattr(DEFAULTS, field.name))
+    if field.name == "workers":  # the CLI reads the environment first, as uvicorn's does
+        default = f"$WEB_CONCURRENCY, else {default}"
+    assert help_defaults()[option] == default
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,12 @@ def test_start_raises_on_bad_app() -> None:
         server.start()
 
 
+def test_several_workers_are_refused_rather_than_served_by_one_process() -> None:
+    server = Server(asgi_apps.app, port=0, workers=2)
+    with pytest.raises(ConfigError, match="--workers is the aserve command's"):
+        server.start()
+
+
 @pytest.fixture
 def custom_sigint() -> Iterator[object]:
     """A SIGINT handler of the test's own, restored afterwards."""

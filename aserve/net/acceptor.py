@@ -46,6 +46,10 @@ class Acceptor:
     serving resumes by itself when descriptors are free again.
     """
 
+    # Connections accepted per readiness event: one when processes share the socket (see
+    # aserve.server).
+    batch = _ACCEPT_BATCH
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -66,7 +70,7 @@ class Acceptor:
 
     def _accept(self) -> None:
         accept = self.sock.accept
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(self.batch):
             try:
                 conn, _ = accept()
             except (BlockingIOError, InterruptedError):
