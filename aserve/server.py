@@ -22,11 +22,13 @@ from aserve.loader import LoadedApp, load, load_env_file
 from aserve.logs import AccessLog, configure
 from aserve.net.acceptor import Acceptor
 from aserve.net.connection import SHUTDOWN_GRACE, HttpProtocol, ServerState, Upgrades
+from aserve.net.tls import TLSFacts
 from aserve.process import loop_factory, tune_gc
 from aserve.protocols.http11 import Limits
 from aserve.runners import make_runner
 from aserve.signals import StopSignals
 from aserve.sockets import bound, listening_url
+from aserve.tls import ServerTLS, server_tls
 
 logger = logging.getLogger("aserve.error")
 
@@ -80,6 +82,7 @@ class Server:
         self._restart = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.tls: ServerTLS | None = None
 
     # blocking entry points
 
@@ -133,7 +136,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     # the server itself
 
@@ -158,6 +162,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self._loop = loop
         configure(config.log_level)
+        # Before the app is loaded: a certificate that cannot be used is a usage error at once.
+        self.tls = server_tls(config)
         if isinstance(self.app, LoadedApp):
             loaded = self.loaded = self.app
         else:
@@ -207,7 +213,20 @@ class Server:
             access_log=access_log,
         )
         state.upgrades = websocket_upgrades(config, state) if runner.websockets else None
-        acceptors = [Acceptor(loop, sock, lambda: HttpProtocol(state)) for sock in self.sockets]
+        tls = self.tls
+        if tls is not None:
+            state.tls = TLSFacts(tls.context, tls.certificate)
+        acceptors = [
+            Acceptor(
+                loop,
+                sock,
+                lambda: HttpProtocol(state),
+                tls.context if tls is not None else None,
+                # The head timeout covers the handshake too (see HttpProtocol._connected_at).
+                config.timeout_request_head,
+            )
+            for sock in self.sockets
+        ]
         date_timer = self._refresh_date(state, loop)
         assert self.loaded is not None
         # Under runserver, its banner says where the server listens, once; the supervisor says

@@ -17,6 +17,7 @@ from aserve.errorpage import Page
 from aserve.errors import ClientDisconnected, RequestBodyTooLarge
 from aserve.exchange import AppRunner, ConnectionInfo, Cycle, RequestBody
 from aserve.logs import AccessLog, RunserverAccessLog
+from aserve.net.tls import TLSFacts
 from aserve.protocols.http11 import (
     Connection,
     Data,
@@ -110,6 +111,7 @@ class ServerState:
         "lingering",
         "loop",
         "runner",
+        "tls",
         "upgrades",
     )
 
@@ -147,6 +149,8 @@ class ServerState:
         self.field_memo: FieldMemo = {}
         # WebSockets, when the runner takes them and they are on.
         self.upgrades: Upgrades | None = None
+        # The server's TLS side, when TLS carries its connections.
+        self.tls: TLSFacts | None = None
         # 0 while serving; once the server stops, the close code its WebSockets get: 1001
         # (going away), or 1012 (service restart) for a reload (RFC 6455 §7.4.1, IANA).
         self.going_away = 0
@@ -217,7 +221,9 @@ class HttpProtocol(asyncio.Protocol):
         # When the current phase's wait runs out (0: it has none).
         self._deadline = 0.0
         self._timer = LazyTimer(state.loop, self._on_timer)
-        self._connected_at = 0.0
+        # The loop makes the protocol when it accepts the connection, before a TLS handshake:
+        # the first head's deadline counts from here, so the handshake's time is within it.
+        self._connected_at = state.loop.time()
         # When the request head under way began (for the log of one refused).
         self._head_began = 0.0
         # Whether a request was ever started here; until then shutdown waits for one.
@@ -254,7 +260,13 @@ class HttpProtocol(asyncio.Protocol):
             # Responses are written whole; Nagle would only delay the last segment.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = _address(transport.get_extra_info("peername"))
-        self.info = ConnectionInfo(client, _address(transport.get_extra_info("sockname")))
+        server = _address(transport.get_extra_info("sockname"))
+        tls = state.tls
+        if tls is None:
+            self.info = ConnectionInfo(client, server)
+        else:
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.info = ConnectionInfo(client, server, "https", tls.describe(ssl_object))
         self._client_text = f"{client[0]}:{client[1]}" if client else "-"
         if not state.admit():
             self._reject()
@@ -262,7 +274,7 @@ class HttpProtocol(asyncio.Protocol):
         state.connections.add(self)
         # The first request head counts from the connection: a client that connects and sends
         # nothing is gone after the shorter of the keep-alive and head timeouts.
-        self._connected_at = now = state.loop.time()
+        now = self._connected_at
         self._enter(_IDLE, now + min(state.keep_alive_timeout, state.head_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
