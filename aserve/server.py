@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from aserve import __version__
-from aserve.config import Config
+from aserve.config import Config, check_trusted
 from aserve.errors import ConfigError, LifespanError
 from aserve.exchange import AppRunner
 from aserve.loader import LoadedApp, load, load_env_file
@@ -24,6 +25,7 @@ from aserve.net.acceptor import Acceptor
 from aserve.net.connection import SHUTDOWN_GRACE, HttpProtocol, ServerState, Upgrades
 from aserve.net.tls import TLSFacts
 from aserve.process import loop_factory, tune_gc
+from aserve.protocols.forwarded import Trusted
 from aserve.protocols.http11 import Limits
 from aserve.runners import make_runner
 from aserve.signals import StopSignals
@@ -216,6 +218,7 @@ class Server:
         tls = self.tls
         if tls is not None:
             state.tls = TLSFacts(tls.context, tls.certificate)
+        state.proxies = trusted_proxies(config)
         acceptors = [
             Acceptor(
                 loop,
@@ -297,6 +300,18 @@ class Server:
     def _on_force(self, sig: int) -> None:
         self._force = True
         self._exit.set()
+
+
+def trusted_proxies(config: Config) -> Trusted | None:
+    """The peers whose proxy headers count, None when --no-proxy-headers. The variable is
+    uvicorn's, read when the server starts rather than when the settings are made."""
+    if not config.proxy_headers:
+        return None
+    spec = config.forwarded_allow_ips
+    if spec is None:
+        spec = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1"
+        check_trusted(spec, "FORWARDED_ALLOW_IPS")
+    return Trusted(spec)
 
 
 def websocket_upgrades(config: Config, state: ServerState) -> Upgrades | None:

@@ -18,6 +18,7 @@ from aserve.errors import ClientDisconnected, RequestBodyTooLarge
 from aserve.exchange import AppRunner, ConnectionInfo, Cycle, RequestBody
 from aserve.logs import AccessLog, RunserverAccessLog
 from aserve.net.tls import TLSFacts
+from aserve.protocols.forwarded import Trusted, forwarded
 from aserve.protocols.http11 import (
     Connection,
     Data,
@@ -110,6 +111,7 @@ class ServerState:
         "limits",
         "lingering",
         "loop",
+        "proxies",
         "runner",
         "tls",
         "upgrades",
@@ -151,6 +153,8 @@ class ServerState:
         self.upgrades: Upgrades | None = None
         # The server's TLS side, when TLS carries its connections.
         self.tls: TLSFacts | None = None
+        # The peers whose proxy headers count, under --proxy-headers.
+        self.proxies: Trusted | None = None
         # 0 while serving; once the server stops, the close code its WebSockets get: 1001
         # (going away), or 1012 (service restart) for a reload (RFC 6455 §7.4.1, IANA).
         self.going_away = 0
@@ -238,6 +242,8 @@ class HttpProtocol(asyncio.Protocol):
         # Above this many bytes waiting in the transport, a producing app is made to yield.
         self._low_water = 0
         self._drain_waiters: list[Callable[[], None]] = []
+        # The trusted proxies, when this connection comes from one.
+        self._proxies: Trusted | None = None
         # Reading paused for one of two reasons: the app's body buffer is full, or a
         # pipelined request waits for the response in progress.
         self._body_full = False
@@ -268,6 +274,9 @@ class HttpProtocol(asyncio.Protocol):
             ssl_object = transport.get_extra_info("ssl_object")
             self.info = ConnectionInfo(client, server, "https", tls.describe(ssl_object))
         self._client_text = f"{client[0]}:{client[1]}" if client else "-"
+        proxies = state.proxies
+        if proxies is not None and proxies.trusts(client):
+            self._proxies = proxies
         if not state.admit():
             self._reject()
             return
@@ -355,7 +364,10 @@ class HttpProtocol(asyncio.Protocol):
         body = RequestBody(self.state.loop, self._body_wanted)
         if self.half_closed:
             body.half_close()
-        cycle = Cycle(request, self.info, self, body)
+        info = self.info
+        if request.forwarded and self._proxies is not None:
+            info = _forwarded_info(info, request.headers, self._proxies)
+        cycle = Cycle(request, info, self, body)
         self.cycle = cycle
         self._served = True
         if self._stopping:
@@ -755,6 +767,20 @@ class HttpProtocol(asyncio.Protocol):
         self._leave()
         if self.transport is not None:
             self.transport.abort()
+
+
+def _forwarded_info(info: ConnectionInfo, headers: Headers, proxies: Trusted) -> ConnectionInfo:
+    """The request's view of its connection once a trusted proxy's fields are taken in."""
+    said = forwarded(headers, proxies)
+    if said.client is None and said.scheme is None and said.host is None:
+        return info
+    return ConnectionInfo(
+        said.client or info.client,
+        info.server,
+        said.scheme or info.scheme,
+        info.tls,
+        said.host,
+    )
 
 
 def _address(info: object) -> tuple[str, int] | None:

@@ -15,6 +15,7 @@ from http import HTTPStatus
 import httptools
 
 from aserve.errors import AppProtocolError, ProtocolError
+from aserve.protocols.forwarded import FIELDS as FORWARDED_FIELDS
 from aserve.types import Headers
 
 
@@ -41,6 +42,7 @@ class Request:
 
     __slots__ = (
         "expect_continue",
+        "forwarded",
         "headers",
         "http_version",
         "keep_alive",
@@ -68,6 +70,8 @@ class Request:
         # The protocols a bodiless request asks to switch to (its Upgrade field, lower-cased;
         # RFC 9110 §7.8); the bytes after it are not parsed until it is answered.
         self.upgrade = upgrade
+        # It carries a proxy field (protocols.forwarded.FIELDS): only then are they looked for.
+        self.forwarded = False
 
     def __repr__(self) -> str:
         return f"<Request {self.method!r} {self.target!r} HTTP/{self.http_version}>"
@@ -189,6 +193,7 @@ class _Message:
         "declared_length",
         "expect",
         "fields_size",
+        "forwarded",
         "has_body",
         "headers",
         "host_count",
@@ -207,6 +212,7 @@ class _Message:
         self.fields_size = 0
         self.host_count = 0
         self.expect = False
+        self.forwarded = False
         self.has_body = False
         self.declared_length = b""
         # The Content-Length once the head is complete (None: chunked, or no body).
@@ -662,7 +668,9 @@ class Connection:
         if len(message.url) > self.limits.request_line:
             raise ProtocolError("request target too long", 414)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
+    # One flat chain of tests: this runs for every field of every request, and splitting it
+    # into helpers would add a call per field.
+    def on_header(self, name: bytes, value: bytes) -> None:  # noqa: PLR0912
         if self._silent:
             return
         limits = self.limits
@@ -699,6 +707,8 @@ class Connection:
         elif name == b"content-length" and value not in (b"0", b""):
             message.has_body = True
             message.declared_length = value
+        elif name in FORWARDED_FIELDS:
+            message.forwarded = True
         message.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -726,6 +736,8 @@ class Connection:
             parser.should_keep_alive(),
             message.expect and version == "1.1",
         )
+        if message.forwarded:
+            request.forwarded = True
         if message.has_body and message.length is None:
             self._start_chunk_line()
         if upgrade and message.has_body:
