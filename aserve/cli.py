@@ -105,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from aserve.localca import describe, local_certificate
 
             for line in describe(local_certificate()):
-                print(f"aserve: {line}", file=sys.stderr)
+                # The commands stand alone, indented, to be copied whole.
+                print(line if line.startswith(" ") else f"aserve: {line}", file=sys.stderr)
         if config.tls:
             # Once, here: a file or password that cannot be used is one line before anything
             # starts (each serving process builds its own context again).
