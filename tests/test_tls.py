@@ -24,7 +24,7 @@ from aserve.errors import ConfigError
 from aserve.types import Environ, Receive, Scope, Send, StartResponse
 from tests.support.logs import LogRecords
 from tests.support.polling import wait_until
-from tests.support.procs import assert_usage_error
+from tests.support.procs import ServerProcess, assert_usage_error
 from tests.support.servers import ServeFactory
 
 
@@ -367,3 +367,35 @@ def test_bad_cipher_string_is_a_usage_error(certs: Certs) -> None:
         ],
         "--ssl-ciphers",
     )
+
+
+def test_reload_serves_the_error_page_and_the_app_over_tls(
+    certs: Certs, client: httpx.Client, tmp_path: Path
+) -> None:
+    app = tmp_path / "tlsapp.py"
+    app.write_text("raise RuntimeError('broken on purpose')\n")
+    args = ["tlsapp:app", "--reload", "--port", "0", *_cli_tls(certs)]
+    with ServerProcess(*args, cwd=tmp_path) as server:
+        port = int(server.wait_for(r"aserve supervisor on https://127\.0\.0\.1:(\d+)").group(1))
+        # The supervisor serves the error page itself, over TLS too.
+        assert wait_until(lambda: _status(client, port) == 500, 15)
+        page = client.get(f"https://localhost:{port}/", headers={"accept": "text/plain"})
+        assert "broken on purpose" in page.text
+        app.write_text(
+            "async def app(scope, receive, send):\n"
+            "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+            "    await send({'type': 'http.response.body', 'body': scope['scheme'].encode()})\n"
+        )
+        assert wait_until(lambda: _status(client, port) == 200, 15)
+        assert client.get(f"https://localhost:{port}/").text == "https"
+
+
+def _cli_tls(certs: Certs) -> list[str]:
+    return ["--ssl-certfile", str(certs.cert_file), "--ssl-keyfile", str(certs.key_file)]
+
+
+def _status(client: httpx.Client, port: int) -> int:
+    try:
+        return client.get(f"https://localhost:{port}/").status_code
+    except httpx.HTTPError:
+        return 0
