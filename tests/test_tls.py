@@ -19,6 +19,7 @@ import pytest
 import trustme
 import websockets
 
+from aserve import Server
 from aserve.config import Config
 from aserve.errors import ConfigError
 from aserve.types import Environ, Receive, Scope, Send, StartResponse
@@ -399,3 +400,17 @@ def _status(client: httpx.Client, port: int) -> int:
         return client.get(f"https://localhost:{port}/").status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_shutdown_does_not_wait_for_a_handshake_left_hanging(
+    certs: Certs, error_log: LogRecords
+) -> None:
+    config = Config(port=0, access_log=False, **tls_settings(certs))  # type: ignore[arg-type]
+    server = Server(scope_app, config).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5):
+        began = time.monotonic()
+        server.stop(timeout=10)
+        stopped = time.monotonic() - began
+    assert server.exit_code == 0
+    assert stopped < 3.0  # not the 10 s head timeout
+    assert error_log.errors == []
