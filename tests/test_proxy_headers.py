@@ -18,6 +18,8 @@ from aserve.errors import ConfigError
 from aserve.protocols.forwarded import Forwarded, Trusted, forwarded
 from aserve.protocols.http11 import Connection, Limits, Request
 from aserve.types import Environ, Headers, Receive, Scope, Send, StartResponse
+from tests.support.logs import access_records
+from tests.support.polling import wait_until
 from tests.support.servers import ServeFactory
 
 LOCAL = Trusted("127.0.0.1")
@@ -232,3 +234,14 @@ async def test_websocket_behind_a_tls_proxy_is_wss(serve: ServeFactory) -> None:
         answer = json.loads(await ws.recv())
     assert answer["scheme"] == "wss"
     assert answer["client"] == ["192.0.2.8", 0]
+
+
+def test_the_access_line_names_the_forwarded_client(serve: ServeFactory) -> None:
+    with access_records() as records:
+        server = serve(scope_app, access_log=True)
+        httpx.get(server.url, headers=PROXIED)
+        httpx.get(server.url)
+        assert wait_until(lambda: len(records.records) == 2)
+    forwarded_line, direct_line = (r.getMessage() for r in records.records)
+    assert forwarded_line.startswith("203.0.113.9:0 - ")
+    assert direct_line.startswith("127.0.0.1:")

@@ -273,7 +273,7 @@ class HttpProtocol(asyncio.Protocol):
         else:
             ssl_object = transport.get_extra_info("ssl_object")
             self.info = ConnectionInfo(client, server, "https", tls.describe(ssl_object))
-        self._client_text = f"{client[0]}:{client[1]}" if client else "-"
+        self._client_text = _client_text(client)
         proxies = state.proxies
         if proxies is not None and proxies.trusts(client):
             self._proxies = proxies
@@ -581,8 +581,10 @@ class HttpProtocol(asyncio.Protocol):
         if log is None:
             return
         request = cycle.request
+        info = cycle.info
         log.log(
-            self._client_text,
+            # The client a trusted proxy named, as the app saw it (uvicorn logs it too).
+            self._client_text if info is self.info else _client_text(info.client),
             f"{request.method.decode('ascii', 'replace')} "
             f"{request.target.decode('ascii', 'replace')} HTTP/{request.http_version}",
             cycle.status,
@@ -781,6 +783,10 @@ def _forwarded_info(info: ConnectionInfo, headers: Headers, proxies: Trusted) ->
         info.tls,
         said.host,
     )
+
+
+def _client_text(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "-"
 
 
 def _address(info: object) -> tuple[str, int] | None:
