@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -389,6 +390,10 @@ def test_reload_serves_the_error_page_and_the_app_over_tls(
         )
         assert wait_until(lambda: _status(client, port) == 200, 15)
         assert client.get(f"https://localhost:{port}/").text == "https"
+        # The supervisor stops its template and worker in order (a kill would leave them
+        # holding the output pipe).
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(15) == 0
 
 
 def _cli_tls(certs: Certs) -> list[str]:
