@@ -119,6 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
+        if config.https:
+            from aserve.localca import describe, local_certificate
+
+            for line in describe(local_certificate()):
+                # The commands stand alone, indented, to be copied whole.
+                print(line if line.startswith(" ") else f"aserve: {line}", file=sys.stderr)
+        if config.tls:
+            # Once, here: a file or password that cannot be used is one line before anything
+            # starts (each serving process builds its own context again).
+            from aserve.tls import server_tls
+
+            server_tls(config)
         # Here, not at the top: `aserve --help` imports no server code (asgiref's asyncio).
         from aserve.loader import load_env_file, read_env_file
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LoopKind = Literal["auto", "uvloop", "asyncio"]
 AccessLogStyle = Literal["aserve", "runserver"]
 WebSocketMode = Literal["auto", "on", "off"]
+CertReqs = Literal["none", "optional", "required", "0", "1", "2"]
 
 
 def setting(
@@ -60,6 +62,19 @@ _AT_LEAST_ONE = (
     "limit_request_head",
     "limit_buffer",
 )
+
+
+def check_trusted(value: str, name: str) -> None:
+    """Refuse a list of trusted proxies that is not comma-separated addresses, networks or *."""
+    for raw in value.split(","):
+        entry = raw.strip()
+        if entry and entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{name}: {entry!r} is not an IP address or network (or *)"
+                ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +280,60 @@ class Config:
         "(WATCHFILES_FORCE_POLLING=1 does the same).",
     )
 
+    # -- TLS (uvicorn's spellings) ------------------------------------------------------------
+    ssl_certfile: str | None = setting(
+        None, "Serve HTTPS with this PEM certificate (chain) file.", metavar="PATH"
+    )
+    ssl_keyfile: str | None = setting(
+        None,
+        "The certificate's private key (PEM); default: in the certificate file.",
+        metavar="PATH",
+    )
+    ssl_keyfile_password: str | None = setting(
+        None, "Password of an encrypted private key.", metavar="PASSWORD"
+    )
+    ssl_ca_certs: str | None = setting(
+        None,
+        "CA certificates (PEM) that client certificates are verified against.",
+        metavar="PATH",
+    )
+    # uvicorn's --ssl-cert-reqs takes ssl.VerifyMode's number; the names say the same.
+    ssl_cert_reqs: CertReqs = setting(
+        "none",
+        "Client certificates: none asks for none; optional verifies one if sent; required "
+        "refuses clients without one (0, 1, 2 as uvicorn spells them are accepted too).",
+    )
+    # Not uvicorn's "TLSv1", which lets TLS 1.2 fall back to CBC and SHA-1 suites: Python's
+    # default list (forward secrecy, AEAD first), as ssl.create_default_context sets it.
+    ssl_ciphers: str | None = setting(
+        None,
+        "OpenSSL cipher string for TLS 1.2; None keeps Python's list. TLS 1.3 suites are "
+        "OpenSSL's.",
+        metavar="CIPHERS",
+    )
+    # Not runserver's spelling: its plugin offers runserver_plus's --cert-file/--key-file too.
+    https: bool = setting(
+        False,
+        "Serve HTTPS with a certificate for localhost, 127.0.0.1 and ::1 signed by a local CA "
+        "that aserve creates once and caches (needs aserve[https]); prints how to trust it.",
+    )
+
+    # -- Proxy headers (uvicorn's spellings) --------------------------------------------------
+    proxy_headers: bool = setting(
+        True,
+        "Take the client address, scheme and host from X-Forwarded-For/-Proto/-Host and "
+        "Forwarded (RFC 7239), from trusted peers (--forwarded-allow-ips) only.",
+    )
+    # None: the FORWARDED_ALLOW_IPS variable, else 127.0.0.1, as uvicorn reads it; resolved
+    # where the server starts, so that a Config stays a pure value.
+    forwarded_allow_ips: str | None = setting(
+        None,
+        "Peers trusted to send proxy headers: comma-separated IPs or networks (10.0.0.0/8), "
+        "* for all. None: $FORWARDED_ALLOW_IPS, else 127.0.0.1. Unix socket peers are always "
+        "trusted.",
+        metavar="IPS",
+    )
+
     # -- WebSockets (uvicorn's spellings of the same settings) --------------------------------
     ws: WebSocketMode = setting(
         "auto",
@@ -312,6 +381,7 @@ class Config:
             object.__setattr__(self, "reload", True)
         self._check_workers()
         self._check_websockets()
+        self._check_tls()
 
     def _check_numbers(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -365,6 +435,23 @@ class Config:
         if not self.ws_ping_timeout > 0:
             raise ConfigError("--ws-ping-timeout must be more than 0")
 
+    def _check_tls(self) -> None:
+        if self.https and (self.ssl_certfile is not None or self.ssl_keyfile is not None):
+            raise ConfigError("--https makes its own certificate: drop it or --ssl-certfile")
+        if self.tls and self.server == "wsgiref":
+            raise ConfigError("--server wsgiref serves plain HTTP only; use --server aserve")
+        if self.tls and self.reload_browser:
+            # Its event streams move from the worker to the supervisor as sockets, and a TLS
+            # session's state cannot move with them.
+            raise ConfigError("--reload-browser works over plain HTTP only, not with TLS")
+        if self.forwarded_allow_ips is not None:
+            check_trusted(self.forwarded_allow_ips, "--forwarded-allow-ips")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS."""
+        return self.https or self.ssl_certfile is not None or self.ssl_keyfile is not None
+
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed, validated again."""
         return dataclasses.replace(self, **changes)
@@ -376,4 +463,4 @@ class Config:
         if self.fd is not None:
             return f"fd://{self.fd}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"

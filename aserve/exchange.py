@@ -38,13 +38,31 @@ class RequestHead(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class TLSInfo:
+    """What TLS carrying a connection tells the app, as the ASGI TLS extension names it:
+    PEM certificates, the client's subject (RFC 4514), the TLS version and IANA cipher suite
+    numbers."""
+
+    server_cert: str | None
+    client_cert_chain: tuple[str, ...]
+    client_cert_name: str | None
+    client_cert_error: str | None
+    tls_version: int | None
+    cipher_suite: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionInfo:
     """What the transport knows of a connection: the addresses (None for a Unix socket peer)
-    and the URL scheme, `https` once TLS carries it."""
+    and the URL scheme, `https` once TLS carries it, with its details in `tls`. Behind a
+    trusted proxy, a request's own copy holds what the proxy says of its client instead, and
+    `host` the Host it forwarded."""
 
     client: tuple[str, int] | None
     server: tuple[str, int] | None
     scheme: str = "http"
+    tls: TLSInfo | None = None
+    host: str | None = None
 
 
 class ResponseSink(Protocol):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -15,18 +16,21 @@ from types import TracebackType
 from typing import Any
 
 from aserve import __version__
-from aserve.config import Config
+from aserve.config import Config, check_trusted
 from aserve.errors import ConfigError, LifespanError
 from aserve.exchange import AppRunner, Cycle
 from aserve.loader import LoadedApp, load, load_env_file
 from aserve.logs import AccessLog, configure
 from aserve.net.acceptor import Acceptor
 from aserve.net.connection import SHUTDOWN_GRACE, HttpProtocol, ServerState, Upgrades
+from aserve.net.tls import TLSFacts
 from aserve.process import loop_factory, tune_gc
+from aserve.protocols.forwarded import Trusted
 from aserve.protocols.http11 import Limits
 from aserve.runners import make_runner
 from aserve.signals import StopSignals
 from aserve.sockets import bound, listening_url
+from aserve.tls import ServerTLS, server_tls
 
 logger = logging.getLogger("aserve.error")
 
@@ -83,6 +87,7 @@ class Server:
         self._restart = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.tls: ServerTLS | None = None
 
     # blocking entry points
 
@@ -136,7 +141,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     # the server itself
 
@@ -171,6 +177,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self._loop = loop
         configure(config.log_level)
+        # Before the app is loaded: a certificate that cannot be used is a usage error at once.
+        self.tls = server_tls(config)
         if isinstance(self.app, LoadedApp):
             loaded = self.loaded = self.app
         else:
@@ -222,7 +230,21 @@ class Server:
             access_log=access_log,
         )
         state.upgrades = websocket_upgrades(config, state) if runner.websockets else None
-        acceptors = [Acceptor(loop, sock, lambda: HttpProtocol(state)) for sock in self.sockets]
+        tls = self.tls
+        if tls is not None:
+            state.tls = TLSFacts(tls.context, tls.certificate)
+        state.proxies = trusted_proxies(config)
+        acceptors = [
+            Acceptor(
+                loop,
+                sock,
+                lambda: HttpProtocol(state),
+                tls.context if tls is not None else None,
+                # The head timeout covers the handshake too (see HttpProtocol._connected_at).
+                config.timeout_request_head,
+            )
+            for sock in self.sockets
+        ]
         date_timer = self._refresh_date(state, loop)
         if config.workers > 1:
             # Several processes share the socket and every one wakes when connections wait:
@@ -300,6 +322,18 @@ class Server:
     def _on_force(self, sig: int) -> None:
         self._force = True
         self._exit.set()
+
+
+def trusted_proxies(config: Config) -> Trusted | None:
+    """The peers whose proxy headers count, None when --no-proxy-headers. The variable is
+    uvicorn's, read when the server starts rather than when the settings are made."""
+    if not config.proxy_headers:
+        return None
+    spec = config.forwarded_allow_ips
+    if spec is None:
+        spec = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1"
+        check_trusted(spec, "FORWARDED_ALLOW_IPS")
+    return Trusted(spec)
 
 
 def websocket_upgrades(config: Config, state: ServerState) -> Upgrades | None:

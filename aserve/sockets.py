@@ -62,7 +62,7 @@ def listening_url(config: Config, sock: socket.socket) -> str:
     """Where `sock` listens, as the log says it: the real port when the settings said 0."""
     if config.uds is None and config.fd is None:
         host = config.host if ":" not in config.host else f"[{config.host}]"
-        return f"http://{host}:{sock.getsockname()[1]}"
+        return f"{'https' if config.tls else 'http'}://{host}:{sock.getsockname()[1]}"
     return config.bind_description
 
 

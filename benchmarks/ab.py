@@ -9,7 +9,8 @@ port, else `--host 127.0.0.1 --port PORT` is appended. The server runs on CPU 0 
 CPU 1. The figure that moves least on a shared machine is the server's CPU time per request
 (user + system of every thread of the server and of the worker processes it forks), read from
 /proc; context switches per request show hand-offs between threads.
-Run from a directory other than the checkout when comparing checkouts with PYTHONPATH:
+`--https LABEL` sends that variant's requests over TLS (keep-alive: one handshake per
+connection). Run from a directory other than the checkout when comparing checkouts with PYTHONPATH:
 `python -m` puts the current directory first on sys.path.
 """
 
@@ -87,7 +88,8 @@ def measure(variant: Variant, args: argparse.Namespace) -> None:
     )
     try:
         wait_accepting(port, server)
-        url = f"http://127.0.0.1:{port}{args.path}"
+        scheme = "https" if variant.label in args.https else "http"
+        url = f"{scheme}://127.0.0.1:{port}{args.path}"
         client_cpu = None if args.unpinned else 1
         wrk(url, args.connections, 1.0, client_cpu)  # warm-up
         cpu0, switches0 = tree_cpu_s(server.pid), switches(server.pid)
@@ -125,6 +127,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--path", default="/", help="request target, e.g. /?size=1048576")
+    parser.add_argument(
+        "--https",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="the variant LABEL serves HTTPS (repeatable); wrk does not verify certificates",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         parser.error("needs wrk (apt-get install wrk)")

@@ -156,6 +156,12 @@ SAMPLES: dict[str, object] = {
     "fd": 3,
     "root_path": "/api",
     "env_file": ".env",
+    "ssl_certfile": "cert.pem",
+    "ssl_keyfile": "key.pem",
+    "ssl_keyfile_password": "secret",
+    "ssl_ca_certs": "ca.pem",
+    "ssl_ciphers": "ECDHE+AESGCM",
+    "forwarded_allow_ips": "10.0.0.0/8,192.168.1.1",
 }
 
 

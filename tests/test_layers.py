@@ -27,6 +27,8 @@ LAYERS = {
     "aserve.sockets": "sockets",
     "aserve.signals": "signals",
     "aserve.process": "process",
+    "aserve.tls": "tls",
+    "aserve.localca": "localca",
     "aserve.exchange": "exchange",
     "aserve.protocols": "protocols",
     "aserve.logs": "logs",
@@ -45,7 +47,8 @@ LAYERS = {
 # layer above it.
 ALLOWED = {
     # The loader: --env-file's variables are set before any serving mode imports the app.
-    "cli": {"package", "config", "base", "arguments", "server", "reload", "fallback", "loader"},
+    "cli": {"package", "config", "base", "arguments", "server", "reload", "fallback", "loader"}
+    | {"tls", "localca"},
     "reload": {"package", "config", "base", "logs", "loader", "process", "sockets", "signals"}
     | {"server", "fallback"},
     # gunicorn's worker class: gunicorn's arbiter forks it and hands it sockets; it runs the
@@ -53,7 +56,7 @@ ALLOWED = {
     "workers": {"package", "config", "base", "logs", "loader", "process", "server"},
     "fallback": {"package", "config", "base", "logs", "loader", "sockets", "signals"},
     "server": {"package", "config", "base", "logs", "loader", "process", "sockets", "signals"}
-    | {"exchange", "net", "runners", "protocols"},
+    | {"exchange", "net", "runners", "protocols", "tls"},
     "runners": {"package", "config", "base", "logs", "loader", "process", "exchange"}
     | {"protocols"},
     "net": {"base", "logs", "exchange", "protocols"},
@@ -61,6 +64,9 @@ ALLOWED = {
     "sockets": {"config", "base"},
     "signals": set(),
     "process": {"config", "base"},
+    # The TLS context from the settings; --https's local CA beneath it.
+    "tls": {"config", "base", "localca"},
+    "localca": {"base"},
     "exchange": {"base"},
     "protocols": {"base"},
     "logs": {"config"},
@@ -71,7 +77,7 @@ ALLOWED = {
     "bench": {"package", "base", "loader", "bench"},
     # The Django plugin drives the server from manage.py; it never reaches into a connection.
     "django": {"package", "config", "base", "logs", "loader", "server", "reload", "fallback"}
-    | {"process", "sockets", "signals", "arguments"},
+    | {"process", "sockets", "signals", "arguments", "tls", "localca"},
 }
 
 # Finer rules inside the table: the runners never import each other (only their factory,

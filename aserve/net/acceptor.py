@@ -7,6 +7,7 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 
 logger = logging.getLogger("aserve.error")
@@ -35,6 +36,8 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 # Connections accepted per readiness event before other callbacks get a turn.
 _ACCEPT_BATCH = 64
+# On close, how long TLS handshakes under way may take to finish before they are abandoned.
+_HANDSHAKE_WAIT = 1.0
 
 
 class Acceptor:
@@ -55,10 +58,14 @@ class Acceptor:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         factory: Callable[[], asyncio.Protocol],
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.factory = factory
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
         self._fd = sock.fileno()
         self._connecting: set[asyncio.Task[None]] = set()
         self._backoff = 0.0
@@ -92,10 +99,28 @@ class Acceptor:
             task.add_done_callback(self._connecting.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
+        tls = self.tls
+        if tls is None:
+            try:
+                await self.loop.connect_accepted_socket(self.factory, conn)
+            except OSError:
+                conn.close()  # the client left before its transport was made
+            return
         try:
-            await self.loop.connect_accepted_socket(self.factory, conn)
+            peer = conn.getpeername()
         except OSError:
-            conn.close()  # the client left before its transport was made
+            peer = None
+        try:
+            # With TLS this returns once the handshake is done; asyncio and uvloop close the
+            # transport of one that fails or times out and raise here (an ssl.SSLError, or
+            # ConnectionAbortedError for ssl_handshake_timeout), logging nothing themselves
+            # unless the loop runs in debug mode.
+            await self.loop.connect_accepted_socket(
+                self.factory, conn, ssl=tls, ssl_handshake_timeout=self.handshake_timeout
+            )
+        except OSError as exc:
+            conn.close()
+            logger.debug("TLS handshake with %s failed: %s", _peer_text(peer), _reason(exc))
 
     def _pause(self, exc: OSError) -> None:
         self.loop.remove_reader(self._fd)
@@ -128,4 +153,25 @@ class Acceptor:
             self.loop.remove_reader(self._fd)
         self.sock.close()
         if self._connecting:
-            await asyncio.wait(list(self._connecting))
+            # A plain connection is made at once; a TLS handshake a client leaves hanging is
+            # not waited for (it would hold the shutdown up to the head timeout).
+            _, pending = await asyncio.wait(list(self._connecting), timeout=_HANDSHAKE_WAIT)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+
+def _peer_text(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "a Unix socket peer" if peer is not None else "a client that left"
+
+
+def _reason(exc: OSError) -> str:
+    """OpenSSL's reason (`HTTP_REQUEST`: plain HTTP sent to the TLS port) or the error."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        if exc.reason == "HTTP_REQUEST":
+            return "plain HTTP sent to the HTTPS port"
+        return exc.reason.lower().replace("_", " ")
+    return str(exc) or type(exc).__name__

@@ -17,6 +17,8 @@ from aserve.errorpage import Page
 from aserve.errors import ClientDisconnected, RequestBodyTooLarge
 from aserve.exchange import AppRunner, ConnectionInfo, Cycle, RequestBody
 from aserve.logs import AccessLog, RunserverAccessLog
+from aserve.net.tls import TLSFacts
+from aserve.protocols.forwarded import Trusted, forwarded
 from aserve.protocols.http11 import (
     Connection,
     Data,
@@ -109,7 +111,9 @@ class ServerState:
         "limits",
         "lingering",
         "loop",
+        "proxies",
         "runner",
+        "tls",
         "upgrades",
     )
 
@@ -147,6 +151,10 @@ class ServerState:
         self.field_memo: FieldMemo = {}
         # WebSockets, when the runner takes them and they are on.
         self.upgrades: Upgrades | None = None
+        # The server's TLS side, when TLS carries its connections.
+        self.tls: TLSFacts | None = None
+        # The peers whose proxy headers count, under --proxy-headers.
+        self.proxies: Trusted | None = None
         # 0 while serving; once the server stops, the close code its WebSockets get: 1001
         # (going away), or 1012 (service restart) for a reload (RFC 6455 §7.4.1, IANA).
         self.going_away = 0
@@ -217,7 +225,9 @@ class HttpProtocol(asyncio.Protocol):
         # When the current phase's wait runs out (0: it has none).
         self._deadline = 0.0
         self._timer = LazyTimer(state.loop, self._on_timer)
-        self._connected_at = 0.0
+        # The loop makes the protocol when it accepts the connection, before a TLS handshake:
+        # the first head's deadline counts from here, so the handshake's time is within it.
+        self._connected_at = state.loop.time()
         # When the request head under way began (for the log of one refused).
         self._head_began = 0.0
         # Whether a request was ever started here; until then shutdown waits for one.
@@ -232,6 +242,8 @@ class HttpProtocol(asyncio.Protocol):
         # Above this many bytes waiting in the transport, a producing app is made to yield.
         self._low_water = 0
         self._drain_waiters: list[Callable[[], None]] = []
+        # The trusted proxies, when this connection comes from one.
+        self._proxies: Trusted | None = None
         # Reading paused for one of two reasons: the app's body buffer is full, or a
         # pipelined request waits for the response in progress.
         self._body_full = False
@@ -254,15 +266,24 @@ class HttpProtocol(asyncio.Protocol):
             # Responses are written whole; Nagle would only delay the last segment.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = _address(transport.get_extra_info("peername"))
-        self.info = ConnectionInfo(client, _address(transport.get_extra_info("sockname")))
-        self._client_text = f"{client[0]}:{client[1]}" if client else "-"
+        server = _address(transport.get_extra_info("sockname"))
+        tls = state.tls
+        if tls is None:
+            self.info = ConnectionInfo(client, server)
+        else:
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.info = ConnectionInfo(client, server, "https", tls.describe(ssl_object))
+        self._client_text = _client_text(client)
+        proxies = state.proxies
+        if proxies is not None and proxies.trusts(client):
+            self._proxies = proxies
         if not state.admit():
             self._reject()
             return
         state.connections.add(self)
         # The first request head counts from the connection: a client that connects and sends
         # nothing is gone after the shorter of the keep-alive and head timeouts.
-        self._connected_at = now = state.loop.time()
+        now = self._connected_at
         self._enter(_IDLE, now + min(state.keep_alive_timeout, state.head_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -343,7 +364,10 @@ class HttpProtocol(asyncio.Protocol):
         body = RequestBody(self.state.loop, self._body_wanted)
         if self.half_closed:
             body.half_close()
-        cycle = Cycle(request, self.info, self, body)
+        info = self.info
+        if request.forwarded and self._proxies is not None:
+            info = _forwarded_info(info, request.headers, self._proxies)
+        cycle = Cycle(request, info, self, body)
         self.cycle = cycle
         self._served = True
         if self._stopping:
@@ -557,8 +581,10 @@ class HttpProtocol(asyncio.Protocol):
         if log is None:
             return
         request = cycle.request
+        info = cycle.info
         log.log(
-            self._client_text,
+            # The client a trusted proxy named, as the app saw it (uvicorn logs it too).
+            self._client_text if info is self.info else _client_text(info.client),
             f"{request.method.decode('ascii', 'replace')} "
             f"{request.target.decode('ascii', 'replace')} HTTP/{request.http_version}",
             cycle.status,
@@ -743,6 +769,24 @@ class HttpProtocol(asyncio.Protocol):
         self._leave()
         if self.transport is not None:
             self.transport.abort()
+
+
+def _forwarded_info(info: ConnectionInfo, headers: Headers, proxies: Trusted) -> ConnectionInfo:
+    """The request's view of its connection once a trusted proxy's fields are taken in."""
+    said = forwarded(headers, proxies)
+    if said.client is None and said.scheme is None and said.host is None:
+        return info
+    return ConnectionInfo(
+        said.client or info.client,
+        info.server,
+        said.scheme or info.scheme,
+        info.tls,
+        said.host,
+    )
+
+
+def _client_text(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "-"
 
 
 def _address(info: object) -> tuple[str, int] | None:

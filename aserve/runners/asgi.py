@@ -10,7 +10,7 @@ from typing import Any
 
 from aserve.config import LifespanMode
 from aserve.errors import AppProtocolError, ClientDisconnected
-from aserve.exchange import Cycle
+from aserve.exchange import Cycle, TLSInfo
 from aserve.protocols.target import decode_path, remember_target, split_target
 from aserve.runners.lifespan import ASGI_SPEC_VERSION, ASGI_VERSION, Lifespan
 from aserve.runners.websocket import WebSocketCycle
@@ -123,6 +123,10 @@ class ASGIRunner:
             "state": self.state.copy(),
             "extensions": self._extensions,
         }
+        if info.tls is not None:
+            scope["extensions"] = {**self._extensions, "tls": tls_extension(info.tls)}
+        if info.host is not None:
+            scope["headers"] = forwarded_host(request.headers, info.host)
         websocket = cycle.websocket
         if websocket is None:
             run = _HTTPCycle(cycle, self._flusher, self.debug).run(self.app, scope)
@@ -130,7 +134,10 @@ class ASGIRunner:
             scope["type"] = "websocket"
             scope["scheme"] = "wss" if info.scheme == "https" else "ws"
             scope["subprotocols"] = websocket.subprotocols
-            scope["extensions"] = {"websocket.http.response": {}}
+            extensions: dict[str, object] = {"websocket.http.response": {}}
+            if info.tls is not None:
+                extensions["tls"] = tls_extension(info.tls)
+            scope["extensions"] = extensions
             del scope["method"]
             run = WebSocketCycle(cycle, websocket, self.debug).run(self.app, scope)
         task = self.loop.create_task(run, context=self._context.copy())
@@ -150,6 +157,25 @@ class ASGIRunner:
                 await asyncio.wait_for(self.lifespan.shutdown(), timeout)
             except TimeoutError:
                 logger.error("ASGI lifespan shutdown did not finish in %.1fs", timeout)
+
+
+def tls_extension(tls: TLSInfo) -> dict[str, object]:
+    """The ASGI TLS extension's entry of a scope (asgiref's TLS extension spec)."""
+    return {
+        "server_cert": tls.server_cert,
+        "client_cert_chain": list(tls.client_cert_chain),
+        "client_cert_name": tls.client_cert_name,
+        "client_cert_error": tls.client_cert_error,
+        "tls_version": tls.tls_version,
+        "cipher_suite": tls.cipher_suite,
+    }
+
+
+def forwarded_host(headers: Headers, host: str) -> Headers:
+    """The request's fields with the Host a trusted proxy forwarded in place of its own."""
+    fields = [(name, value) for name, value in headers if name != b"host"]
+    fields.insert(0, (b"host", host.encode("latin-1")))
+    return fields
 
 
 class _HTTPCycle:

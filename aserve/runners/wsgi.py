@@ -421,7 +421,9 @@ class WSGIRunner:
         environ["SERVER_NAME"] = server[0]
         environ["SERVER_PORT"] = str(server[1])
         environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version
-        environ["wsgi.url_scheme"] = info.scheme
+        scheme = environ["wsgi.url_scheme"] = info.scheme
+        if scheme == "https":
+            environ["HTTPS"] = "on"  # the CGI variable some frameworks read instead
         environ["wsgi.input"] = InputStream(cycle.body)
         client = info.client
         if client is not None:
@@ -442,6 +444,10 @@ class WSGIRunner:
                 environ[key] += "," + text
             else:
                 environ[key] = text
+        if info.host is not None:
+            # What a trusted proxy says the client asked for (PEP 3333's URL reconstruction
+            # takes HTTP_HOST first; SERVER_NAME and SERVER_PORT stay the socket's).
+            environ["HTTP_HOST"] = info.host
         return environ
 
     def _serve(self, cycle: Cycle) -> None:

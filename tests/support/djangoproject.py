@@ -25,7 +25,7 @@ EXAMPLE = ROOT / "examples" / "djangoproject"
 # The banner line runserver on aserve prints once it listens (an IPv6 address in brackets).
 STARTING = (
     r"Starting aserve \S+ \((WSGI|ASGI)\) development server at "
-    r"http://(?:\[[0-9a-f:]+\]|[^:/]+):(\d+)/"
+    r"https?://(?:\[[0-9a-f:]+\]|[^:/]+):(\d+)/"
 )
 # The supervisor's line once a reload worker serves (the first, then one per reload), and
 # the two outcomes of a change.

@@ -82,10 +82,21 @@ class Command(StaticfilesRunserver):
             help="Serve WSGI_APPLICATION (the default otherwise).",
         )
         self.aserve_settings = add_config_options(group, skip=_DJANGO_DECIDES)
+        # django-extensions' runserver_plus spells them so; a project moving over keeps its
+        # command line.
+        group.add_argument(
+            "--cert-file", dest="ssl_certfile", metavar="PATH", help="Same as --ssl-certfile."
+        )
+        group.add_argument(
+            "--key-file", dest="ssl_keyfile", metavar="PATH", help="Same as --ssl-keyfile."
+        )
 
     def run(self, **options: Any) -> None:
         interface = self._interface(options)
         config = self._config(options, interface)
+        if config.tls:
+            self._check_tls(config)
+            self.protocol = "https"  # the banner's URL
         django_options = Options(
             interface=interface,
             static=self._serves_static(options),
@@ -148,6 +159,20 @@ class Command(StaticfilesRunserver):
                 lifespan="off",  # Django's handlers do not take part in ASGI lifespan
                 access_log_style="runserver",
             )
+        except AserveError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _check_tls(self, config: Config) -> None:
+        """Make `--https`'s certificate if needed, say how to trust its CA, and refuse a
+        certificate or key that cannot be used before anything starts."""
+        from aserve.localca import describe, local_certificate
+        from aserve.tls import server_tls
+
+        try:
+            if config.https:
+                for line in describe(local_certificate()):
+                    self.stderr.write(line)
+            server_tls(config)
         except AserveError as exc:
             raise CommandError(str(exc)) from exc
 
