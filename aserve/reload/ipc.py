@@ -57,7 +57,8 @@ class Preload:
 class Fork:
     """To the template: fork a worker. Two descriptors travel with it: the worker's channel,
     and the pipe its stacks are dumped to when it hangs; `config` is `dataclasses.asdict()` of
-    its `Config`. `announce`: whether the worker logs the line saying where it serves, which
+    its `Config`. Or the first message to a spawned worker (aserve.reload.spawn), with the
+    listening socket and the dump pipe (none on Windows). `announce`: whether the worker logs the line saying where it serves, which
     the first worker does, and a restarted one does not (the supervisor says it reloaded)."""
 
     app: str
@@ -164,7 +165,7 @@ class Changed:
 # A new message is a dataclass added to one of these unions: `decode` learns it from them.
 ToTemplate: TypeAlias = Preload | Fork
 FromTemplate: TypeAlias = TemplateReady | Exited
-ToWorker: TypeAlias = Stop | Changed
+ToWorker: TypeAlias = Fork | Stop | Changed
 FromWorker: TypeAlias = Hello | Ready | Failed | Watch | Handled | Modules | EventStream | Draining
 Message: TypeAlias = ToTemplate | FromTemplate | ToWorker | FromWorker
 
