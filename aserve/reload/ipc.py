@@ -58,8 +58,9 @@ class Fork:
     """To the template: fork a worker. Two descriptors travel with it: the worker's channel,
     and the pipe its stacks are dumped to when it hangs; `config` is `dataclasses.asdict()` of
     its `Config`. Or the first message to a spawned worker (aserve.reload.spawn), with the
-    listening socket and the dump pipe (none on Windows). `announce`: whether the worker logs the line saying where it serves, which
-    the first worker does, and a restarted one does not (the supervisor says it reloaded)."""
+    listening socket and the dump pipe (none on Windows). `announce`: whether the worker logs
+    the line saying where it serves, which the first worker does, and a restarted one does not
+    (the supervisor says it reloaded)."""
 
     app: str
     config: dict[str, Any]
