@@ -78,6 +78,9 @@ def _inherit(fd: int) -> socket.socket:
 
 
 def _bind_unix(path: str) -> socket.socket:
+    if not hasattr(socket, "AF_UNIX"):
+        # Windows' Python has no AF_UNIX, whatever the Windows version supports.
+        raise ConfigError(f"cannot bind unix:{path}: this platform has no Unix domain sockets")
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
