@@ -185,7 +185,10 @@ class Reloader(ServerProcess):
         if portable:
             env[PORTABLE_ENV] = "1"
         # Whether workers are spawned, not forked from a template process.
-        self.spawns = portable or worker_kind(Config()) == "spawn"
+        given = args[args.index("--reload-worker") + 1] if "--reload-worker" in args else None
+        self.spawns = given == "spawn" or (
+            given is None and (portable or worker_kind(Config()) == "spawn")
+        )
         super().__init__(
             app,
             "--reload",
@@ -974,3 +977,26 @@ def test_an_app_that_takes_in_its_own_changes_is_not_restarted(
     save_atomically(project / "src" / "other.py", "X = 1\n")
     server.wait_ready(2)
     assert server.workers()[-1] != pid
+
+
+def test_forked_workers_over_stream_ipc(project: Path) -> None:
+    """macOS with --reload-worker fork: a template and its workers on stream sockets, the
+    template's exit codes and module reports on them too."""
+    (project / "app.py").write_text(LATE_IMPORT.format(marker="one"))
+    server = Reloader(project, "--reload-worker", "fork", "--log-level", "debug", portable=True)
+    try:
+        assert not server.spawns
+        pid = server.wait_ready()
+        assert parent(parent(pid)) == server.proc.pid  # the worker is a template's child
+        assert get(server.port).body == b"False"
+        server.wait_for(r"A new template preloads \d+ modules more: .*\bxml\.dom\.minidom\b")
+        (project / "app.py").write_text(LATE_IMPORT.format(marker="two"))
+        wait_for_body(server.port, b"True")
+        (project / "app.py").write_text(wsgi_source("v2"))
+        wait_for_body(server.port, b"v2")
+        crashed = server.workers()[-1]
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+            get(server.port, "/crash")
+        server.wait_for(rf"ERROR +Worker {crashed} exited unexpectedly \(exit code 17\)")
+    finally:
+        server.close()
