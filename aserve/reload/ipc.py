@@ -5,6 +5,7 @@ SCM_RIGHTS, or as sockets shared with socket.share() on Windows)."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import json
 import select
@@ -34,6 +35,7 @@ _MAX_SHARED = MAX_FDS * 4096
 # SOCK_SEQPACKET is absent on macOS and Windows, SCM_RIGHTS on Windows.
 _SEQPACKET: int | None = getattr(socket, "SOCK_SEQPACKET", None)
 _SCM_RIGHTS = hasattr(socket, "SCM_RIGHTS")
+_FD_SIZE = array.array("i").itemsize
 # The key of the message type in the JSON object; no message has a field of this name.
 TAG = "type"
 
@@ -319,6 +321,7 @@ class Channel(Generic[Receives, Sends]):
         # read resumes where the last one stopped.
         self._partial = bytearray()
         self._partial_fds: list[int] = []
+        self._buffer: bytearray | None = None
         # Windows: the process a socket sent through this channel is shared with
         # (socket.share() names the receiving process).
         self.peer: int | None = None
@@ -351,12 +354,10 @@ class Channel(Generic[Receives, Sends]):
         if self._stream:
             return self._from_frame(self._read_frame())
         try:
-            # One byte more than a message may have: SOCK_SEQPACKET cuts a longer packet to
-            # the buffer's size without a word, and `decode` rejects one that fills it.
-            data = self._sock.recv(MAX_MESSAGE + 1)
+            size = self._sock.recv_into(self._packet_buffer())
         except OSError:
             return None
-        return self._message(data)
+        return self._message(self._packet(size))
 
     def recv_fds(self) -> tuple[Receives, list[int]] | None:
         """The next message and the descriptors that came with it, now the caller's to close."""
@@ -371,10 +372,10 @@ class Channel(Generic[Receives, Sends]):
             return self._from_frame(await self._next_frame())
         loop = asyncio.get_running_loop()
         try:
-            data = await loop.sock_recv(self._sock, MAX_MESSAGE + 1)
+            size = await loop.sock_recv_into(self._sock, self._packet_buffer())
         except OSError:
             return None
-        return self._message(data)
+        return self._message(self._packet(size))
 
     async def receive_fds(self) -> tuple[Receives, list[int]] | None:
         """`recv_fds()` for an event loop."""
@@ -393,12 +394,27 @@ class Channel(Generic[Receives, Sends]):
         if self._stream:
             return self._with_fds(self._read_frame())
         try:
-            data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE + 1, MAX_FDS)
+            size, ancillary, _, _ = self._sock.recvmsg_into(
+                [self._packet_buffer()], socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+            )
         except BlockingIOError:
             raise
         except OSError:
             return None
-        return self._with_fds((data, fds))
+        return self._with_fds((self._packet(size), _passed_fds(ancillary)))
+
+    def _packet_buffer(self) -> bytearray:
+        """Where packets are read: one byte more than a message may have, since
+        SOCK_SEQPACKET cuts a longer packet to the buffer's size without a word and `decode`
+        rejects one that fills it. Kept, not made per packet: allocating a MiB for each
+        message doubled a round trip's time."""
+        if self._buffer is None:
+            self._buffer = bytearray(MAX_MESSAGE + 1)
+        return self._buffer
+
+    def _packet(self, size: int) -> bytes:
+        assert self._buffer is not None
+        return bytes(memoryview(self._buffer)[:size])
 
     def _with_fds(self, frame: tuple[bytes, list[int]] | None) -> tuple[Receives, list[int]] | None:
         if frame is None:
@@ -522,6 +538,15 @@ def _socketpair() -> tuple[socket.socket, socket.socket]:
         return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # Windows: socketpair() connects two loopback TCP sockets.
     return socket.socketpair()
+
+
+def _passed_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors of SCM_RIGHTS ancillary data (what socket.recv_fds returns)."""
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % _FD_SIZE])
+    return list(fds)
 
 
 def _send_rest(sock: socket.socket, rest: memoryview) -> None:
