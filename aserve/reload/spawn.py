@@ -11,6 +11,7 @@ for stack dumps); the worker then runs as a forked one does.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from typing import Literal
@@ -87,7 +88,7 @@ def main() -> int:
     message, fds = received
     if not isinstance(message, Fork) or len(fds) not in SPAWN_FDS:
         for fd in fds:
-            os.close(fd)
+            socket.close(fd)  # a socket handle on Windows, which os.close() cannot close
         raise IPCError(f"a spawned worker expected Fork with its descriptors, not {message}")
     dump_fd = fds[1] if len(fds) > 1 else None
     code = 1
