@@ -305,7 +305,8 @@ WORKER_LINK: Link[ToWorker, FromWorker] = Link(_members(ToWorker), _members(From
 class Channel(Generic[Receives, Sends]):
     """One end of a link. `recv()` and `recv_fds()` block; `receive()` is for an event loop and
     leaves the socket non-blocking, after which `send()` raises BlockingIOError rather than
-    wait for room. Every receive returns None once the other end is gone.
+    wait for room (on a stream, once part of a frame went, the rest waits). Every receive
+    returns None once the other end is gone.
 
     Over SOCK_SEQPACKET a message is one packet. Over a stream socket (macOS has no
     SOCK_SEQPACKET, Windows no AF_UNIX socketpair) it is a frame: a header with the lengths
