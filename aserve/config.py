@@ -17,6 +17,7 @@ LoopKind = Literal["auto", "uvloop", "asyncio"]
 AccessLogStyle = Literal["aserve", "runserver"]
 WebSocketMode = Literal["auto", "on", "off"]
 CertReqs = Literal["none", "optional", "required", "0", "1", "2"]
+ReloadWorker = Literal["auto", "fork", "spawn"]
 
 
 def setting(
@@ -278,6 +279,18 @@ class Config:
         "Poll the watched directories for changes instead of waiting for file system events, "
         "which do not arrive from Docker for Mac, WSL or network mounts "
         "(WATCHFILES_FORCE_POLLING=1 does the same).",
+    )
+    # fork: a worker in tens of milliseconds, from a template with the app's libraries
+    # imported. Windows has no fork(). On macOS a process forked after Objective-C frameworks
+    # initialized in its parent (anything touching Cocoa, some proxy or keychain look-ups) may
+    # crash in the child ("objc[...]: +[... initialize] may have been in progress in another
+    # thread when fork() was called"), which is why Python's multiprocessing spawns there
+    # since 3.8; OBJC_DISABLE_INITIALIZE_FORK_SAFETY=YES silences the check, not the hazard.
+    reload_worker: ReloadWorker = setting(
+        "auto",
+        "How --reload makes a worker: fork it from a template process that has the app's "
+        "libraries imported (fast), or spawn a fresh interpreter (slower, safe everywhere). "
+        "auto: fork on Linux, spawn on macOS and Windows.",
     )
 
     # -- TLS (uvicorn's spellings) ------------------------------------------------------------

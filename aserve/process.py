@@ -1,5 +1,6 @@
 """What aserve tunes in a process it runs: the event loop implementation, the garbage
-collector, and how the kernel schedules the WSGI pool's threads."""
+collector, and how the kernel schedules the WSGI pool's threads; and the switch that makes
+Linux take the paths other platforms need (ASERVE_PORTABLE)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import sys
 from collections.abc import Callable
 
 from aserve.config import LoopKind
@@ -20,9 +22,21 @@ GC_YOUNG_THRESHOLD = 5_000
 _PYTHON_YOUNG_THRESHOLD = 700
 
 
+# Set to 1, Linux takes the paths macOS and Windows need, so that they run in tests: stream
+# sockets for the reload IPC, spawned reload workers, signal.signal handlers, and the asyncio
+# loop for --loop auto. Settings given explicitly (--loop uvloop, --reload-worker fork) win.
+PORTABLE_ENV = "ASERVE_PORTABLE"
+
+
+def portable_forced() -> bool:
+    """Whether ASERVE_PORTABLE=1 asks for the portable paths where the native ones exist."""
+    return os.environ.get(PORTABLE_ENV) == "1"
+
+
 def loop_factory(kind: LoopKind) -> Callable[[], asyncio.AbstractEventLoop]:
-    """How to make the event loop `--loop` names; `auto` prefers uvloop when installed."""
-    if kind in ("auto", "uvloop"):
+    """How to make the event loop `--loop` names; `auto` prefers uvloop when installed (and
+    takes asyncio's under ASERVE_PORTABLE=1, as where uvloop does not install)."""
+    if kind == "uvloop" or (kind == "auto" and not portable_forced()):
         try:
             import uvloop
         except ImportError:
@@ -31,6 +45,9 @@ def loop_factory(kind: LoopKind) -> Callable[[], asyncio.AbstractEventLoop]:
         else:
             factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
             return factory
+    if sys.platform == "win32":
+        # The acceptor waits with add_reader(), which Windows' default proactor loop lacks.
+        return asyncio.SelectorEventLoop
     return asyncio.new_event_loop
 
 

@@ -8,6 +8,7 @@ import errno
 import os
 import socket
 import stat
+import sys
 from collections.abc import Iterator
 
 from aserve.config import Config
@@ -27,7 +28,12 @@ def bind_socket(config: Config) -> socket.socket:
     else:
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sys.platform == "win32":
+            # Windows' SO_REUSEADDR would let this bind a port another server listens on
+            # (both then get connections); SO_EXCLUSIVEADDRUSE refuses that, as POSIX does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((config.host, config.port))
         except OSError as exc:
@@ -78,6 +84,9 @@ def _inherit(fd: int) -> socket.socket:
 
 
 def _bind_unix(path: str) -> socket.socket:
+    if not hasattr(socket, "AF_UNIX"):
+        # Windows' Python has no AF_UNIX, whatever the Windows version supports.
+        raise ConfigError(f"cannot bind unix:{path}: this platform has no Unix domain sockets")
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:

@@ -116,6 +116,11 @@ def _aserve(port: int) -> list[str]:
     ]
 
 
+def _aserve_spawn(port: int) -> list[str]:
+    """aserve --reload with each worker a fresh interpreter, as on macOS and Windows."""
+    return [*_aserve(port), "--reload-worker", "spawn"]
+
+
 def _uvicorn(port: int) -> list[str]:
     return [
         _tool("uvicorn") or "uvicorn",
@@ -144,6 +149,7 @@ SERVERS = {
     spec.name: spec
     for spec in (
         ServerSpec("aserve", _aserve, _needs("aserve")),
+        ServerSpec("aserve-spawn", _aserve_spawn, _needs("aserve")),
         ServerSpec("uvicorn", _uvicorn, _needs("uvicorn")),
         ServerSpec("runserver", _runserver, _django_missing),
         ServerSpec("runserver-aserve", _runserver_aserve, _django_missing),

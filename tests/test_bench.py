@@ -634,6 +634,25 @@ def test_process_tree_and_memory() -> None:
         child.wait()
 
 
+def test_without_proc_the_figures_are_zero_and_nothing_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """macOS and Windows have no /proc, nor sched_setaffinity: the benchmark still runs."""
+    from aserve.bench import system
+
+    monkeypatch.setattr(system, "_PROC", tmp_path / "no-proc")
+    monkeypatch.delattr(os, "sched_setaffinity")
+    assert system.process_tree(os.getpid()) == [os.getpid()]
+    assert system.tree_cpu_s(os.getpid()) == 0.0
+    assert system.tree_memory(os.getpid()) == system.Memory(rss=0, peak=0)
+    system.reset_peak(os.getpid())
+    assert system.Ticks.read(None) == system.Ticks(0, 0)
+    assert system.memory_total() == 0
+    assert system.cpu_model()
+    assert pinned(1, ["wrk"]) == ["wrk"]
+    assert system.usable_cpus()
+
+
 def test_pinned_command(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pinned(None, ["wrk"]) == ["wrk"]
     monkeypatch.setattr("aserve.bench.system.shutil.which", lambda name: "/usr/bin/taskset")

@@ -1,6 +1,8 @@
 """`aserve APP --reload` as a real process in a scratch project: edits restart the worker
 without refusing a request, broken code shows the error page, signals and a killed supervisor
-leave no process behind."""
+leave no process behind. Tests marked `both` run twice: as the platform does it, and through
+the paths of macOS and Windows (ASERVE_PORTABLE=1: spawned workers, stream IPC, signal.signal
+handlers, the asyncio loop); `ASERVE_PORTABLE=1 pytest` runs them all that way."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from aserve.config import Config
+from aserve.process import PORTABLE_ENV
+from aserve.reload.spawn import worker_kind
 from tests.support.client import connect, refused
 from tests.support.procs import ServerProcess
 
@@ -157,12 +162,33 @@ def wait_gone(pids: set[int], timeout: float = WAIT) -> set[int]:
     return left
 
 
-class Reloader(ServerProcess):
-    """`python -m aserve APP --reload --port 0` run in `project`; stderr lines collected."""
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both") is not None:
+        metafunc.parametrize("portable", [False, True], ids=["native", "portable"])
 
-    def __init__(self, project: Path, *args: str, app: str = "app:app") -> None:
+
+@pytest.fixture
+def portable() -> bool:
+    """Whether the test's reloader takes the portable paths (see `both`)."""
+    return False
+
+
+class Reloader(ServerProcess):
+    """`python -m aserve APP --reload --port 0` run in `project`; stderr lines collected.
+    `portable`: with ASERVE_PORTABLE=1 (which the test session may have set already)."""
+
+    def __init__(
+        self, project: Path, *args: str, app: str = "app:app", portable: bool = False
+    ) -> None:
         # Bytecode caching on, as for a user: the test runner's environment turns it off.
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        if portable:
+            env[PORTABLE_ENV] = "1"
+        # Whether workers are spawned, not forked from a template process.
+        given = args[args.index("--reload-worker") + 1] if "--reload-worker" in args else None
+        self.spawns = given == "spawn" or (
+            given is None and (portable or worker_kind(Config()) == "spawn")
+        )
         super().__init__(
             app,
             "--reload",
@@ -216,11 +242,11 @@ class Reloader(ServerProcess):
 
 
 @pytest.fixture
-def reloader(project: Path) -> Iterator[Callable[..., Reloader]]:
+def reloader(project: Path, portable: bool) -> Iterator[Callable[..., Reloader]]:
     started: list[Reloader] = []
 
     def start(*args: str, app: str = "app:app") -> Reloader:
-        started.append(Reloader(project, *args, app=app))
+        started.append(Reloader(project, *args, app=app, portable=portable))
         return started[-1]
 
     yield start
@@ -277,6 +303,7 @@ def test_supervisor_logs_the_port_it_bound(reloader: Callable[..., Reloader]) ->
     assert get(server.port).body == b"v1"
 
 
+@pytest.mark.both
 def test_edit_serves_new_code_and_names_the_changed_file(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
@@ -329,6 +356,7 @@ def test_same_size_edit_in_the_same_second_is_not_served_from_stale_bytecode(
     wait_for_body(server.port, b"v3")
 
 
+@pytest.mark.both
 def test_asgi_app_reloads(project: Path, reloader: Callable[..., Reloader]) -> None:
     (project / "app.py").write_text(asgi_source("one"))
     server = reloader()
@@ -458,6 +486,7 @@ def assert_error_page(port: int, *expected: str) -> None:
         assert text.replace("'", "&#x27;") in html.text, html.text
 
 
+@pytest.mark.both
 def test_syntax_error_shows_error_page_then_recovers(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
@@ -477,6 +506,7 @@ def test_syntax_error_shows_error_page_then_recovers(
     server.wait_ready(2)
 
 
+@pytest.mark.both
 @pytest.mark.parametrize(
     ("source", "error"),
     [
@@ -507,6 +537,7 @@ def test_import_time_errors_show_error_page(
     wait_for_body(server.port, b"fixed")
 
 
+@pytest.mark.both
 def test_crashed_worker_shows_crash_page_until_next_save(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
@@ -521,6 +552,7 @@ def test_crashed_worker_shows_crash_page_until_next_save(
     wait_for_body(server.port, b"v2")
 
 
+@pytest.mark.both
 def test_crash_page_names_the_exit_code(reloader: Callable[..., Reloader]) -> None:
     """The first worker's template is replaced once it reports the app's modules: retired, it
     stays to reap its worker and report the exit code, then exits."""
@@ -530,6 +562,8 @@ def test_crash_page_names_the_exit_code(reloader: Callable[..., Reloader]) -> No
         get(server.port, "/crash")
     server.wait_for(rf"ERROR +Worker {pid} exited unexpectedly \(exit code 17\)")
     assert_error_page(server.port, "exit code 17")
+    if server.spawns:
+        return  # the supervisor's own child: no template
     # One template left: a retired one exits after its last worker.
     deadline = time.monotonic() + WAIT
     while len(templates := children(server.proc.pid)) > 1 and time.monotonic() < deadline:
@@ -568,6 +602,7 @@ def test_save_replaces_a_worker_whose_import_hangs(
     assert server.matches(RELOADED)[-1].group(1) == "app.py"
 
 
+@pytest.mark.both
 def test_worker_start_timeout_shows_where_the_import_hangs(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
@@ -595,6 +630,7 @@ async def app(scope, receive, send):
 """
 
 
+@pytest.mark.both
 def test_lifespan_startup_failure_is_shown_with_its_message(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
@@ -628,6 +664,8 @@ def test_modules_the_first_requests_import_are_preloaded_for_the_next_worker(
 ) -> None:
     (project / "app.py").write_text(LATE_IMPORT.format(marker="one"))
     server = reloader("--log-level", "debug")
+    if server.spawns:
+        pytest.skip("spawned workers import everything afresh: no template preloads")
     server.wait_ready()
     assert get(server.port).body == b"False"
     # The worker reports it a second after it is ready; a new template imports it.
@@ -648,6 +686,8 @@ def test_project_code_outside_the_watched_directory_is_never_preloaded(
         '    start_response("200 OK", [])\n    return [helper.VALUE]\n'
     )
     server = reloader("--reload-dir", "src", "--log-level", "debug")
+    if server.spawns:
+        pytest.skip("spawned workers import everything afresh: no template preloads")
     server.wait_ready()
     assert get(server.port).body == b"old"
     server.wait_for(r"A new template preloads")
@@ -658,6 +698,7 @@ def test_project_code_outside_the_watched_directory_is_never_preloaded(
         assert "helper" not in refresh.group(1).split(", ")
 
 
+@pytest.mark.both
 def test_wsgiref_fallback_reloads(project: Path, reloader: Callable[..., Reloader]) -> None:
     server = reloader("--server", "wsgiref")
     server.wait_for(r"serving WSGI app app:app with wsgiref on ")
@@ -673,6 +714,7 @@ def test_wsgiref_fallback_reloads(project: Path, reloader: Callable[..., Reloade
 # ---------------------------------------------------------------- requests across restarts
 
 
+@pytest.mark.both
 def test_request_in_flight_during_reload_completes(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
@@ -700,6 +742,7 @@ def test_request_in_flight_during_reload_completes(
     assert log.index("app: slow finished") > log.index(server.wait_for(READY, 2).group(0))
 
 
+@pytest.mark.both
 def test_open_event_stream_does_not_hold_up_reload(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
@@ -747,6 +790,7 @@ def test_connection_opened_before_restart_is_answered(
         conn.close()
 
 
+@pytest.mark.both
 def test_no_request_refused_or_reset_while_editing(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
@@ -793,6 +837,7 @@ def test_no_request_refused_or_reset_while_editing(
 # ---------------------------------------------------------------- stopping
 
 
+@pytest.mark.both
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_worker_and_supervisor(
     reloader: Callable[..., Reloader], sig: signal.Signals
@@ -803,7 +848,7 @@ def test_signal_stops_worker_and_supervisor(
     server.track()
     processes = set(server.descendants)
     assert worker in processes
-    assert len(processes) >= 2  # the template and the worker
+    assert len(processes) >= (1 if server.spawns else 2)  # the template and the worker
     server.proc.send_signal(sig)
     assert server.wait() == 0, server.log
     assert wait_gone(processes, 5.0) == set()
@@ -830,6 +875,7 @@ def test_signal_lets_request_in_flight_finish(reloader: Callable[..., Reloader])
     assert server.wait() == 0, server.log
 
 
+@pytest.mark.both
 def test_second_ctrl_c_stops_at_once(reloader: Callable[..., Reloader]) -> None:
     """The first Ctrl-C waits for the request in flight (up to 30 s here); a second does not."""
     server = reloader("--timeout-graceful-shutdown", "30")
@@ -844,6 +890,7 @@ def test_second_ctrl_c_stops_at_once(reloader: Callable[..., Reloader]) -> None:
     assert wait_gone({worker}, 5.0) == set()
 
 
+@pytest.mark.both
 def test_stopping_refuses_new_connections_at_once(reloader: Callable[..., Reloader]) -> None:
     """While the last requests finish, a new client is refused rather than left waiting in a
     backlog nobody will accept from."""
@@ -866,6 +913,7 @@ def test_stopping_refuses_new_connections_at_once(reloader: Callable[..., Reload
     assert server.wait() == 0, server.log
 
 
+@pytest.mark.both
 def test_worker_never_outlives_a_killed_supervisor(reloader: Callable[..., Reloader]) -> None:
     server = reloader()
     worker = server.wait_ready()
@@ -905,6 +953,7 @@ def make():
 """
 
 
+@pytest.mark.both
 @pytest.mark.parametrize("dirs", [[], ["--reload-dir", "src"]], ids=["project", "elsewhere"])
 def test_an_app_that_takes_in_its_own_changes_is_not_restarted(
     project: Path, reloader: Callable[..., Reloader], dirs: list[str]
@@ -928,3 +977,26 @@ def test_an_app_that_takes_in_its_own_changes_is_not_restarted(
     save_atomically(project / "src" / "other.py", "X = 1\n")
     server.wait_ready(2)
     assert server.workers()[-1] != pid
+
+
+def test_forked_workers_over_stream_ipc(project: Path) -> None:
+    """macOS with --reload-worker fork: a template and its workers on stream sockets, the
+    template's exit codes and module reports on them too."""
+    (project / "app.py").write_text(LATE_IMPORT.format(marker="one"))
+    server = Reloader(project, "--reload-worker", "fork", "--log-level", "debug", portable=True)
+    try:
+        assert not server.spawns
+        pid = server.wait_ready()
+        assert parent(parent(pid)) == server.proc.pid  # the worker is a template's child
+        assert get(server.port).body == b"False"
+        server.wait_for(r"A new template preloads \d+ modules more: .*\bxml\.dom\.minidom\b")
+        (project / "app.py").write_text(LATE_IMPORT.format(marker="two"))
+        wait_for_body(server.port, b"True")
+        (project / "app.py").write_text(wsgi_source("v2"))
+        wait_for_body(server.port, b"v2")
+        crashed = server.workers()[-1]
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+            get(server.port, "/crash")
+        server.wait_for(rf"ERROR +Worker {crashed} exited unexpectedly \(exit code 17\)")
+    finally:
+        server.close()

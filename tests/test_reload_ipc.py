@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import uvloop
 
 from aserve.config import Config
 from aserve.errors import AserveError
+from aserve.process import PORTABLE_ENV
 from aserve.reload import ipc
 from aserve.reload.ipc import (
     MAX_MESSAGE,
@@ -117,6 +119,18 @@ def cross(
         assert supervisor.recv() == reply
 
 
+@pytest.fixture(params=["packet", "stream"])
+def framing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Channels made in the test are SOCK_SEQPACKET ones (Linux's), or the stream sockets with
+    length-prefixed frames of macOS and Windows (ASERVE_PORTABLE=1)."""
+    if request.param == "stream":
+        monkeypatch.setenv(PORTABLE_ENV, "1")
+    else:
+        monkeypatch.delenv(PORTABLE_ENV, raising=False)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("framing")
 def test_every_message_crosses_its_link() -> None:
     with ends(TEMPLATE_LINK) as (supervisor, template):
         cross(supervisor, template, TO_TEMPLATE, FROM_TEMPLATE)
@@ -124,6 +138,7 @@ def test_every_message_crosses_its_link() -> None:
         cross(supervisor, worker, TO_WORKER, FROM_WORKER)
 
 
+@pytest.mark.usefixtures("framing")
 @pytest.mark.parametrize(
     "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
 )
@@ -147,6 +162,7 @@ def test_async_receive_until_the_other_end_closes(
         supervisor.close()
 
 
+@pytest.mark.usefixtures("framing")
 def test_recv_returns_none_once_the_other_end_is_gone() -> None:
     with ends(WORKER_LINK) as (supervisor, worker):
         worker.close()
@@ -154,6 +170,7 @@ def test_recv_returns_none_once_the_other_end_is_gone() -> None:
         assert supervisor.recv_fds() is None
 
 
+@pytest.mark.usefixtures("framing")
 def test_fork_passes_a_descriptor_that_works_at_the_other_end() -> None:
     read_end, write_end = os.pipe()
     with ends(TEMPLATE_LINK) as (supervisor, template):
@@ -171,6 +188,7 @@ def test_fork_passes_a_descriptor_that_works_at_the_other_end() -> None:
     os.close(read_end)
 
 
+@pytest.mark.usefixtures("framing")
 async def test_a_browser_connection_reaches_the_supervisor_on_its_loop() -> None:
     """--reload-browser: a worker hands a client's connection over; the supervisor's loop
     receives it without blocking, and the connection is still the client's."""
@@ -218,6 +236,85 @@ def test_a_message_at_the_wrong_end_is_refused() -> None:
             worker.recv()
     finally:
         raw.close()
+        worker.close()
+
+
+def stream_ends(link: Link[Down, Up]) -> tuple[socket.socket, Channel[Down, Up]]:
+    """A raw stream socket to write frames by hand, and a channel reading them."""
+    raw, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return raw, inherit_channel(theirs.detach(), link)
+
+
+def frame(message: ipc.Message) -> bytes:
+    data = encode(message)
+    return len(data).to_bytes(4, "big") + bytes(4) + data
+
+
+async def test_a_stream_frame_read_in_pieces_keeps_its_descriptors() -> None:
+    """A frame that arrives a few bytes at a time: each non-blocking read resumes the last, and
+    the descriptors sent with its first byte come with the message, not the next one."""
+    raw, template = stream_ends(TEMPLATE_LINK)
+    read_end, write_end = os.pipe()
+    data = frame(FORK)
+    try:
+        waiting = asyncio.ensure_future(template.receive_fds())
+        socket.send_fds(raw, [data[:3]], [write_end])
+        os.close(write_end)
+        for start in range(3, len(data), 7):
+            await asyncio.sleep(0.001)
+            assert not waiting.done()
+            raw.send(data[start : start + 7])
+        raw.send(frame(Preload(("x",))))
+        received = await asyncio.wait_for(waiting, 5)
+        assert received is not None
+        assert received[0] == FORK
+        assert len(received[1]) == 1
+        os.close(received[1][0])
+        assert await template.receive_fds() == (Preload(("x",)), [])
+        assert os.read(read_end, 1) == b""  # no copy of the write end left
+    finally:
+        os.close(read_end)
+        raw.close()
+        template.close()
+
+
+def test_a_stream_frame_cut_short_is_the_end() -> None:
+    raw, worker = stream_ends(WORKER_LINK)
+    raw.send(frame(Stop())[:-2])
+    raw.close()
+    assert worker.recv() is None
+    worker.close()
+
+
+def test_a_stream_frame_longer_than_max_message_is_refused() -> None:
+    raw, worker = stream_ends(WORKER_LINK)
+    raw.send((MAX_MESSAGE + 1).to_bytes(4, "big") + bytes(4))
+    with pytest.raises(IPCError, match="more than MAX_MESSAGE"):
+        worker.recv()
+    raw.close()
+    worker.close()
+
+
+def test_a_large_message_on_a_full_non_blocking_stream_arrives_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frame larger than the socket's buffer: the part the kernel did not take follows."""
+    monkeypatch.setenv(PORTABLE_ENV, "1")
+    supervisor, worker = channel_pair(WORKER_LINK)
+    big = Ready(modules=tuple(f"module_{i:06d}" for i in range(50_000)))
+    assert len(encode(big)) < MAX_MESSAGE
+    received: list[object] = []
+    reader = threading.Thread(target=lambda: received.append(supervisor.recv()))
+    try:
+        worker._sock.setblocking(False)
+        reader.start()
+        worker.send(big)
+        worker.send(Draining())
+        reader.join(5)
+        assert received == [big]
+        assert supervisor.recv() == Draining()
+    finally:
+        supervisor.close()
         worker.close()
 
 

@@ -4,6 +4,7 @@ system events."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import textwrap
@@ -37,6 +38,10 @@ def changed(setting: str) -> object:
         return True
     if typing.get_origin(hint) is list:
         return ["src"]
+    if typing.get_origin(hint) is typing.Literal:
+        return next(
+            choice for choice in typing.get_args(hint) if choice != getattr(Config(), setting)
+        )
     return getattr(Config(), setting) * 2
 
 
@@ -88,8 +93,12 @@ def app_source(body: str) -> str:
 def inotify_instances(pid: int) -> int:
     """How many inotify instances process `pid` holds: watchfiles makes one for file system
     events and none when it polls."""
-    fds = Path(f"/proc/{pid}/fd")
-    return sum(os.readlink(fd) == "anon_inode:inotify" for fd in fds.iterdir())
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        # A descriptor closed since the listing (the supervisor starts templates meanwhile).
+        with contextlib.suppress(FileNotFoundError):
+            count += os.readlink(fd) == "anon_inode:inotify"
+    return count
 
 
 def reloading(project: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import os
 import signal
 import socket
 import time
@@ -10,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from aserve.process import PORTABLE_ENV
+from aserve.signals import StopSignals
 from tests.support.apps import asgi_apps, wsgi_apps
 from tests.support.client import Client, refused
 from tests.support.polling import wait_until
@@ -188,3 +192,46 @@ def test_lifespan_off_skips_startup_and_shutdown() -> None:
         assert server.wait() == 0
     assert "app: startup" not in server.stderr
     assert "app: shutdown" not in server.stderr
+
+
+def current_wakeup_fd() -> int:
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd)
+    return fd
+
+
+def test_without_loop_signal_handlers_signals_reach_the_loop_and_all_is_restored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As on Windows (forced by ASERVE_PORTABLE=1): signal.signal handlers hand each signal to
+    the loop, which a wakeup socket wakes; the second one forces; afterwards the previous
+    handler and wakeup descriptor are back."""
+    monkeypatch.setenv(PORTABLE_ENV, "1")
+    stops: list[int] = []
+    forces: list[int] = []
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    previous_wakeup = current_wakeup_fd()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        signals = StopSignals(stops.append, forces.append, "testing")
+        with signals.installed(loop):
+            assert current_wakeup_fd() != previous_wakeup
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert await wait_for_list(stops)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert await wait_for_list(forces)
+
+    async def wait_for_list(items: list[int]) -> bool:
+        for _ in range(200):
+            if items:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        runner.run(main())
+    assert stops == [signal.SIGTERM]
+    assert forces == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) == previous_handler
+    assert current_wakeup_fd() == previous_wakeup

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from aserve.config import Config
+from aserve.errors import ConfigError
+from aserve.sockets import bind_socket
 from tests.support.client import UnixHTTPConnection
 from tests.support.procs import ServerProcess, assert_usage_error
 
@@ -98,3 +101,12 @@ def test_a_descriptor_that_is_not_a_socket_is_a_usage_error(tmp_path: Path) -> N
         (line,) = server.stderr.splitlines()
         assert line.startswith(f"aserve: error: --fd {fd}: ")
         assert "socket" in line.lower()
+
+
+def test_uds_without_unix_sockets_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Windows' Python has no AF_UNIX."""
+    monkeypatch.delattr(socket, "AF_UNIX")
+    with pytest.raises(ConfigError, match="no Unix domain sockets"):
+        bind_socket(Config(uds=str(tmp_path / "s.sock")))

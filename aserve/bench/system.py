@@ -1,19 +1,24 @@
 """What the benchmark reads from Linux's /proc: a process tree's CPU time and memory, each CPU's
-busy share, the machine's description; and CPU pinning of the processes it starts."""
+busy share, the machine's description; and CPU pinning of the processes it starts. Where there
+is no /proc (macOS, Windows) or no affinity call, the figures are zero and nothing is pinned:
+the benchmark runs, with less to say."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
-import resource
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_TICK = os.sysconf("SC_CLK_TCK")
+if sys.platform != "win32":
+    import resource
+
+# Linux's USER_HZ, the unit of /proc's CPU times; elsewhere nothing is read in it.
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PROC = Path("/proc")
 
 
@@ -42,7 +47,7 @@ def pinned(cpu: int | None, command: list[str]) -> list[str]:
     """`command` run on `cpu` only (None: anywhere): through `taskset -c`, which sets the
     affinity before exec so that every thread and process the program starts inherits it,
     or through a small Python shim doing the same where util-linux is missing."""
-    if cpu is None:
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
         return command
     if shutil.which("taskset"):
         return ["taskset", "-c", str(cpu), *command]
@@ -57,7 +62,11 @@ def _stat_fields(pid: int) -> list[str]:
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its living descendants (gunicorn's and granian's workers, for example)."""
     children: dict[int, list[int]] = {}
-    for entry in _PROC.iterdir():
+    try:
+        entries = list(_PROC.iterdir())
+    except OSError:
+        return [pid]  # no /proc: the process alone
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         try:
@@ -118,6 +127,8 @@ def reset_peak(pid: int) -> None:
 
 def children_cpu_s() -> float:
     """CPU seconds of this process's waited-for children (wrk, the built-in generator)."""
+    if sys.platform == "win32":
+        return 0.0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 

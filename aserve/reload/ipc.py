@@ -1,18 +1,24 @@
 """The reload IPC: every message between the supervisor, the template and the workers, and the
-one place that knows how they travel (a JSON object per SOCK_SEQPACKET packet, descriptors
-passed with SCM_RIGHTS)."""
+one place that knows how they travel (a JSON object per SOCK_SEQPACKET packet where there is
+SOCK_SEQPACKET, else per length-prefixed frame on a stream socket; descriptors passed with
+SCM_RIGHTS, or as sockets shared with socket.share() on Windows)."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import json
+import select
 import socket
+import struct
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Generic, TypeAlias, TypeVar, cast, get_args, get_origin, get_type_hints
 
 from aserve.errors import AserveError
+from aserve.process import portable_forced
 
 # The largest messages are Ready (Django with its contrib apps: 640 module names, 14 KiB) and
 # Failed (a traceback). Linux refuses a packet larger than the sender's SO_SNDBUF (208 KiB by
@@ -21,6 +27,15 @@ MAX_MESSAGE = 1 << 20
 # A Fork passes two descriptors, an EventStream one; any beyond this limit are closed by the
 # kernel rather than leaked.
 MAX_FDS = 4
+# A stream frame's header: the length of its JSON, then of the sockets shared with it (Windows).
+_HEADER = struct.Struct("!II")
+_BLOB = struct.Struct("!I")
+# socket.share()'s blob is a WSAPROTOCOL_INFOW structure, under 1 KiB.
+_MAX_SHARED = MAX_FDS * 4096
+# SOCK_SEQPACKET is absent on macOS and Windows, SCM_RIGHTS on Windows.
+_SEQPACKET: int | None = getattr(socket, "SOCK_SEQPACKET", None)
+_SCM_RIGHTS = hasattr(socket, "SCM_RIGHTS")
+_FD_SIZE = array.array("i").itemsize
 # The key of the message type in the JSON object; no message has a field of this name.
 TAG = "type"
 
@@ -44,8 +59,10 @@ class Preload:
 class Fork:
     """To the template: fork a worker. Two descriptors travel with it: the worker's channel,
     and the pipe its stacks are dumped to when it hangs; `config` is `dataclasses.asdict()` of
-    its `Config`. `announce`: whether the worker logs the line saying where it serves, which
-    the first worker does, and a restarted one does not (the supervisor says it reloaded)."""
+    its `Config`. Or the first message to a spawned worker (aserve.reload.spawn), with the
+    listening socket and the dump pipe (none on Windows). `announce`: whether the worker logs
+    the line saying where it serves, which the first worker does, and a restarted one does not
+    (the supervisor says it reloaded)."""
 
     app: str
     config: dict[str, Any]
@@ -151,7 +168,7 @@ class Changed:
 # A new message is a dataclass added to one of these unions: `decode` learns it from them.
 ToTemplate: TypeAlias = Preload | Fork
 FromTemplate: TypeAlias = TemplateReady | Exited
-ToWorker: TypeAlias = Stop | Changed
+ToWorker: TypeAlias = Fork | Stop | Changed
 FromWorker: TypeAlias = Hello | Ready | Failed | Watch | Handled | Modules | EventStream | Draining
 Message: TypeAlias = ToTemplate | FromTemplate | ToWorker | FromWorker
 
@@ -288,31 +305,60 @@ WORKER_LINK: Link[ToWorker, FromWorker] = Link(_members(ToWorker), _members(From
 class Channel(Generic[Receives, Sends]):
     """One end of a link. `recv()` and `recv_fds()` block; `receive()` is for an event loop and
     leaves the socket non-blocking, after which `send()` raises BlockingIOError rather than
-    wait for room. Every receive returns None once the other end is gone."""
+    wait for room (on a stream, once part of a frame went, the rest waits). Every receive
+    returns None once the other end is gone.
+
+    Over SOCK_SEQPACKET a message is one packet. Over a stream socket (macOS has no
+    SOCK_SEQPACKET, Windows no AF_UNIX socketpair) it is a frame: a header with the lengths
+    of the JSON and of the shared sockets (Windows), then both. Each frame is read in pieces
+    never longer than what is left of it, so the descriptors SCM_RIGHTS attaches to a frame's
+    first byte arrive with a read of that frame and no other."""
 
     def __init__(self, sock: socket.socket, receives: tuple[type[Any], ...]) -> None:
         self._sock = sock
         self._receives = receives
+        self._stream = sock.type != _SEQPACKET
+        # A stream frame read so far, and the descriptors that came with it: a non-blocking
+        # read resumes where the last one stopped.
+        self._partial = bytearray()
+        self._partial_fds: list[int] = []
+        self._buffer: bytearray | None = None
+        # Windows: the process a socket sent through this channel is shared with
+        # (socket.share() names the receiving process).
+        self.peer: int | None = None
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def send(self, message: Sends, fds: Sequence[int] = ()) -> None:
-        """Send `message`, and duplicates of `fds` for the other end's `recv_fds()`."""
+        """Send `message`, and duplicates of `fds` for the other end's `recv_fds()` (on
+        Windows `fds` must be sockets, shared with `peer`)."""
         data = encode(message)
-        if fds:
-            socket.send_fds(self._sock, [data], fds)
+        if not self._stream:
+            if fds:
+                socket.send_fds(self._sock, [data], fds)
+            else:
+                self._sock.send(data)
+            return
+        shared = _share(fds, self.peer) if not _SCM_RIGHTS else b""
+        frame = _HEADER.pack(len(data), len(shared)) + data + shared
+        if fds and _SCM_RIGHTS:
+            sent = socket.send_fds(self._sock, [frame], fds)
         else:
-            self._sock.send(data)
+            sent = self._sock.send(frame)
+        if sent < len(frame):
+            # A stream takes part of a frame when its buffer is nearly full: the rest must
+            # follow, or the other end reads garbage from then on.
+            _send_rest(self._sock, memoryview(frame)[sent:])
 
     def recv(self) -> Receives | None:
+        if self._stream:
+            return self._from_frame(self._read_frame())
         try:
-            # One byte more than a message may have: SOCK_SEQPACKET cuts a longer packet to
-            # the buffer's size without a word, and `decode` rejects one that fills it.
-            data = self._sock.recv(MAX_MESSAGE + 1)
+            size = self._sock.recv_into(self._packet_buffer())
         except OSError:
             return None
-        return self._message(data)
+        return self._message(self._packet(size))
 
     def recv_fds(self) -> tuple[Receives, list[int]] | None:
         """The next message and the descriptors that came with it, now the caller's to close."""
@@ -323,17 +369,21 @@ class Channel(Generic[Receives, Sends]):
             # The loop reads when the socket is readable: a blocking one would stall it
             # (asyncio refuses one in debug mode).
             self._sock.setblocking(False)
+        if self._stream:
+            return self._from_frame(await self._next_frame())
         loop = asyncio.get_running_loop()
         try:
-            data = await loop.sock_recv(self._sock, MAX_MESSAGE + 1)
+            size = await loop.sock_recv_into(self._sock, self._packet_buffer())
         except OSError:
             return None
-        return self._message(data)
+        return self._message(self._packet(size))
 
     async def receive_fds(self) -> tuple[Receives, list[int]] | None:
         """`recv_fds()` for an event loop."""
         if self._sock.getblocking():
             self._sock.setblocking(False)
+        if self._stream:
+            return self._with_fds(await self._next_frame())
         while True:
             try:
                 return self._recv_fds()
@@ -342,12 +392,35 @@ class Channel(Generic[Receives, Sends]):
 
     def _recv_fds(self) -> tuple[Receives, list[int]] | None:
         """BlockingIOError when the socket is non-blocking and nothing waits."""
+        if self._stream:
+            return self._with_fds(self._read_frame())
         try:
-            data, fds, _, _ = socket.recv_fds(self._sock, MAX_MESSAGE + 1, MAX_FDS)
+            size, ancillary, _, _ = self._sock.recvmsg_into(
+                [self._packet_buffer()], socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+            )
         except BlockingIOError:
             raise
         except OSError:
             return None
+        return self._with_fds((self._packet(size), _passed_fds(ancillary)))
+
+    def _packet_buffer(self) -> bytearray:
+        """Where packets are read: one byte more than a message may have, since
+        SOCK_SEQPACKET cuts a longer packet to the buffer's size without a word and `decode`
+        rejects one that fills it. Kept, not made per packet: allocating a MiB for each
+        message doubled a round trip's time."""
+        if self._buffer is None:
+            self._buffer = bytearray(MAX_MESSAGE + 1)
+        return self._buffer
+
+    def _packet(self, size: int) -> bytes:
+        assert self._buffer is not None
+        return bytes(memoryview(self._buffer)[:size])
+
+    def _with_fds(self, frame: tuple[bytes, list[int]] | None) -> tuple[Receives, list[int]] | None:
+        if frame is None:
+            return None
+        data, fds = frame
         try:
             message = self._message(data)
         except IPCError:
@@ -358,8 +431,72 @@ class Channel(Generic[Receives, Sends]):
             return None
         return message, fds
 
+    def _from_frame(self, frame: tuple[bytes, list[int]] | None) -> Receives | None:
+        """The message of a frame read where no descriptor is expected (any are closed)."""
+        received = self._with_fds(frame)
+        if received is None:
+            return None
+        message, fds = received
+        _close(fds)
+        return message
+
+    async def _next_frame(self) -> tuple[bytes, list[int]] | None:
+        while True:
+            try:
+                return self._read_frame()
+            except BlockingIOError:
+                await _readable(self._sock)
+
+    def _read_frame(self) -> tuple[bytes, list[int]] | None:
+        """The next stream frame's JSON and descriptors; None at the end of the stream (or a
+        frame cut short by it). BlockingIOError when non-blocking and the frame is not whole:
+        what was read is kept for the next call."""
+        partial = self._partial
+        while True:
+            if len(partial) < _HEADER.size:
+                want = _HEADER.size - len(partial)
+            else:
+                length, shared = _HEADER.unpack_from(partial)
+                if length > MAX_MESSAGE or shared > _MAX_SHARED:
+                    raise IPCError(f"a message of more than MAX_MESSAGE ({MAX_MESSAGE}) bytes")
+                want = _HEADER.size + length + shared - len(partial)
+                if want == 0:
+                    data = bytes(partial[_HEADER.size : _HEADER.size + length])
+                    fds = self._partial_fds + _unshare(partial[_HEADER.size + length :])
+                    self._partial = bytearray()
+                    self._partial_fds = []
+                    return data, fds
+            try:
+                chunk = self._read_some(want)
+            except BlockingIOError:
+                raise
+            except OSError:
+                chunk = b""
+            if not chunk:
+                _close(self._partial_fds)
+                self._partial_fds = []
+                partial.clear()
+                return None
+            partial += chunk
+
+    def _read_some(self, size: int) -> bytes:
+        if not _SCM_RIGHTS:
+            return self._sock.recv(size)
+        data, fds, _, _ = socket.recv_fds(self._sock, size, MAX_FDS)
+        self._partial_fds += fds
+        return data
+
     def close(self) -> None:
+        _close(self._partial_fds)
+        self._partial_fds = []
         self._sock.close()
+
+    def handoff(self, pid: int) -> bytes:
+        """Windows: this end, for process `pid` to take with `channel_from_handoff` (a spawned
+        worker reads it from its standard input, as Windows passes no descriptor on)."""
+        if sys.platform != "win32":
+            raise IPCError("a channel is handed off with socket.share() on Windows only")
+        return self._sock.share(pid)
 
     def _message(self, data: bytes) -> Receives | None:
         if not data:
@@ -372,13 +509,85 @@ class Channel(Generic[Receives, Sends]):
 
 def channel_pair(link: Link[Down, Up]) -> tuple[Channel[Up, Down], Channel[Down, Up]]:
     """A new channel: the supervisor's end, and the end to hand to a template or worker."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours, theirs = _socketpair()
     return Channel(ours, link.up), Channel(theirs, link.down)
 
 
 def inherit_channel(fd: int, link: Link[Down, Up]) -> Channel[Down, Up]:
-    """The template's or worker's end of `link`, from the descriptor it was handed."""
+    """The template's or worker's end of `link`, from the descriptor it was handed; its type
+    says how messages travel on it."""
     return Channel(socket.socket(fileno=fd), link.down)
+
+
+def channel_from_handoff(data: bytes, link: Link[Down, Up]) -> Channel[Down, Up]:
+    """Windows: the end of `link` another process handed off (`Channel.handoff`)."""
+    if sys.platform != "win32":
+        raise IPCError("a channel is handed off with socket.share() on Windows only")
+    return Channel(socket.fromshare(data), link.down)
+
+
+def stream_forced() -> bool:
+    """Whether new channels are stream sockets where SOCK_SEQPACKET exists: under
+    ASERVE_PORTABLE=1, to run on Linux the framing macOS and Windows need."""
+    return portable_forced()
+
+
+def _socketpair() -> tuple[socket.socket, socket.socket]:
+    if _SEQPACKET is not None and not stream_forced():
+        return socket.socketpair(socket.AF_UNIX, _SEQPACKET)
+    if hasattr(socket, "AF_UNIX"):
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Windows: socketpair() connects two loopback TCP sockets.
+    return socket.socketpair()
+
+
+def _passed_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors of SCM_RIGHTS ancillary data (what socket.recv_fds returns)."""
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % _FD_SIZE])
+    return list(fds)
+
+
+def _send_rest(sock: socket.socket, rest: memoryview) -> None:
+    while rest:
+        try:
+            sent = sock.send(rest)
+        except BlockingIOError:
+            select.select([], [sock], [])
+            continue
+        rest = rest[sent:]
+
+
+def _share(fds: Sequence[int], pid: int | None) -> bytes:
+    """Windows: `fds` (socket handles) shared with process `pid`, each blob length-prefixed."""
+    if not fds:
+        return b""
+    if sys.platform != "win32" or pid is None:
+        raise IPCError("descriptors travel on this channel only as sockets shared with its peer")
+    blobs = []
+    for fd in fds:
+        sock = socket.socket(fileno=fd)
+        try:
+            blob = sock.share(pid)
+        finally:
+            sock.detach()  # the handle stays the sender's, to close as it sees fit
+        blobs.append(_BLOB.pack(len(blob)) + blob)
+    return b"".join(blobs)
+
+
+def _unshare(data: bytes | bytearray) -> list[int]:
+    """Windows: the sockets of a frame's shared part, as handles now this process's."""
+    fds: list[int] = []
+    view = memoryview(data)
+    while view:
+        (length,) = _BLOB.unpack_from(view)
+        blob = bytes(view[_BLOB.size : _BLOB.size + length])
+        view = view[_BLOB.size + length :]
+        if sys.platform == "win32":
+            fds.append(socket.fromshare(blob).detach())
+    return fds
 
 
 async def _readable(sock: socket.socket) -> None:

@@ -1,6 +1,7 @@
 """`--reload`: the supervisor holds the listening socket for its whole life, forks workers from
-a pre-warmed template process, restarts them on file changes with no request refused, and
-serves the error page while the app cannot start. It never imports the application.
+a pre-warmed template process (or spawns each as a fresh interpreter, see aserve.reload.spawn),
+restarts them on file changes with no request refused, and serves the error page while the
+app cannot start. It never imports the application.
 
 A restart starts the new worker first; once it accepts, the old one stops accepting and
 drains. Between workers, connections wait in the listen backlog.
@@ -16,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
@@ -57,6 +59,7 @@ from aserve.reload.ipc import (
     Watch,
     channel_pair,
 )
+from aserve.reload.spawn import start_worker, worker_kind
 from aserve.reload.worker import DUMP_SIGNAL
 from aserve.server import Server
 from aserve.signals import StopSignals
@@ -112,12 +115,19 @@ class Worker:
     """
 
     def __init__(
-        self, channel: Channel[FromWorker, ToWorker], dump: int, template: Template
+        self,
+        channel: Channel[FromWorker, ToWorker],
+        dump: int | None,
+        template: Template | Spawner,
+        process: subprocess.Popen[bytes] | None = None,
     ) -> None:
         self.channel = channel
-        # The read end of the pipe the worker's stacks are dumped to (see `stacks`).
+        # The read end of the pipe the worker's stacks are dumped to (see `stacks`); None
+        # where there is no way to dump them (Windows).
         self.dump = dump
         self.template = template
+        # A spawned worker's process, the supervisor's child; a forked one is the template's.
+        self.process = process
         self.pid: int | None = None
         self.modules: tuple[str, ...] = ()
         self.failure: Failed | None = None
@@ -144,7 +154,7 @@ class Worker:
         if isinstance(message, EventStream) and fds and self.on_event_stream is not None:
             self.on_event_stream(fds.pop())
         for fd in fds:
-            os.close(fd)
+            socket.close(fd)  # a socket handle on Windows, where os.close() cannot close it
         return message
 
     async def started(self) -> bool:
@@ -218,7 +228,7 @@ class Worker:
 
     async def stacks(self) -> str:
         """What the worker's threads are doing, from faulthandler (the worker hangs)."""
-        if self.pid is None:
+        if self.pid is None or self.dump is None or DUMP_SIGNAL is None:
             return ""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, DUMP_SIGNAL)
@@ -229,7 +239,11 @@ class Worker:
             return ""
 
     def kill(self) -> None:
-        if self.pid is not None and not self.exited.is_set():
+        if self.exited.is_set():
+            return
+        if self.process is not None:
+            self.process.kill()  # TerminateProcess on Windows, which has no SIGKILL
+        elif self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
@@ -241,8 +255,9 @@ class Worker:
 
     def close(self) -> None:
         self.channel.close()
-        with contextlib.suppress(OSError):
-            os.close(self.dump)
+        if self.dump is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.dump)
 
 
 class Template:
@@ -262,6 +277,10 @@ class Template:
         self._reported = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> bool:
+        return self.process.returncode is None
 
     @classmethod
     async def start(cls, preload: list[str], listen: socket.socket) -> Template:
@@ -299,22 +318,16 @@ class Template:
     async def _read(self) -> None:
         while (message := await self.control.receive()) is not None:
             if isinstance(message, Exited):
-                self.exit_codes[message.pid] = message.code
-                self._reported.set()
-                self._reported = asyncio.Event()
+                self._exited(message.pid, message.code)
+
+    def _exited(self, pid: int, code: int) -> None:
+        self.exit_codes[pid] = code
+        self._reported.set()
+        self._reported = asyncio.Event()
 
     async def exit_code(self, pid: int | None) -> int | None:
         """How worker `pid` exited (negative: the signal that killed it), once reported."""
-        if pid is None:
-            return None
-        deadline = asyncio.get_running_loop().time() + EXIT_CODE_WAIT
-        while pid not in self.exit_codes:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reported.wait(), left)
-        return self.exit_codes[pid]
+        return await _reported_code(self, pid)
 
     def fork(self, request: Fork) -> Worker:
         ours, theirs = channel_pair(WORKER_LINK)
@@ -354,6 +367,82 @@ class Template:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
+
+
+class Spawner:
+    """Makes each worker a fresh interpreter (`--reload-worker spawn`): the supervisor's own
+    child, whose exit code it learns itself. It stands where a template does, preloading
+    nothing: each worker imports the app and its libraries from scratch."""
+
+    def __init__(self, listen: socket.socket) -> None:
+        self.listen = listen
+        self.preloaded: set[str] = set()
+        self.exit_codes: dict[int, int] = {}
+        self.workers: set[Worker] = set()
+        self.retired = False
+        self.running = True
+        self._reported = asyncio.Event()
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    def fork(self, request: Fork) -> Worker:
+        ours, theirs = channel_pair(WORKER_LINK)
+        # Windows has no faulthandler.register to dump a worker's stacks with.
+        dump_read, dump_write = os.pipe() if DUMP_SIGNAL is not None else (None, None)
+        try:
+            process = start_worker(theirs)
+            ours.peer = process.pid
+            fds = [self.listen.fileno()] + ([dump_write] if dump_write is not None else [])
+            ours.send(request, fds=fds)
+        except BaseException:
+            ours.close()
+            if dump_read is not None:
+                os.close(dump_read)
+            raise
+        finally:
+            theirs.close()
+            if dump_write is not None:
+                os.close(dump_write)
+        if dump_read is not None:
+            os.set_blocking(dump_read, False)
+        worker = Worker(ours, dump_read, self, process)
+        self.workers.add(worker)
+        watcher = asyncio.ensure_future(self._reap(worker, process))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return worker
+
+    async def _reap(self, worker: Worker, process: subprocess.Popen[bytes]) -> None:
+        # A thread waits: asyncio's child watchers differ by platform and version, and
+        # Windows' loop for sockets (a selector) has none.
+        code = await asyncio.to_thread(process.wait)
+        self.exit_codes[process.pid] = code
+        self._reported.set()
+        self._reported = asyncio.Event()
+        await worker.exited.wait()
+        self.workers.discard(worker)
+
+    async def exit_code(self, pid: int | None) -> int | None:
+        return await _reported_code(self, pid)
+
+    async def retire(self) -> None:
+        self.retired = True
+
+    async def close(self) -> None:
+        """Nothing to close: the workers stop on their own, as after a template's exit."""
+
+
+async def _reported_code(source: Template | Spawner, pid: int | None) -> int | None:
+    """How worker `pid` exited (negative: the signal that killed it), once `source` knows."""
+    if pid is None:
+        return None
+    deadline = asyncio.get_running_loop().time() + EXIT_CODE_WAIT
+    while pid not in source.exit_codes:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(source._reported.wait(), left)
+    return source.exit_codes[pid]
 
 
 class _Changes:
@@ -463,9 +552,9 @@ class Supervisor:
         step_ms = max(1, int(config.reload_delay * 1000))
         self._changes = _Changes(self.roots, self.filter, step_ms, config.reload_poll)
         self.worker: Worker | None = None
-        self.template: Template | None = None
+        self.template: Template | Spawner | None = None
         # Every template whose workers may still run: the current one, and retired ones.
-        self._templates: list[Template] = []
+        self._templates: list[Template | Spawner] = []
         self._starting: asyncio.Task[None] | None = None
         self._announced = False
         # Modules the next template will preload, asked for before it is up.
@@ -503,7 +592,10 @@ class Supervisor:
             ", ".join(str(r) for r in self.roots),
             " by polling" if self.config.reload_poll else "",
         )
-        self.template = await Template.start(BASE_PRELOAD, sock)
+        if worker_kind(self.config) == "spawn":
+            self.template = Spawner(sock)
+        else:
+            self.template = await Template.start(BASE_PRELOAD, sock)
         self._templates.append(self.template)
         # Watch before the first worker starts, or a save just after "ready" is missed;
         # watchfiles keeps collecting changes between iterations, also during a restart.
@@ -645,6 +737,8 @@ class Supervisor:
     def _preload_later(self, modules: tuple[str, ...]) -> None:
         """The next worker comes from a template that has `modules` imported already."""
         assert self.template is not None
+        if isinstance(self.template, Spawner):
+            return  # a spawned worker imports everything afresh: nothing to preload
         if set(modules) <= self.template.preloaded | self._preloading:
             return
         self._preloading |= set(modules)
@@ -709,7 +803,7 @@ class Supervisor:
         self._templates.append(template)
         if old is not None:
             await old.retire()
-        self._templates = [t for t in self._templates if t.process.returncode is None]
+        self._templates = [t for t in self._templates if t.running]
 
     async def _show_error(self, title: str, summary: str, details: str) -> None:
         await self._hide_error()

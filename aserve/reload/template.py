@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 
 from aserve.reload.ipc import (
     TEMPLATE_LINK,
+    WORKER_LINK,
     Channel,
     Exited,
     Fork,
@@ -131,7 +132,7 @@ def template_main(control: Channel[ToTemplate, FromTemplate], listen_fd: int) ->
             os.close(wake_write)
             code = 1
             try:
-                code = worker_main(message, listen_fd, fds[0], fds[1])
+                code = worker_main(message, listen_fd, inherit_channel(fds[0], WORKER_LINK), fds[1])
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

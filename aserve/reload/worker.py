@@ -1,6 +1,6 @@
-"""A reload worker, in the child the template forked: import the app, serve on the inherited
-socket, report to the supervisor over its channel, and list the modules the next template
-can preload."""
+"""A reload worker, in the child the template forked (or a spawned interpreter, see
+aserve.reload.spawn): import the app, serve on the inherited socket, report to the supervisor
+over its channel, and list the modules the next template can preload."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from aserve.errors import AppLoadError
 from aserve.loader import LoadedApp, load, load_env_file
 from aserve.logs import configure
 from aserve.reload.ipc import (
-    WORKER_LINK,
     Changed,
     Channel,
     Draining,
@@ -41,7 +40,6 @@ from aserve.reload.ipc import (
     Stop,
     ToWorker,
     Watch,
-    inherit_channel,
 )
 from aserve.server import Server
 
@@ -50,8 +48,9 @@ logger = logging.getLogger("aserve.error")
 # Error records the error page shows when the app fails to start: a failed lifespan startup
 # logs one or two; earlier ones are in the terminal.
 ERRORS_KEPT = 5
-# The signal on which a worker writes its threads' stacks to its dump pipe.
-DUMP_SIGNAL = signal.SIGUSR1
+# The signal on which a worker writes its threads' stacks to its dump pipe; Windows has none
+# (nor faulthandler.register), and a worker that hangs there is shown without its stacks.
+DUMP_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 # A replaced worker's wait for requests on connections opened but not yet used. Browsers
 # open spare connections and leave them idle for seconds: one used after the reload would
 # get the old code. A client that connects to send a request sends it within milliseconds.
@@ -132,13 +131,16 @@ class _LastErrors(logging.Handler):
         self.lines = [*self.lines, text][-ERRORS_KEPT:]
 
 
-def worker_main(message: Fork, listen_fd: int, channel_fd: int, dump_fd: int) -> int:
-    """In the forked child: import the app, serve on the inherited socket, report over the
-    channel; stop when the supervisor says so or goes away."""
-    channel = inherit_channel(channel_fd, WORKER_LINK)
-    # The supervisor asks for the stacks of a worker that takes too long to start (an import
-    # that hangs): faulthandler writes them from its C handler, whatever Python is doing.
-    faulthandler.register(DUMP_SIGNAL, file=dump_fd, all_threads=True, chain=False)
+def worker_main(
+    message: Fork, listen_fd: int, channel: Channel[ToWorker, FromWorker], dump_fd: int | None
+) -> int:
+    """In the forked or spawned worker: import the app, serve on the inherited socket, report
+    over the channel; stop when the supervisor says so or goes away."""
+    if dump_fd is not None and DUMP_SIGNAL is not None and sys.platform != "win32":
+        # The supervisor asks for the stacks of a worker that takes too long to start (an
+        # import that hangs): faulthandler writes them from its C handler, whatever Python is
+        # doing.
+        faulthandler.register(DUMP_SIGNAL, file=dump_fd, all_threads=True, chain=False)
     channel.send(Hello(os.getpid()))
     # Into a pipe (docker, an IDE's console, `| tee`) stdout is block-buffered: what the app
     # prints as it starts (Django's system checks) would come out when the worker exits.
