@@ -72,7 +72,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[str, Config]:
 
 
 def without_reload(config: Config) -> list[str]:
-    """The `--reload-*` options set while `--reload` is not, where they would do nothing."""
+    """The `--reload-*` options set while `--reload` is not, where they would do nothing
+    (`--reload-worker` also chooses how `--workers` makes its workers)."""
     if config.reload:
         return []
     default = Config()
@@ -82,6 +83,7 @@ def without_reload(config: Config) -> list[str]:
         for field in dataclasses.fields(config)
         if field.name.startswith("reload_")
         and getattr(config, field.name) != getattr(default, field.name)
+        and not (field.name == "reload_worker" and config.workers > 1)
     ]
 
 

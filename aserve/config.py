@@ -288,8 +288,9 @@ class Config:
     # since 3.8; OBJC_DISABLE_INITIALIZE_FORK_SAFETY=YES silences the check, not the hazard.
     reload_worker: ReloadWorker = setting(
         "auto",
-        "How --reload makes a worker: fork it from a template process that has the app's "
-        "libraries imported (fast), or spawn a fresh interpreter (slower, safe everywhere). "
+        "How --reload and --workers make a worker: fork it from a template process that has "
+        "the app's libraries imported (fast), or spawn a fresh interpreter (slower, safe "
+        "everywhere). "
         "auto: fork on Linux, spawn on macOS and Windows.",
     )
 

@@ -15,8 +15,7 @@ from typing import Any
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
-from aserve.config import Config, LogLevel
-from aserve.errors import ConfigError
+from aserve.config import CertReqs, Config, LogLevel
 from aserve.loader import LoadedApp, load
 from aserve.logs import ACCESS
 from aserve.process import loop_factory
@@ -30,14 +29,12 @@ _IDLE_HEARTBEAT = 1.0
 # database pool) should not be what is cut off.
 _SHUTDOWN_RESERVE = 1.0
 _LOG_LEVELS: tuple[LogLevel, ...] = ("critical", "error", "warning", "info", "debug")
+# gunicorn's --cert-reqs is ssl.VerifyMode's number.
+_CERT_REQS: dict[int, CertReqs] = {0: "none", 1: "optional", 2: "required"}
 
 
 def config_from(cfg: Any) -> Config:
     """aserve's settings from gunicorn's, for those both have."""
-    if cfg.is_ssl:
-        # Serving plain HTTP on a port its owner set up for TLS would be worse than not
-        # serving: the worker refuses to boot, and the arbiter stops.
-        raise ConfigError("AserveWorker does not serve TLS yet: terminate TLS in front of it")
     head = _DEFAULTS.limit_request_head
     level = str(cfg.loglevel).lower()
     log_level: LogLevel = next((known for known in _LOG_LEVELS if known == level), "info")
@@ -55,6 +52,16 @@ def config_from(cfg: Any) -> Config:
         workers=cfg.workers,
         access_log=cfg.accesslog is not None,
         log_level=log_level,
+        # gunicorn's --certfile/--keyfile/--ca-certs/--cert-reqs/--ciphers: aserve's loop
+        # does the TLS (gunicorn's own wrapping is for its synchronous workers).
+        ssl_certfile=cfg.certfile,
+        ssl_keyfile=cfg.keyfile,
+        ssl_ca_certs=cfg.ca_certs,
+        ssl_cert_reqs=_CERT_REQS.get(cfg.cert_reqs, "none"),
+        ssl_ciphers=cfg.ciphers,
+        # gunicorn reads FORWARDED_ALLOW_IPS into its list already; "*" trusts every peer.
+        proxy_headers=True,
+        forwarded_allow_ips=",".join(cfg.forwarded_allow_ips),
     )
 
 

@@ -103,6 +103,21 @@ def test_two_workers_serve_from_two_processes(pool: Callable[..., Pool], app: st
     assert len(server.matches(r"serving (WSGI|ASGI) app .* on http://127\.0\.0\.1:\d+")) == 1
 
 
+def test_spawned_workers_serve_and_are_replaced_after_sighup(pool: Callable[..., Pool]) -> None:
+    """--reload-worker spawn (macOS's and Windows' way) makes the pool's workers fresh
+    interpreters, none of them the supervisor's fork."""
+    server = pool("--reload-worker", "spawn")
+    old = set(server.ready(2))
+    assert pids_serving(server.port, old) == old
+    server.send_signal(signal.SIGHUP)
+    server.wait_for(r"Restarted 2 workers in \d+ ms", timeout=WAIT)
+    new = {int(m.group(1)) for m in server.matches(READY)} - old
+    assert len(new) == 2
+    for pid in new:
+        # A spawned worker runs `python -m aserve.reload.spawn`, not the supervisor's command.
+        assert "aserve.reload.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+
+
 def test_workers_answer_an_app_error_with_a_plain_500(pool: Callable[..., Pool]) -> None:
     """No development error page: the traceback goes to the log, not to the client."""
     server = pool()

@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,7 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import trustme
 
 pytest.importorskip("gunicorn")
 
@@ -24,11 +27,10 @@ from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.config import Config as GunicornConfig
 
 from aserve.config import Config
-from aserve.errors import ConfigError
 from aserve.workers import config_from
 from tests.support.procs import ServerProcess
 
-LISTENING = r"Listening at: http://127\.0\.0\.1:(\d+)"
+LISTENING = r"Listening at: https?://127\.0\.0\.1:(\d+)"
 BOOTED = r"Booting worker with pid: (\d+)"
 WAIT = 10.0
 WSGI = "tests.support.apps.pid_apps:wsgi"
@@ -266,8 +268,48 @@ def test_gunicorn_defaults_that_aserve_reads_its_own_way() -> None:
     assert config.timeout_keep_alive == 2  # gunicorn's own default, not aserve's
 
 
-def test_tls_settings_are_refused_rather_than_served_in_the_clear(tmp_path: Path) -> None:
-    cert = tmp_path / "cert.pem"
-    cert.write_text("")
-    with pytest.raises(ConfigError, match="TLS"):
-        config_from(gunicorn_config(certfile=str(cert), keyfile=str(cert)))
+def test_gunicorn_tls_and_proxy_settings_become_aserves() -> None:
+    config = config_from(
+        gunicorn_config(
+            certfile="/c.pem", keyfile="/k.pem", ca_certs="/ca.pem", cert_reqs=2,
+            ciphers="ECDHE+AESGCM", forwarded_allow_ips="10.0.0.1,10.0.0.0/8",
+        )
+    )  # fmt: skip
+    assert (config.ssl_certfile, config.ssl_keyfile, config.ssl_ca_certs) == (
+        "/c.pem",
+        "/k.pem",
+        "/ca.pem",
+    )
+    assert config.ssl_cert_reqs == "required"
+    assert config.ssl_ciphers == "ECDHE+AESGCM"
+    assert config.proxy_headers is True
+    assert config.forwarded_allow_ips == "10.0.0.1,10.0.0.0/8"
+
+
+def test_serves_https_and_reads_a_trusted_proxys_headers(
+    gunicorn: Callable[..., Gunicorn], tmp_path: Path
+) -> None:
+    """gunicorn's --certfile/--keyfile: aserve's loop does the TLS, and the scope says https;
+    X-Forwarded-For from 127.0.0.1 (gunicorn's default --forwarded-allow-ips) is believed."""
+    ca = trustme.CA()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    server = gunicorn(ASGI, "--certfile", str(cert), "--keyfile", str(key))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            response = httpx.get(
+                f"https://127.0.0.1:{server.port}/where",
+                headers={"x-forwarded-for": "203.0.113.7"},
+                verify=context,
+            )
+            break
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, "no worker answered"
+            time.sleep(0.05)
+    assert response.status_code == 200
+    assert response.text == "https 203.0.113.7"

@@ -24,8 +24,15 @@ from aserve.errors import AppLoadError
 from aserve.logs import configure
 from aserve.process import loop_factory
 from aserve.reload.ipc import Fork, IPCError
-from aserve.reload.supervisor import BASE_PRELOAD, KILL_GRACE, Template, Worker
-from aserve.reload.supervisor import _describe_exit as describe_exit
+from aserve.reload.spawn import worker_kind
+from aserve.reload.supervisor import (
+    BASE_PRELOAD,
+    KILL_GRACE,
+    Spawner,
+    Template,
+    Worker,
+    describe_exit,
+)
 from aserve.signals import StopSignals
 from aserve.sockets import bound
 
@@ -68,8 +75,8 @@ class Pool:
         self.count = config.workers
         # Ready workers, oldest first; a worker told to stop leaves the list at once.
         self.workers: list[Worker] = []
-        self.template: Template | None = None
-        self._templates: list[Template] = []
+        self.template: Template | Spawner | None = None
+        self._templates: list[Template | Spawner] = []
         self._started: dict[Worker, float] = {}
         self._backoff = 0.0
         # Set whenever the count of workers may be short or over (a death, TTIN, TTOU).
@@ -101,7 +108,12 @@ class Pool:
                 await self._shutdown()
 
     async def _serve(self) -> int:
-        self.template = await Template.start(BASE_PRELOAD, self.sock)
+        # Where fork is unsafe or missing (macOS, Windows), each worker is a fresh interpreter,
+        # as under --reload (Config.reload_worker).
+        if worker_kind(self.config) == "spawn":
+            self.template = Spawner(self.sock)
+        else:
+            self.template = await Template.start(BASE_PRELOAD, self.sock)
         self._templates.append(self.template)
         starts = [self._start(announce=i == 0) for i in range(self.count)]
         startup = asyncio.ensure_future(asyncio.gather(*starts, return_exceptions=True))
@@ -224,13 +236,15 @@ class Pool:
     async def _retire(self, worker: Worker) -> None:
         await worker.stop(self.config.timeout_graceful_shutdown)
 
-    async def _new_template(self, preload: list[str]) -> Template:
+    async def _new_template(self, preload: list[str]) -> Template | Spawner:
+        if isinstance(self.template, Spawner):
+            return self.template  # a spawned worker imports everything afresh anyway
         template = await Template.start(sorted(set(BASE_PRELOAD) | set(preload)), self.sock)
         old, self.template = self.template, template
         self._templates.append(template)
         if old is not None:
             await old.retire()
-        self._templates = [t for t in self._templates if t.process.returncode is None]
+        self._templates = [t for t in self._templates if t.running]
         return template
 
     async def _refresh_template(self, modules: tuple[str, ...]) -> None:

@@ -698,7 +698,7 @@ class Supervisor:
             code = await self.template.exit_code(new.pid)
             failure = new.failure or Failed(
                 title="The worker exited before serving",
-                summary=_describe_exit(code),
+                summary=describe_exit(code),
                 details="See the terminal running aserve for its output.",
             )
             new.close()
@@ -773,10 +773,10 @@ class Supervisor:
         if worker is self.worker and not worker.stopping and not self._stop.is_set():
             self.worker = None
             code = await worker.template.exit_code(worker.pid)
-            logger.error("Worker %s exited unexpectedly (%s)", worker.pid, _describe_exit(code))
+            logger.error("Worker %s exited unexpectedly (%s)", worker.pid, describe_exit(code))
             await self._show_error(
                 "The worker exited unexpectedly",
-                f"{_describe_exit(code)}; save a file to restart it",
+                f"{describe_exit(code)}; save a file to restart it",
                 "See the terminal running aserve for its output.",
             )
 
@@ -933,7 +933,7 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         logger.error("Could not start a worker", exc_info=exc)
 
 
-def _describe_exit(code: int | None) -> str:
+def describe_exit(code: int | None) -> str:
     """How a worker exited, for a person: its exit code, or the signal that killed it."""
     if code is None:
         return "exit code unknown"

@@ -1,6 +1,7 @@
 """Apps that answer with the pid of the process serving them, for the tests of several worker
 processes (`--workers`, gunicorn's AserveWorker): /slow takes a second, /block holds the event
-loop (ASGI) for the seconds given in the query string, /raise (WSGI) fails."""
+loop (ASGI) for the seconds given in the query string, /raise (WSGI) fails, /where (ASGI)
+answers the scope's scheme and client address instead."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         # Not awaited: nothing else runs in this process meanwhile, heartbeats included.
         time.sleep(float(scope["query_string"] or b"5"))
     body = _pid()
+    if scope["path"] == "/where":
+        body = f"{scope['scheme']} {scope['client'][0]}".encode()
     headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
