@@ -15,6 +15,7 @@ import re
 import socket
 import socketserver
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -77,6 +78,25 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, simple_server.WSGIServer)
         # context variables never leak into the next on a keep-alive connection's thread.
         self.context = contextvars.copy_context()
         self.access_log = ThreadedAccessLog.create(config.access_log, config.access_log_style)
+        # Requests between their first byte and their response, for a stop that lets them
+        # finish (`WSGIRefServer.stop`); once stopping, connections close after the response.
+        self.busy = 0
+        self.stopping = False
+        self._idle = threading.Condition()
+
+    def begin_request(self) -> None:
+        with self._idle:
+            self.busy += 1
+
+    def end_request(self) -> None:
+        with self._idle:
+            self.busy -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being served; False when `timeout` ran out first."""
+        with self._idle:
+            return bool(self._idle.wait_for(lambda: self.busy == 0, timeout))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
@@ -498,6 +518,14 @@ class WSGIRequestHandler(simple_server.WSGIRequestHandler):
         """Serve the next request; whether the connection may carry another."""
         if not self._await_head():
             return False
+        server = self.server
+        server.begin_request()
+        try:
+            return self._serve_request() and not server.stopping
+        finally:
+            server.end_request()
+
+    def _serve_request(self) -> bool:
         self._started = time.perf_counter()
         self.requestline = ""
         try:
@@ -708,15 +736,19 @@ class WSGIRequestHandler(simple_server.WSGIRequestHandler):
                 pass
 
 
+def refuse_asgi(loaded: LoadedApp) -> None:
+    """wsgiref has no ASGI: said before any socket is bound, so that the one-line error is the
+    same whether or not the port is free."""
+    if loaded.kind != "wsgi":
+        raise AppLoadError(f"{loaded.name} is an ASGI app; --server wsgiref serves WSGI apps only")
+
+
 class WSGIRefServer:
     """The wsgiref mode on a listening socket: `serve()` blocks until `stop()` is called from
     another thread (a reload worker's) or a signal's exception leaves it."""
 
     def __init__(self, loaded: LoadedApp, config: Config, sock: socket.socket) -> None:
-        if loaded.kind != "wsgi":
-            raise AppLoadError(
-                f"{loaded.name} is an ASGI app; --server wsgiref serves WSGI apps only"
-            )
+        refuse_asgi(loaded)
         self.loaded = loaded
         self.config = config
         self.sock = sock
@@ -732,12 +764,20 @@ class WSGIRefServer:
             self.loaded.name,
             listening_url(self.config, self.sock),
         )
+        server = self._server
         try:
-            self._server.serve_forever()
+            server.serve_forever()
         finally:
-            self._server.server_close()
+            # A reload worker's stop: the requests under way finish (their connection threads
+            # are daemons, which the process's exit would cut off), as in the main mode.
+            if server.stopping and not server.wait_idle(self.config.timeout_graceful_shutdown):
+                logger.warning("Cancelling %d request(s) still running", server.busy)
+            server.server_close()
 
     def stop(self) -> None:
+        """Stop accepting, from another thread; `serve()` returns once the requests under way
+        are answered (within the graceful shutdown timeout)."""
+        self._server.stopping = True
         self._server.shutdown()
 
 
@@ -746,6 +786,7 @@ def serve_wsgiref(app: object, config: Config, sock: socket.socket | None = None
     already (else one is bound from the config)."""
     configure(config.log_level)
     loaded = load(app, factory=config.factory, interface=config.interface)
+    refuse_asgi(loaded)
     with contextlib.nullcontext(sock) if sock is not None else bound(config) as listening:
         server = WSGIRefServer(loaded, config, listening)
         # Connection threads are daemons: leaving serve_forever() is the whole shutdown, so

@@ -711,6 +711,29 @@ def test_wsgiref_fallback_reloads(project: Path, reloader: Callable[..., Reloade
     assert server.wait() == 0, server.log
 
 
+def test_wsgiref_worker_finishes_its_request_before_it_exits(
+    project: Path, reloader: Callable[..., Reloader]
+) -> None:
+    """The fallback's connection threads are daemons: without the wait in its stop, the old
+    worker's exit would cut the request it is serving."""
+    server = reloader("--server", "wsgiref")
+    old = server.wait_ready()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
+    try:
+        conn.request("GET", "/slow")
+        response = conn.getresponse()
+        assert response.status == 200
+        server.wait_for("app: slow started")
+        (project / "app.py").write_text(wsgi_source("v2"))
+        wait_for_body(server.port, b"v2")
+        assert response.read() == b"first-last-v1"
+    finally:
+        conn.close()
+    assert wait_gone({old}) == set()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.wait() == 0, server.log
+
+
 # ---------------------------------------------------------------- requests across restarts
 
 
