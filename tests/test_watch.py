@@ -4,7 +4,7 @@ directories and editor files, --reload-include/--reload-exclude globs, several r
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pytest
 from watchfiles import Change
@@ -379,3 +379,40 @@ def test_the_servers_own_output_file_is_ignored(project: Path) -> None:
         os.close(read)
         os.close(write)
     assert piped.accepts(project / "out.txt")
+
+
+# ---------------------------------------------------------------- other platforms' file systems
+
+
+def test_case_folded_where_the_file_system_ignores_case() -> None:
+    """macOS and Windows: the watcher reports a path in the case it is stored in, whatever
+    the case the directory and the globs were typed in."""
+    root = PurePosixPath("/Users/ada/Projects/site")
+    folding = ReloadFilter([root], (), ["Static/*"], fold_case=True)
+    reported = PurePosixPath("/Users/ada/projects/SITE")
+    assert folding.accepts(reported / "views.PY")
+    assert folding.accepts(reported / "Templates" / "Base.HTML")
+    assert not folding.accepts(reported / "static" / "app.py")  # excluded as Static/*
+    assert not folding.accepts(reported / "Node_Modules" / "pkg" / "index.py")
+    assert not folding.accepts(reported / "notes.SWP")
+    # Where case matters (Linux), the same path is another directory and another name.
+    exact = ReloadFilter([root], (), ["Static/*"], fold_case=False)
+    assert not exact.accepts(reported / "views.PY")
+    assert exact.accepts(reported / "static" / "app.py")  # not under the root: not excluded
+
+
+def test_windows_paths_and_globs() -> None:
+    root = PureWindowsPath("C:\\Users\\ada\\site")
+    checker = ReloadFilter(
+        [root], (), ["static\\*", "C:\\Users\\ada\\site\\generated\\*"], fold_case=True
+    )
+    checker.add([(PureWindowsPath("D:\\shared\\templates"), "**/*.html")], [])
+    reported = PureWindowsPath("c:\\users\\ADA\\site")
+    assert checker.accepts(reported / "app.py")
+    assert checker.accepts(reported / "polls" / "models.py")
+    assert not checker.accepts(reported / "static" / "app.py")
+    assert not checker.accepts(reported / "generated" / "schema.py")
+    assert not checker.accepts(reported / "__pycache__" / "app.cpython-311.pyc")
+    assert not checker.accepts(reported / ".git" / "HEAD")
+    assert checker.accepts(PureWindowsPath("D:\\Shared\\Templates\\polls\\index.html"))
+    assert not checker.accepts(PureWindowsPath("D:\\shared\\templates\\style.css"))

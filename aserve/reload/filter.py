@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import stat
-from fnmatch import fnmatch
+import sys
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path, PurePath
 
 from watchfiles import Change, DefaultFilter
@@ -74,6 +76,10 @@ IGNORED_DIRS = frozenset(
 )
 # Editor swap and backup files: vim (.swp, 4913), emacs (#x#, .#x), JetBrains, generic ~.
 IGNORED_FILES = ("*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", "4913", "*.tmp", ".DS_Store")
+# macOS's (APFS, HFS+) and Windows' (NTFS) file systems ignore case by default: there
+# `Static/*` must exclude `static/app.css`, and a directory typed `~/projects/site` must be the
+# one the watcher reports as `~/Projects/site`. Globs and paths are then compared folded.
+FOLD_CASE = sys.platform in ("darwin", "win32")
 
 
 class ReloadFilter(DefaultFilter):
@@ -83,18 +89,21 @@ class ReloadFilter(DefaultFilter):
 
     def __init__(
         self,
-        roots: list[Path],
+        roots: Sequence[PurePath],
         includes: list[str] | tuple[str, ...] = (),
         excludes: list[str] | tuple[str, ...] = (),
+        fold_case: bool = FOLD_CASE,
     ) -> None:
         super().__init__(ignore_dirs=(), ignore_entity_patterns=(), ignore_paths=())
-        self.roots = [root.resolve() for root in roots]
+        self.fold_case = fold_case
+        # A PurePath (another platform's, in tests) is taken as it is.
+        self.roots = [root.resolve() if isinstance(root, Path) else root for root in roots]
         self.includes = tuple(includes) or DEFAULT_INCLUDES
         self.excludes = tuple(excludes)
         self._venv_dirs: dict[str, bool] = {}
         # What the app asked to watch beyond these rules (Django's watch_dir, extra_files).
-        self.extra_dirs: list[tuple[Path, str]] = []
-        self.extra_files: set[Path] = set()
+        self.extra_dirs: list[tuple[PurePath, str]] = []
+        self.extra_files: set[str] = set()  # as `_key` gives them
         # Globs of files whose change only the browser hears of (see `watch_assets`).
         self.assets: tuple[str, ...] = ()
         # (device, inode) of files the server itself writes to (see `ignore_output`).
@@ -104,7 +113,7 @@ class ReloadFilter(DefaultFilter):
         """Also accept changes to these files, which `browser_only` tells apart."""
         self.assets = globs
 
-    def browser_only(self, path: Path) -> bool:
+    def browser_only(self, path: PurePath) -> bool:
         """Whether an accepted change is an asset's, which needs no restart."""
         relative = self._relative(path)
         return not self._included(path, relative) and self._asset(relative)
@@ -120,12 +129,12 @@ class ReloadFilter(DefaultFilter):
             if stat.S_ISREG(status.st_mode):
                 self._outputs.add((status.st_dev, status.st_ino))
 
-    def add(self, dirs: list[tuple[Path, str]], files: list[Path]) -> None:
+    def add(self, dirs: Sequence[tuple[PurePath, str]], files: Sequence[PurePath]) -> None:
         """Also accept the files below each directory matching its glob, and these files."""
         for directory, glob in dirs:
             if (directory, glob) not in self.extra_dirs:
                 self.extra_dirs.append((directory, glob))
-        self.extra_files.update(files)
+        self.extra_files.update(self._key(str(path)) for path in files)
 
     def __call__(self, change: Change, path: str) -> bool:
         if change == Change.added and os.path.isdir(path):
@@ -136,38 +145,56 @@ class ReloadFilter(DefaultFilter):
 
     def contains_accepted(self, directory: Path) -> bool:
         """Whether a file below `directory` would restart the worker."""
-        if any(part in IGNORED_DIRS for part in self._relative(directory).parts):
+        if any(self._key(part) in IGNORED_DIRS for part in self._relative(directory).parts):
             return False
         for parent, dirs, files in os.walk(directory):
-            dirs[:] = [d for d in dirs if d not in IGNORED_DIRS]
+            dirs[:] = [d for d in dirs if self._key(d) not in IGNORED_DIRS]
             if any(self.accepts(Path(parent, name)) for name in files):
                 return True
         return False
 
-    def accepts(self, path: Path) -> bool:
+    def accepts(self, path: PurePath) -> bool:
         relative = self._relative(path)
         parts = relative.parts
-        if any(part in IGNORED_DIRS for part in parts[:-1]):
+        if any(self._key(part) in IGNORED_DIRS for part in parts[:-1]):
             return False
-        name = path.name
-        if any(fnmatch(name, pattern) for pattern in IGNORED_FILES):
+        name = self._key(path.name)
+        if any(fnmatchcase(name, self._key(pattern)) for pattern in IGNORED_FILES):
             return False
-        if path in self.extra_files or self._asked_for(path):
+        if self._key(str(path)) in self.extra_files or self._asked_for(path):
             return True
         # An absolute glob (uvicorn's workaround for its relative ones) matches the full path.
-        if any(_matches(path if os.path.isabs(p) else relative, p) for p in self.excludes):
+        if any(self._matches(path if _absolute(p) else relative, p) for p in self.excludes):
             return False
         if not self._included(path, relative) and not self._asset(relative):
             return False
         return not self._in_virtualenv(path) and not self._is_output(path)
 
-    def _included(self, path: Path, relative: PurePath) -> bool:
-        return any(_matches(path if os.path.isabs(p) else relative, p) for p in self.includes)
+    def _included(self, path: PurePath, relative: PurePath) -> bool:
+        return any(self._matches(path if _absolute(p) else relative, p) for p in self.includes)
 
     def _asset(self, relative: PurePath) -> bool:
-        return any(_matches(relative, glob) for glob in self.assets)
+        return any(self._matches(relative, glob) for glob in self.assets)
 
-    def _is_output(self, path: Path) -> bool:
+    def _key(self, text: str) -> str:
+        return text.lower() if self.fold_case else text
+
+    def _matches(self, relative: PurePath, pattern: str) -> bool:
+        if self.fold_case:
+            return _matches(type(relative)(*(p.lower() for p in relative.parts)), pattern.lower())
+        return _matches(relative, pattern)
+
+    def _below(self, path: PurePath, directory: PurePath) -> PurePath | None:
+        """`path` relative to `directory`, if it is below it (case folded where the file
+        system ignores case)."""
+        inner, outer = path.parts, directory.parts
+        if len(inner) < len(outer):
+            return None
+        if any(self._key(a) != self._key(b) for a, b in zip(inner, outer, strict=False)):
+            return None
+        return type(path)(*inner[len(outer) :])
+
+    def _is_output(self, path: PurePath) -> bool:
         if not self._outputs:
             return False
         try:
@@ -176,24 +203,26 @@ class ReloadFilter(DefaultFilter):
             return False
         return (status.st_dev, status.st_ino) in self._outputs
 
-    def _asked_for(self, path: Path) -> bool:
+    def _asked_for(self, path: PurePath) -> bool:
         for directory, glob in self.extra_dirs:
-            if path.is_relative_to(directory) and _matches(path.relative_to(directory), glob):
+            below = self._below(path, directory)
+            if below is not None and self._matches(below, glob):
                 return True
         return False
 
-    def _relative(self, path: Path) -> PurePath:
+    def _relative(self, path: PurePath) -> PurePath:
         for root in self.roots:
-            if path.is_relative_to(root):
-                return path.relative_to(root)
+            below = self._below(path, root)
+            if below is not None:
+                return below
         return path
 
-    def _in_virtualenv(self, path: Path) -> bool:
+    def _in_virtualenv(self, path: PurePath) -> bool:
         for root in self.roots:
-            if not path.is_relative_to(root):
+            if self._below(path, root) is None:
                 continue
             directory = path.parent
-            while directory != root and directory.is_relative_to(root):
+            while len(directory.parts) > len(root.parts):
                 key = str(directory)
                 found = self._venv_dirs.get(key)
                 if found is None:
@@ -205,22 +234,33 @@ class ReloadFilter(DefaultFilter):
         return False
 
 
+def _absolute(pattern: str) -> bool:
+    """An absolute glob, in either platform's spelling (`/srv/site/*`, `C:\\site\\*`)."""
+    return os.path.isabs(pattern) or pattern[1:3] in (":\\", ":/")
+
+
 def _matches(relative: PurePath, pattern: str) -> bool:
     """`pattern` against the file name, or (with a slash) the relative path or a prefix of it.
 
-    A pattern naming a directory (`static`, `static/`) excludes everything below it.
+    A pattern naming a directory (`static`, `static/`) excludes everything below it. A
+    backslash separates directories as a slash does (a glob written on Windows); fnmatch
+    has no escape character for it to mean anything else.
     """
-    pattern = pattern.removeprefix("./")
+    pattern = pattern.replace("\\", "/").removeprefix("./")
     # `**/` is zero or more directories (gitignore, pathlib); fnmatch's `*` needs at least one.
     if pattern.startswith("**/") and _matches(relative, pattern[3:]):
         return True
     if "/" not in pattern.rstrip("/"):
         name = pattern.rstrip("/")
-        return fnmatch(relative.name, name) or any(fnmatch(p, name) for p in relative.parts[:-1])
+        return fnmatchcase(relative.name, name) or any(
+            fnmatchcase(p, name) for p in relative.parts[:-1]
+        )
     text = relative.as_posix()
     pattern = pattern.rstrip("/")
-    if fnmatch(text, pattern):
+    if fnmatchcase(text, pattern):
         return True
     # A directory pattern: any leading run of the path's parts.
     parts = relative.parts
-    return any(fnmatch(PurePath(*parts[:i]).as_posix(), pattern) for i in range(1, len(parts)))
+    return any(
+        fnmatchcase(type(relative)(*parts[:i]).as_posix(), pattern) for i in range(1, len(parts))
+    )
