@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.client import refused
+from tests.support.client import get_pid, refused
 from tests.support.procs import ROOT, ServerProcess, assert_usage_error
 
 SUPERVISOR_ON = r"aserve supervisor on http://127\.0\.0\.1:(\d+), (\d+) workers"
@@ -66,19 +66,6 @@ def pool() -> Iterator[Callable[..., Pool]]:
     yield start
     for process in started:
         process.close()
-
-
-def get_pid(port: int, path: str = "/") -> int:
-    """The pid that answered one GET over a fresh connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        assert response.status == 200, body
-        return int(body)
-    finally:
-        conn.close()
 
 
 def pids_serving(port: int, expected: set[int], attempts: int = 400) -> set[int]:

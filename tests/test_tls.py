@@ -295,20 +295,7 @@ def test_bad_certificate_settings_are_one_line_exit_2(
         args += ["--ssl-certfile", str(certs.cert_file), "--ssl-keyfile", str(tmp_path / "k")]
     else:
         encrypted = tmp_path / "encrypted.pem"
-        subprocess.run(
-            [
-                "openssl",
-                "pkey",
-                "-in",
-                str(certs.key_file),
-                "-out",
-                str(encrypted),
-                "-aes256",
-                "-passout",
-                "pass:right",
-            ],
-            check=True,
-        )
+        encrypt_key(certs.key_file, encrypted)
         args += ["--ssl-certfile", str(certs.cert_file), "--ssl-keyfile", str(encrypted)]
         args += ["--ssl-keyfile-password", "wrong"]
     assert_usage_error(args, needle)
@@ -318,20 +305,7 @@ def test_encrypted_key_with_its_password(
     serve: ServeFactory, certs: Certs, client: httpx.Client, tmp_path: Path
 ) -> None:
     encrypted = tmp_path / "encrypted.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "pkey",
-            "-in",
-            str(certs.key_file),
-            "-out",
-            str(encrypted),
-            "-aes256",
-            "-passout",
-            "pass:right",
-        ],
-        check=True,
-    )
+    encrypt_key(certs.key_file, encrypted)
     server = serve(
         scope_app,
         ssl_certfile=str(certs.cert_file),

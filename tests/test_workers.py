@@ -28,6 +28,7 @@ from gunicorn.config import Config as GunicornConfig
 
 from aserve.config import Config
 from aserve.workers import config_from
+from tests.support.client import get_pid
 from tests.support.procs import ServerProcess
 
 LISTENING = r"Listening at: https?://127\.0\.0\.1:(\d+)"
@@ -82,18 +83,6 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
     yield start
     for process in started:
         process.close()
-
-
-def get_pid(port: int, path: str = "/") -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        assert response.status == 200, body
-        return int(body)
-    finally:
-        conn.close()
 
 
 def first_answer(port: int) -> int:

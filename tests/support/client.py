@@ -183,6 +183,14 @@ def http_get(port: int, path: str = "/") -> tuple[int, bytes]:
         conn.close()
 
 
+def get_pid(port: int, path: str = "/") -> int:
+    """The pid that answered one GET over a fresh connection, from an app of
+    `tests.support.apps.pid_apps` (several worker processes)."""
+    status, body = http_get(port, path)
+    assert status == 200, body
+    return int(body)
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     """http.client over a Unix socket."""
 
