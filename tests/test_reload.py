@@ -711,12 +711,9 @@ def test_wsgiref_fallback_reloads(project: Path, reloader: Callable[..., Reloade
     assert server.wait() == 0, server.log
 
 
-def test_wsgiref_worker_finishes_its_request_before_it_exits(
-    project: Path, reloader: Callable[..., Reloader]
-) -> None:
-    """The fallback's connection threads are daemons: without the wait in its stop, the old
-    worker's exit would cut the request it is serving."""
-    server = reloader("--server", "wsgiref")
+def reload_under_a_slow_request(server: Reloader, project: Path) -> int:
+    """Save a new version while the worker serves /slow: the new worker answers meanwhile, and
+    the slow response still arrives whole. The old worker's pid."""
     old = server.wait_ready()
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
     try:
@@ -725,10 +722,21 @@ def test_wsgiref_worker_finishes_its_request_before_it_exits(
         assert response.status == 200
         server.wait_for("app: slow started")
         (project / "app.py").write_text(wsgi_source("v2"))
+        server.wait_ready(2)
         wait_for_body(server.port, b"v2")
         assert response.read() == b"first-last-v1"
     finally:
         conn.close()
+    return old
+
+
+def test_wsgiref_worker_finishes_its_request_before_it_exits(
+    project: Path, reloader: Callable[..., Reloader]
+) -> None:
+    """The fallback's connection threads are daemons: without the wait in its stop, the old
+    worker's exit would cut the request it is serving."""
+    server = reloader("--server", "wsgiref")
+    old = reload_under_a_slow_request(server, project)
     assert wait_gone({old}) == set()
     server.proc.send_signal(signal.SIGINT)
     assert server.wait() == 0, server.log
@@ -742,20 +750,7 @@ def test_request_in_flight_during_reload_completes(
     project: Path, reloader: Callable[..., Reloader]
 ) -> None:
     server = reloader("--log-level", "debug")  # a worker's "aserve stopped" is a debug line
-    old = server.wait_ready()
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
-    try:
-        conn.request("GET", "/slow")
-        response = conn.getresponse()
-        assert response.status == 200
-        server.wait_for("app: slow started")
-        (project / "app.py").write_text(wsgi_source("v2"))
-        server.wait_ready(2)
-        # The new worker answers while the old one is still busy with /slow.
-        wait_for_body(server.port, b"v2")
-        assert response.read() == b"first-last-v1"
-    finally:
-        conn.close()
+    old = reload_under_a_slow_request(server, project)
     assert wait_gone({old}) == set()
     assert "Cancelling" not in server.log
     # The restart happened while the request was held open, not after it.
