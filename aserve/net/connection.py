@@ -925,7 +925,7 @@ class _FileSend:
         connection._sending = None
         transport = self.transport
         if not transport.is_closing():
-            high, low = self._limits
+            low, high = self._limits  # (asyncio gives them in that order)
             transport.set_write_buffer_limits(high=high, low=low)
             if gone:
                 # The socket failed under sendfile; the transport may not know yet.
