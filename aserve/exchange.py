@@ -159,6 +159,7 @@ class RequestBody:
         "_future",
         "_lock",
         "_loop",
+        "_notified",
         "_on_wanted",
         "_size",
         "_thread_waiter",
@@ -181,6 +182,8 @@ class RequestBody:
         self._thread_waiter: threading.Lock | None = None
         # Bytes the waiting thread wants before it is worth waking (see `wait_blocking`).
         self._want = 1
+        # A thread's call of `on_wanted` is queued on the loop and has not run yet.
+        self._notified = False
         self._future: asyncio.Future[None] | None = None
         self.complete = False
         self.disconnected = False
@@ -256,13 +259,26 @@ class RequestBody:
                 chunks = []
             resume = self.paused
             self.paused = False
-            more_wanted = not (self.complete or self.disconnected)
-        if resume or (not chunks and more_wanted):
+            notify = resume or (not chunks and not (self.complete or self.disconnected))
+            if notify and from_thread:
+                # One queued call is enough: it reads the buffer's state when it runs. A
+                # reader that empties the buffer right after taking from a full one would
+                # otherwise wake the loop twice per buffer.
+                if self._notified:
+                    notify = False
+                else:
+                    self._notified = True
+        if notify:
             if from_thread:
-                self._loop.call_soon_threadsafe(self._on_wanted, self)
+                self._loop.call_soon_threadsafe(self._wanted_from_thread)
             else:
                 self._on_wanted(self)
         return chunks
+
+    def _wanted_from_thread(self) -> None:
+        with self._lock:
+            self._notified = False
+        self._on_wanted(self)
 
     @property
     def has_data(self) -> bool:

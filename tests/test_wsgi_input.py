@@ -182,3 +182,30 @@ def test_a_waiting_reader_is_woken_for_what_it_asked() -> None:
             thread.join()
 
     asyncio.run(main())
+
+
+def test_a_thread_wakes_the_loop_once_for_takes_before_it_runs() -> None:
+    """Taking from a full buffer and then finding it empty, before the loop has run, asks the
+    loop once: the queued call sees both (resume reading, then wait for the body)."""
+
+    async def main() -> None:
+        calls: list[tuple[bool, bool]] = []
+        body = RequestBody(
+            asyncio.get_running_loop(), lambda body: calls.append((body.paused, body.has_data))
+        )
+        body.feed(b"x" * 10, limit=10)
+        assert body.paused
+        assert body.take_chunks(from_thread=True) == [b"x" * 10]
+        assert body.take_chunks(from_thread=True) == []
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert calls == [(False, False)]
+        # Once it has run, the next empty take asks again (the body timeout starts there).
+        assert body.take_chunks(from_thread=True) == []
+        await asyncio.sleep(0)
+        assert len(calls) == 2
+        # On the loop, each take that needs it calls at once.
+        body.take_chunks(from_thread=False)
+        assert len(calls) == 3
+
+    asyncio.run(main())
