@@ -93,6 +93,18 @@ class ResponseSink(Protocol):
 
     def send_body(self, data: bytes) -> None: ...
 
+    def send_parts(self, parts: list[bytes]) -> None:
+        """Send `parts` as the next body bytes, in order, in one write (no bytes joined)."""
+        ...
+
+    def send_file(self, fd: int, offset: int, count: int, done: Callable[[int], None]) -> bool:
+        """Send up to `count` bytes of the open file `fd` from `offset` as the next body bytes,
+        by the kernel (sendfile), at most what the head's Content-Length leaves room for. False,
+        and nothing done, where that cannot be (TLS, no sendfile, no Content-Length, a body
+        not sent, as to HEAD): the caller sends the bytes itself. Else `done(sent)` is called
+        on the loop when it is over; fewer than asked means the file ended or the client left."""
+        ...
+
     def end_response(self, data: bytes, trailers: Headers | None = None) -> None:
         """Send the last body bytes (and `trailers`, where the framing carries them) and end
         the response; raises AppProtocolError (nothing sent) when that breaks the framing its
@@ -147,9 +159,11 @@ class RequestBody:
         "_future",
         "_lock",
         "_loop",
+        "_notified",
         "_on_wanted",
         "_size",
         "_thread_waiter",
+        "_want",
         "complete",
         "disconnected",
         "error",
@@ -166,6 +180,10 @@ class RequestBody:
         self._size = 0
         self._lock = threading.Lock()
         self._thread_waiter: threading.Lock | None = None
+        # Bytes the waiting thread wants before it is worth waking (see `wait_blocking`).
+        self._want = 1
+        # A thread's call of `on_wanted` is queued on the loop and has not run yet.
+        self._notified = False
         self._future: asyncio.Future[None] | None = None
         self.complete = False
         self.disconnected = False
@@ -185,7 +203,11 @@ class RequestBody:
             self._size += len(data)
             if self._size >= limit:
                 self.paused = True
-            waiter, self._thread_waiter = self._thread_waiter, None
+            waiter = self._thread_waiter
+            if waiter is not None and (self.paused or self._size >= self._want):
+                self._thread_waiter = None
+            else:
+                waiter = None
         self._wake(waiter)
         return self.paused
 
@@ -237,13 +259,26 @@ class RequestBody:
                 chunks = []
             resume = self.paused
             self.paused = False
-            more_wanted = not (self.complete or self.disconnected)
-        if resume or (not chunks and more_wanted):
+            notify = resume or (not chunks and not (self.complete or self.disconnected))
+            if notify and from_thread:
+                # One queued call is enough: it reads the buffer's state when it runs. A
+                # reader that empties the buffer right after taking from a full one would
+                # otherwise wake the loop twice per buffer.
+                if self._notified:
+                    notify = False
+                else:
+                    self._notified = True
+        if notify:
             if from_thread:
-                self._loop.call_soon_threadsafe(self._on_wanted, self)
+                self._loop.call_soon_threadsafe(self._wanted_from_thread)
             else:
                 self._on_wanted(self)
         return chunks
+
+    def _wanted_from_thread(self) -> None:
+        with self._lock:
+            self._notified = False
+        self._on_wanted(self)
 
     @property
     def has_data(self) -> bool:
@@ -274,14 +309,17 @@ class RequestBody:
         self._future = future
         await future
 
-    def wait_blocking(self) -> None:
-        """On a worker thread: block until `ready`."""
+    def wait_blocking(self, want: int = 1) -> None:
+        """On a worker thread: block until `ready`, and, while the body goes on and reading is
+        not paused for a full buffer, until `want` bytes are there: each wake-up is a hand-off
+        between threads, and a reader that needs 64 KiB gains nothing from one per segment."""
         with self._lock:
             if self._size or self.complete or self.disconnected:
                 return
             waiter = threading.Lock()
             waiter.acquire()
             self._thread_waiter = waiter
+            self._want = want
         waiter.acquire()
 
 
@@ -357,6 +395,17 @@ class Cycle:
         if self.done:
             return
         self.sink.send_body(data)
+
+    def send_parts(self, parts: list[bytes]) -> None:
+        """Body bytes in pieces, written as one (see `ResponseSink.send_parts`)."""
+        if not self.done:
+            self.sink.send_parts(parts)
+
+    def send_file(self, fd: int, offset: int, count: int, done: Callable[[int], None]) -> bool:
+        """Body bytes from a file by sendfile, when the sink can (see `ResponseSink.send_file`)."""
+        if self.done:
+            return False
+        return self.sink.send_file(fd, offset, count, done)
 
     def send_interim(self, status: int, headers: Headers) -> None:
         """An informational response (103 Early Hints) before the final one."""

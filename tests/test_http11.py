@@ -314,6 +314,48 @@ def test_http11_response_without_length_is_chunked() -> None:
     assert conn.start_next_cycle() is True
 
 
+def test_body_parts_frame_a_batch_without_joining_it() -> None:
+    conn = Connection(limits_with())
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    conn.response_head(200, [], DEFAULTS)
+    parts = [b"hello", b"", b" world"]
+    framed = conn.body_parts(parts)
+    assert framed == [b"b\r\n", b"hello", b"", b" world", b"\r\n"]
+    assert framed[1] is parts[0]
+    assert conn.body_parts([b"", b""]) == []  # an empty chunk would end the body
+    assert conn.body_sent == 11
+
+
+def test_body_parts_and_counted_bytes_keep_to_the_content_length() -> None:
+    conn = Connection(limits_with())
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    conn.response_head(200, [(b"content-length", b"10")], DEFAULTS)
+    parts = [b"abc", b"de"]
+    assert conn.body_parts(parts) == parts
+    assert conn.body_left == 5
+    conn.count_body(4)  # sent by sendfile
+    assert (conn.body_left, conn.body_sent) == (1, 9)
+    with pytest.raises(AppProtocolError):
+        conn.count_body(2)
+    with pytest.raises(AppProtocolError):
+        conn.body_parts([b"xy"])
+
+
+def test_nothing_is_left_for_sendfile_without_a_content_length_or_a_body() -> None:
+    conn = Connection(limits_with())
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\nHEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+    conn.response_head(200, [], DEFAULTS)
+    assert conn.body_left is None  # chunked
+    with pytest.raises(AppProtocolError):
+        conn.count_body(1)
+    conn.end_bytes()
+    assert conn.start_next_cycle()
+    pull(conn)
+    conn.response_head(200, [(b"content-length", b"10")], DEFAULTS)
+    assert conn.body_left is None  # HEAD: no body goes out
+    assert conn.body_parts([b"abc"]) == []
+
+
 def test_app_chunked_transfer_encoding_is_encoded_by_aserve() -> None:
     conn = Connection(limits_with())
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")

@@ -383,3 +383,61 @@ def test_module_text_is_what_browsers_run() -> None:
             [node, "--check", "-"], input=source, capture_output=True, timeout=30, check=False
         )
         assert checked.returncode == 0, checked.stderr.decode()
+
+
+# ---------------------------------------------------------------- files and batched streams
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_page_sent_as_a_file_gets_the_script_and_other_files_go_whole(
+    serve: ServeFactory, tmp_path: Path, kind: str
+) -> None:
+    """A file the kernel would send (file_wrapper, pathsend) is read instead when it is a page:
+    the script must go in; any other file goes out as it is."""
+    page, blob = tmp_path / "page.html", tmp_path / "blob.bin"
+    page.write_bytes(PAGE)
+    blob.write_bytes(b"</body>" * 50_000)
+
+    def pick(path: str) -> tuple[Path, str]:
+        return (page, HTML) if path == "/page" else (blob, "application/octet-stream")
+
+    def wsgi(environ: Environ, start_response: Callable[..., Any]) -> Any:
+        path, content_type = pick(environ["PATH_INFO"])
+        size = str(path.stat().st_size)
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", size)])
+        return environ["wsgi.file_wrapper"](path.open("rb"))
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path, content_type = pick(scope["path"])
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", b"%d" % path.stat().st_size),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    port = serve(wsgi if kind == "wsgi" else asgi, reload_browser=True).port
+    response = fetch(port, "/page")
+    assert response.content == WITH_SCRIPT
+    assert response.headers["content-length"] == str(len(WITH_SCRIPT))
+    assert fetch(port, "/blob").content == blob.read_bytes()
+
+
+def test_a_page_streamed_by_a_generator_in_large_batches_gets_the_script(
+    serve: ServeFactory,
+) -> None:
+    """A generator's pieces reach the sink as batches (`send_parts`): the page is still
+    searched across them."""
+    filler = b"<p>" + b"x" * 100_000 + b"</p>"
+    body = PAGE.replace(b"<h1>", filler * 5 + b"<h1>")
+    pieces = [body[i : i + 30_000] for i in range(0, len(body), 30_000)]
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", HTML)])
+        yield from pieces
+
+    port = serve(app, reload_browser=True).port
+    response = fetch(port)
+    assert response.content == body.replace(b"</body>", TAG + b"</body>")

@@ -6,7 +6,9 @@ readlines() and iteration must return exactly what `io.BytesIO` returns over the
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
 from typing import cast
 
 import pytest
@@ -40,7 +42,7 @@ class TrickleBody:
         self.takes += 1
         return [self._chunks.pop(0)] if self._chunks else []
 
-    def wait_blocking(self) -> None:
+    def wait_blocking(self, want: int = 1) -> None:
         raise AssertionError("never waits: every chunk is there")
 
 
@@ -118,3 +120,92 @@ def test_disconnect_mid_body_raises_after_what_arrived() -> None:
     assert body.read(7) == b"partial"
     with pytest.raises(ClientDisconnected):
         body.read(1)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(chunks=bodies, sizes=st.lists(st.integers(min_value=0, max_value=40), max_size=12))
+def test_readinto_fills_a_buffer_as_bytesio_does(chunks: list[bytes], sizes: list[int]) -> None:
+    """Every chunking of the body, every buffer size: readinto copies what BytesIO would."""
+    expected = io.BytesIO(b"".join(chunks))
+    actual = stream(chunks)
+    for size in [*sizes, 1 << 12]:
+        mine, theirs = bytearray(size), bytearray(size)
+        assert actual.readinto(mine) == expected.readinto(theirs), size
+        assert mine == theirs
+
+
+def test_readinto_takes_memoryviews_of_other_shapes_and_mixes_with_read() -> None:
+    body = stream([b"abc", b"defgh", b"ij"])
+    words = memoryview(bytearray(4)).cast("H")  # 2 items of 2 bytes: 4 bytes to fill
+    assert body.readinto(words) == 4
+    assert words.tobytes() == b"abcd"
+    assert body.read(2) == b"ef"
+    buffer = bytearray(10)
+    assert body.readinto(buffer) == 4
+    assert buffer[:4] == b"ghij"
+    assert body.readinto(buffer) == 0
+
+
+def test_a_waiting_reader_is_woken_for_what_it_asked() -> None:
+    """A thread that needs 100 bytes sleeps through a first segment of 10: one wake-up, not two."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        body = RequestBody(loop, lambda body: None)
+        woke = threading.Event()
+
+        def reader() -> None:
+            body.wait_blocking(100)
+            woke.set()
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        await asyncio.sleep(0.05)
+        body.feed(b"x" * 10, limit=1000)
+        await asyncio.sleep(0.1)
+        assert not woke.is_set()
+        body.feed(b"x" * 90, limit=1000)
+        await asyncio.to_thread(woke.wait, 2)
+        assert woke.is_set()
+        thread.join()
+        # A full buffer wakes it however little it is, as does the end of the body.
+        for end in (lambda: body.feed(b"y", limit=1), body.finish):
+            body.take_chunks(from_thread=False)
+            woke.clear()
+            thread = threading.Thread(target=reader)
+            thread.start()
+            await asyncio.sleep(0.05)
+            assert not woke.is_set()
+            end()
+            await asyncio.to_thread(woke.wait, 2)
+            assert woke.is_set()
+            thread.join()
+
+    asyncio.run(main())
+
+
+def test_a_thread_wakes_the_loop_once_for_takes_before_it_runs() -> None:
+    """Taking from a full buffer and then finding it empty, before the loop has run, asks the
+    loop once: the queued call sees both (resume reading, then wait for the body)."""
+
+    async def main() -> None:
+        calls: list[tuple[bool, bool]] = []
+        body = RequestBody(
+            asyncio.get_running_loop(), lambda body: calls.append((body.paused, body.has_data))
+        )
+        body.feed(b"x" * 10, limit=10)
+        assert body.paused
+        assert body.take_chunks(from_thread=True) == [b"x" * 10]
+        assert body.take_chunks(from_thread=True) == []
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert calls == [(False, False)]
+        # Once it has run, the next empty take asks again (the body timeout starts there).
+        assert body.take_chunks(from_thread=True) == []
+        await asyncio.sleep(0)
+        assert len(calls) == 2
+        # On the loop, each take that needs it calls at once.
+        body.take_chunks(from_thread=False)
+        assert len(calls) == 3
+
+    asyncio.run(main())

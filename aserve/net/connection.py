@@ -49,6 +49,13 @@ _CUT_SHORT = "response cut short"
 # what happened, though no status went out.
 _CLIENT_CLOSED_REQUEST = 499
 
+# The most one sendfile call may send before the loop runs its other callbacks: on loopback
+# the socket takes megabytes at once, and a 1 GiB file must not hold the loop for its length.
+SENDFILE_TURN = 1 << 20
+# Where the platform has sendfile (not Windows); the transport's socket must be plain TCP or
+# a Unix socket, never TLS (the kernel would send the file's bytes unencrypted).
+HAS_SENDFILE = hasattr(os, "sendfile")
+
 
 class Phase(enum.IntEnum):
     """Where a connection is; each phase has at most one deadline, and what happens at it."""
@@ -248,6 +255,10 @@ class HttpProtocol(asyncio.Protocol):
         # pipelined request waits for the response in progress.
         self._body_full = False
         self._pipeline_full = False
+        # The socket's descriptor when a file may be sent with sendfile (plain TCP or Unix,
+        # not TLS), else -1; and the sendfile under way, if any.
+        self._sendfile_fd = -1
+        self._sending: _FileSend | None = None
 
     @property
     def client_text(self) -> str:
@@ -265,6 +276,8 @@ class HttpProtocol(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # Responses are written whole; Nagle would only delay the last segment.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if HAS_SENDFILE and sock is not None and state.tls is None:
+            self._sendfile_fd = sock.fileno()
         client = _address(transport.get_extra_info("peername"))
         server = _address(transport.get_extra_info("sockname"))
         tls = state.tls
@@ -292,6 +305,9 @@ class HttpProtocol(asyncio.Protocol):
         cycle = self.cycle
         if cycle is not None:
             cycle.body.disconnect()
+        sending = self._sending
+        if sending is not None:
+            sending.finish(gone=True)
         self._wake_drain_waiters()
 
     def eof_received(self) -> bool:
@@ -461,6 +477,40 @@ class HttpProtocol(asyncio.Protocol):
             self._head = b""
         if out:
             self._write(out)
+
+    def send_parts(self, parts: list[bytes]) -> None:
+        if self.closing:
+            return
+        out = self.conn.body_parts(parts)
+        head = self._head
+        if head:
+            out = [head, *out]
+            self._head = b""
+        transport = self.transport
+        if out and transport is not None:
+            transport.writelines(out)
+
+    def send_file(self, fd: int, offset: int, count: int, done: Callable[[int], None]) -> bool:
+        fileno = self._sendfile_fd
+        if fileno < 0 or self._sending is not None or self.closing:
+            return False
+        left = self.conn.body_left
+        if left is None:
+            return False  # chunked, close-delimited, or no body at all (HEAD, 304)
+        transport = self.transport
+        if transport is None:
+            return False
+        try:
+            # A descriptor of its own: if the transport closes its one under a sendfile (the
+            # client reset), this number cannot meanwhile name another client's socket.
+            own = os.dup(fileno)
+        except OSError:
+            return False
+        self.flush_head()
+        sending = _FileSend(self, transport, own, fd, offset, min(count, left), done)
+        self._sending = sending
+        sending.step()
+        return True
 
     def end_response(self, data: bytes, trailers: Headers | None = None) -> None:
         conn = self.conn
@@ -769,6 +819,121 @@ class HttpProtocol(asyncio.Protocol):
         self._leave()
         if self.transport is not None:
             self.transport.abort()
+
+
+class _FileSend:
+    """A file going out with sendfile as a response's body bytes, on the loop.
+
+    The transport's own writes must be done first (the head): its write-buffer limits go to
+    zero so that `resume_writing` says when. Then each writable turn sends what the socket
+    takes, at most `SENDFILE_TURN`; `done` hears how many bytes went out.
+    """
+
+    __slots__ = (
+        "_done",
+        "_limits",
+        "_watching",
+        "connection",
+        "count",
+        "file",
+        "offset",
+        "own",
+        "sent",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        connection: HttpProtocol,
+        transport: asyncio.Transport,
+        own: int,
+        file: int,
+        offset: int,
+        count: int,
+        done: Callable[[int], None],
+    ) -> None:
+        self.connection = connection
+        self.transport = transport
+        self.own = own
+        self.file = file
+        self.offset = offset
+        self.count = count
+        self.sent = 0
+        self._done: Callable[[int], None] | None = done
+        self._watching = False
+        self._limits = transport.get_write_buffer_limits()
+
+    def step(self) -> None:
+        if self._done is None:
+            return
+        connection = self.connection
+        if connection.closing:
+            self.finish(gone=True)
+            return
+        transport = self.transport
+        if transport.get_write_buffer_size():
+            # The head, or what the transport held before, goes first: with zero limits,
+            # `resume_writing` comes once its buffer is empty.
+            transport.set_write_buffer_limits(high=0, low=0)
+            connection.on_writable(self.step)
+            return
+        turn = 0
+        while self.sent < self.count and turn < SENDFILE_TURN:
+            want = min(self.count - self.sent, SENDFILE_TURN - turn)
+            try:
+                sent = os.sendfile(self.own, self.file, self.offset, want)
+            except BlockingIOError:
+                self._watch()
+                return
+            except OSError as exc:
+                logger.debug("sendfile stopped: %s", exc)
+                self.finish(gone=True)
+                return
+            if not sent:
+                break  # the file ends before `count`: the response is cut short
+            connection.conn.count_body(sent)
+            self.offset += sent
+            self.sent += sent
+            turn += sent
+        if self.sent < self.count and turn >= SENDFILE_TURN:
+            connection.state.loop.call_soon(self.step)
+            return
+        self.finish(gone=False)
+
+    def _watch(self) -> None:
+        if not self._watching:
+            self._watching = True
+            self.connection.state.loop.add_writer(self.own, self._writable)
+
+    def _writable(self) -> None:
+        self._unwatch()
+        self.step()
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            self.connection.state.loop.remove_writer(self.own)
+
+    def finish(self, *, gone: bool) -> None:
+        done = self._done
+        if done is None:
+            return
+        self._done = None
+        self._unwatch()
+        os.close(self.own)
+        connection = self.connection
+        connection._sending = None
+        transport = self.transport
+        if not transport.is_closing():
+            low, high = self._limits  # (asyncio gives them in that order)
+            transport.set_write_buffer_limits(high=high, low=low)
+            if gone:
+                # The socket failed under sendfile; the transport may not know yet.
+                transport.abort()
+        logger.debug(
+            "sendfile: %d of %d bytes sent%s", self.sent, self.count, " (gone)" if gone else ""
+        )
+        connection.state.loop.call_soon(done, self.sent)
 
 
 def _forwarded_info(info: ConnectionInfo, headers: Headers, proxies: Trusted) -> ConnectionInfo:

@@ -910,6 +910,41 @@ class Connection:
             return b"%x\r\n%s\r\n" % (len(data), data)
         return data
 
+    def body_parts(self, parts: list[bytes]) -> list[bytes]:
+        """Buffers that carry `parts`, in order, as the next piece of the response body: a
+        writev of them copies nothing, where joining them first copies every byte."""
+        if not self.response_started:
+            raise AppProtocolError("response body before the response start")
+        size = 0
+        for part in parts:
+            size += len(part)
+        if not size or not self._body_allowed:
+            return []
+        self.body_sent += size
+        if self._length_left is not None:
+            self._length_left -= size
+            if self._length_left < 0:
+                raise AppProtocolError("response body longer than its Content-Length")
+        if self._chunked:
+            # One chunk for the lot; an empty part inside it is harmless.
+            return [b"%x\r\n" % size, *parts, b"\r\n"]
+        return parts
+
+    def count_body(self, size: int) -> None:
+        """Count `size` body bytes that go out by another path (sendfile) in a response with a
+        Content-Length (see `body_left`)."""
+        left = self.body_left
+        if left is None or size > left:
+            raise AppProtocolError("no room in the response's Content-Length for a file")
+        self.body_sent += size
+        self._length_left = left - size
+
+    @property
+    def body_left(self) -> int | None:
+        """Body bytes the response's Content-Length still announces (None: not framed by one,
+        or a response without a body, such as one to HEAD: see `body_allowed`)."""
+        return self._length_left if self._body_allowed and not self._chunked else None
+
     def end_bytes(self, trailers: Headers | None = None) -> bytes:
         """Bytes that end the response body, with `trailers` after it when it is chunked (RFC
         9112 §7.1.2; otherwise they are dropped, as RFC 9110 §6.5 allows); the cycle is then

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
+import stat
 from typing import Any
 
 from aserve.config import LifespanMode
@@ -25,6 +27,9 @@ TASK_UNWIND = 1.0
 # What http.response.pathsend reads of the file at a time, off the loop: a thread hand-off
 # costs tens of microseconds, 256 KiB take about as long to send on loopback.
 PATHSEND_CHUNK = 256 * 1024
+
+# Whether the platform has sendfile, and so the zero-copy send extension (not Windows).
+HAS_SENDFILE = hasattr(os, "sendfile")
 
 # Raw path, query string and decoded path, by request target (see protocols.target).
 TargetMemo = dict[bytes, tuple[bytes, bytes, str]]
@@ -98,6 +103,8 @@ class ASGIRunner:
             "http.response.trailers": {},
             "http.response.early_hint": {},
         }
+        if HAS_SENDFILE:
+            self._extensions["http.response.zerocopysend"] = {}
 
     async def startup(self) -> None:
         await self.lifespan.startup()
@@ -157,6 +164,33 @@ class ASGIRunner:
                 await asyncio.wait_for(self.lifespan.shutdown(), timeout)
             except TimeoutError:
                 logger.error("ASGI lifespan shutdown did not finish in %.1fs", timeout)
+
+
+def _zerocopy_file(message: Message) -> tuple[int, int, int | None]:
+    """The descriptor, starting offset and count (None: to the end) of a zerocopysend message;
+    the app's values are checked here, whatever their types."""
+    file: object = message.get("file")
+    offset: object = message.get("offset")
+    count: object = message.get("count")
+    fileno = getattr(file, "fileno", None)
+    try:
+        fd: object = fileno() if fileno is not None else None
+    except (OSError, ValueError) as exc:
+        raise AppProtocolError(f"http.response.zerocopysend: {exc}") from exc
+    if not isinstance(fd, int):
+        raise AppProtocolError("http.response.zerocopysend: no file with a fileno()")
+    if offset is None:
+        try:
+            start = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError as exc:
+            raise AppProtocolError(f"http.response.zerocopysend: {exc}") from exc
+    elif isinstance(offset, int) and offset >= 0:
+        start = offset
+    else:
+        raise AppProtocolError(f"http.response.zerocopysend: invalid offset {offset!r}")
+    if count is not None and not (isinstance(count, int) and count >= 0):
+        raise AppProtocolError(f"http.response.zerocopysend: invalid count {count!r}")
+    return fd, start, count
 
 
 def tls_extension(tls: TLSInfo) -> dict[str, object]:
@@ -255,8 +289,12 @@ class _HTTPCycle:
         if kind != "http.response.body":
             if kind == "http.response.start":
                 self._send_start(message)
-            elif kind == "http.response.pathsend":
-                await self._pathsend(message)
+            elif kind == "http.response.pathsend" or (
+                kind == "http.response.zerocopysend" and HAS_SENDFILE
+            ):
+                await (self._pathsend if kind == "http.response.pathsend" else self._zerocopysend)(
+                    message
+                )
             else:
                 self._send_extension(kind, message)
             return
@@ -334,6 +372,10 @@ class _HTTPCycle:
         except (OSError, KeyError, TypeError) as exc:
             raise AppProtocolError(f"http.response.pathsend: {exc}") from exc
         try:
+            if await self._sendfile(file.fileno(), 0, None):
+                file.close()
+                await self.send({"type": "http.response.body"})
+                return
             while chunk := await asyncio.to_thread(file.read, PATHSEND_CHUNK):
                 if cycle.disconnected or cycle.closing:
                     raise ClientDisconnected("client disconnected")
@@ -343,6 +385,61 @@ class _HTTPCycle:
         finally:
             file.close()
         await self.send({"type": "http.response.body"})
+
+    async def _sendfile(self, fd: int, offset: int, count: int | None) -> bool:
+        """Send `count` bytes (None: to its end) of the regular file `fd` from `offset` with
+        sendfile; False, nothing sent, where the connection cannot or `fd` is no regular file.
+        Raises ClientDisconnected when the client left under it."""
+        try:
+            status = os.fstat(fd)
+        except OSError:
+            return False
+        if not stat.S_ISREG(status.st_mode):
+            return False
+        size = max(0, status.st_size - offset)
+        cycle = self.cycle
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def done(sent: int) -> None:
+            if not future.done():
+                future.set_result(sent)
+
+        if not cycle.send_file(fd, offset, size if count is None else min(count, size), done):
+            return False
+        await future
+        if cycle.disconnected or cycle.closing:
+            raise ClientDisconnected("client disconnected")
+        return True
+
+    async def _zerocopysend(self, message: Message) -> None:
+        """ASGI's zero-copy send extension: the next body bytes are the file `file`'s (from
+        `offset`, `count` of them), by sendfile where the connection can, else read off the
+        loop."""
+        if not self.started or self.complete:
+            raise AppProtocolError("http.response.zerocopysend sent outside a response body")
+        fd, start, count = _zerocopy_file(message)
+        if not await self._sendfile(fd, start, count):
+            await self._send_read(fd, start, count)
+        if not message.get("more_body", False):
+            await self.send({"type": "http.response.body"})
+
+    async def _send_read(self, fd: int, position: int, count: int | None) -> None:
+        """Send the file's bytes read off the loop, a piece at a time, as the socket takes them."""
+        cycle = self.cycle
+        left = count
+        while left is None or left > 0:
+            want = PATHSEND_CHUNK if left is None else min(left, PATHSEND_CHUNK)
+            chunk = await asyncio.to_thread(os.pread, fd, want, position)
+            if not chunk:
+                break
+            if cycle.disconnected or cycle.closing:
+                raise ClientDisconnected("client disconnected")
+            position += len(chunk)
+            if left is not None:
+                left -= len(chunk)
+            cycle.send_body(chunk)
+            if cycle.write_paused:
+                await self._drain()
 
     async def _drain(self) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -209,6 +209,18 @@ class _Injecting:
         elif self._scanned > SEARCH_LIMIT:
             self._release(b"".join(self._waiting), grew=False)
 
+    def send_parts(self, parts: list[bytes]) -> None:
+        if self._held is None:
+            self.inner.send_parts(parts)
+        else:
+            self.send_body(b"".join(parts))
+
+    def send_file(self, fd: int, offset: int, count: int, done: Callable[[int], None]) -> bool:
+        # A page being searched for its </body> must be read: the caller falls back to that.
+        if self._held is not None:
+            return False
+        return self.inner.send_file(fd, offset, count, done)
+
     def end_response(self, data: bytes, trailers: Headers | None = None) -> None:
         if self._held is None:
             self.inner.end_response(data, trailers)
