@@ -246,15 +246,6 @@ PEERS: tuple[Peer, ...] = (
         reload=_aserve_reload,
     ),
     Peer(
-        "aserve-spawn",
-        "aserve --reload --reload-worker spawn (reload scenario only)",
-        frozenset(),
-        (),
-        _aserve,
-        "pip install aserve",
-        reload=_aserve_spawn_reload,
-    ),
-    Peer(
         "aserve+log",
         "aserve with its access log on (its default; to a file)",
         BOTH,
@@ -269,6 +260,15 @@ PEERS: tuple[Peer, ...] = (
         (),
         _aserve_wsgiref,
         "pip install aserve",
+    ),
+    Peer(
+        "aserve-spawn",
+        "aserve --reload --reload-worker spawn (reload scenario only)",
+        frozenset(),
+        (),
+        _aserve,
+        "pip install aserve",
+        reload=_aserve_spawn_reload,
     ),
     Peer(
         "uvicorn",
