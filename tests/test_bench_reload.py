@@ -308,21 +308,25 @@ def test_a_failed_aserve_reload_fails_the_command(
 def closing_server() -> Iterator[int]:
     """Accepts connections and closes them without an answer, as a worker on its way out."""
     listener = socket.create_server(("127.0.0.1", 0))
+    # A closed socket does not wake a thread blocked in accept(): it polls for `done` instead.
+    listener.settimeout(0.05)
     port = listener.getsockname()[1]
+    done = threading.Event()
 
     def serve() -> None:
-        while True:
+        while not done.is_set():
             try:
                 connection, _ = listener.accept()
-            except OSError:
-                return
+            except TimeoutError:
+                continue
             connection.close()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield port
-    listener.close()
+    done.set()
     thread.join(5)
+    listener.close()
 
 
 def test_probe_tells_refused_from_failed(closing_server: int) -> None:
