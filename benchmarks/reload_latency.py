@@ -79,6 +79,13 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--gap", type=float, default=0.5, help="Seconds between an answer and the next save."
     )
+    parser.add_argument(
+        "--jitter",
+        type=float,
+        default=1.0,
+        help="Up to this many seconds more, at random, before each save, so that saves do not "
+        "fall into step with a reloader that polls once a second.",
+    )
     parser.add_argument("--interval", type=float, default=0.001, help="Seconds between two polls.")
     parser.add_argument(
         "--edit-timeout",
@@ -117,6 +124,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     settings = ReloadSettings(
         edits=args.edits,
         gap=args.gap,
+        jitter=args.jitter,
         interval=args.interval,
         edit_timeout=args.edit_timeout,
         settle=args.settle,

@@ -78,7 +78,7 @@ def test_the_estimate_counts_saves(monkeypatch: pytest.MonkeyPatch) -> None:
     options = cli.parse(["--scenarios", "reload", "--servers", "aserve,runserver"])
     short = cli.estimate_s(options.plan, options.settings)
     options = cli.parse(["--scenarios", "reload", "--servers", "aserve,runserver", "--edits", "20"])
-    assert cli.estimate_s(options.plan, options.settings) == pytest.approx(short + 2 * 10 * 1.5)
+    assert cli.estimate_s(options.plan, options.settings) == pytest.approx(short + 2 * 10 * 2.0)
     assert cli.run_sizes(options.plan, options.settings) == "20 saves per reloading server"
 
 
@@ -354,7 +354,7 @@ def test_the_view_editor_moves_the_mtime_a_second_at_least(tmp_path: Path) -> No
 def test_aserve_reloads_two_saves_for_real() -> None:
     """The project made by django-admin, aserve --reload started from it as a developer would,
     two saves measured, and the server stopped with nothing left behind."""
-    settings = ReloadSettings(edits=2, gap=0.1, settle=0.2, machine_settle=0.0)
+    settings = ReloadSettings(edits=2, gap=0.1, jitter=0.1, settle=0.2, machine_settle=0.0)
     lines: list[str] = []
     with reload.project() as (directory, view):
         run = reload.measure(peers.BY_NAME["aserve"], directory, view, settings, lines.append)

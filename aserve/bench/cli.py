@@ -44,9 +44,9 @@ EXIT_INTERRUPTED = 130
 _RUN_OVERHEAD_S = 1.5
 _MEMORY_RUN_S = 6.0
 # A reload run: the server's start and first settle, then per save the latency (runserver's
-# is the longest, about 1 s), the 0.5 s gap and the idle wait.
+# is the longest, about 1 s), the 0.5 s gap, the 0.5 s mean jitter and the idle wait.
 _RELOAD_RUN_S = 4.0
-_RELOAD_SAVE_S = 1.5
+_RELOAD_SAVE_S = 2.0
 _VERSIONS = (
     "aserve", "uvicorn", "uvloop", "httptools", "zttp", "a2wsgi", "gunicorn", "waitress",
     "granian", "hypercorn", "django", "watchfiles",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -69,6 +70,11 @@ class ReloadSettings:
 
     edits: int = 20
     gap: float = 0.5
+    # A random extra wait of up to this many seconds before each save. Without it the saves
+    # fall into step with a reloader that polls on a clock (runserver's StatReloader looks once
+    # a second): every save then lands at the same point of its period, and its latency is
+    # that one point's instead of an average over the period, as a developer's saves are.
+    jitter: float = 1.0
     interval: float = 0.001
     edit_timeout: float = 20.0
     settle: float = 1.0
@@ -419,7 +425,10 @@ def _edits(
     say(f"  {run.server}: serving after {run.startup_s:.2f} s")
     time.sleep(settings.settle)
     wait_idle(process.pid, limit=5.0)
+    # The same waits for every server.
+    jitter = random.Random(0)
     for version in range(1, settings.edits + 1):
+        time.sleep(jitter.uniform(0, settings.jitter))
         wait_until_quiet(settings.machine_settle, settings.machine_quiet, window=0.3)
         before = CpuSnapshot.take(process.pid)
         begun = time.perf_counter()
