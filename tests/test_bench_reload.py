@@ -340,7 +340,7 @@ def test_the_view_editor_moves_the_mtime_a_second_at_least(tmp_path: Path) -> No
     view = tmp_path / "views.py"
     view.write_text(reload.view_source(0))
     editor = ReloadSettings()  # the defaults the script documents
-    assert (editor.edits, editor.interval, editor.gap) == (20, 0.001, 0.5)
+    assert (editor.edits, editor.interval, editor.gap, editor.jitter) == (20, 0.001, 0.5, 1.0)
     writer = reload.ViewEditor(view)
     before = view.stat().st_mtime_ns
     writer.write(1)
