@@ -23,6 +23,7 @@ from aserve.bench.apps import BODY, hello_asgi, hello_wsgi, transfer_wsgi, ws_ec
 from aserve.bench.ceiling import RESPONSE, CannedProtocol
 from aserve.bench.loadgen import LoadResult, Request, generate, parse_wrk
 from aserve.bench.peers import AppSpec, Launch, discover
+from aserve.bench.reload import ReloadRun
 from aserve.bench.results import MemoryRun, Results, Run, Summary, Transfer, summarise
 from aserve.bench.scenarios import BY_NAME, DJANGO, HELLO_WSGI, STANDARD, TRANSFER
 from aserve.bench.stats import foreign_share, median, percentile, ratio
@@ -330,7 +331,7 @@ def test_peer_command_lines() -> None:
 def test_standard_scenarios_name_known_peers() -> None:
     assert [s.name for s in STANDARD] == [
         "hello-wsgi", "hello-asgi", "ws-echo", "django", "stream-1mib", "upload-16mib",
-        "hello-wsgi-c1000", "memory-1gib",
+        "hello-wsgi-c1000", "memory-1gib", "reload",
     ]  # fmt: skip
     for scenario in STANDARD:
         assert scenario.servers[0] in ("ceiling", "aserve")
@@ -357,7 +358,7 @@ def test_count_runs() -> None:
         (["--scenarios", "hello-wsgi,nope"], "unknown scenario(s): nope"),
         (["--servers", "aserve,apache"], "unknown server(s): apache"),
         (["--path", "/x"], "--path applies to --app only"),
-        (["--duration", "0"], "--duration and --rounds must be at least 1"),
+        (["--duration", "0"], "--duration, --rounds and --edits must be at least 1"),
         (["--warmup", "-1"], "--warmup, --retries and --settle cannot be negative"),
         (["--app", "hello"], "APP must look like 'module:attribute'"),
         (["--app", "aserve.bench.apps:hello_wsgi", "--path", "x"], "--path must start with"),
@@ -396,7 +397,9 @@ def test_cli_plan_for_a_users_app(monkeypatch: pytest.MonkeyPatch) -> None:
     assert step.scenario.app.interface == "asgi"
     assert step.scenario.request == Request("GET", "/x?y=1")
     assert step.scenario.connections == 10
-    assert [p.name for p in step.peers] == ["ceiling", "aserve", "uvicorn", "granian", "hypercorn"]
+    assert [p.name for p in step.peers] == [
+        "ceiling", "aserve", "uvicorn", "uvicorn-zttp", "granian", "hypercorn",
+    ]  # fmt: skip
     assert (options.settings.server_cpu, options.settings.load_cpu) == (0, 1)
 
 
@@ -780,7 +783,7 @@ class _Recorder:
     def begin(self, scenario: Any, server: str, round_no: int, waited: float) -> None:
         pass
 
-    def end(self, outcome: Run | MemoryRun, again: bool) -> None:
+    def end(self, outcome: Run | MemoryRun | ReloadRun, again: bool) -> None:
         self.events.append((outcome.server, again))
 
 

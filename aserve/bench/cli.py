@@ -20,7 +20,16 @@ from aserve.bench import report
 from aserve.bench.loadgen import Generator
 from aserve.bench.peers import BY_NAME as PEERS_BY_NAME
 from aserve.bench.peers import PEERS, discover, module_installed
-from aserve.bench.results import Results, Summary, summarise
+from aserve.bench.reload import ReloadRun
+from aserve.bench.results import (
+    MemoryRun,
+    ReloadSummary,
+    Results,
+    Run,
+    Summary,
+    summarise,
+    summarise_reload,
+)
 from aserve.bench.runner import Settings, Step, count_runs, execute
 from aserve.bench.scenarios import BY_NAME as SCENARIOS_BY_NAME
 from aserve.bench.scenarios import STANDARD, Scenario, user_scenario
@@ -34,9 +43,13 @@ EXIT_INTERRUPTED = 130
 # Per run, besides warm-up and measurement: start, check and stop of the server.
 _RUN_OVERHEAD_S = 1.5
 _MEMORY_RUN_S = 6.0
+# A reload run: the server's start and first settle, then per save the latency (runserver's
+# is the longest, about 1 s), the 0.5 s gap, the 0.5 s mean jitter and the idle wait.
+_RELOAD_RUN_S = 4.0
+_RELOAD_SAVE_S = 2.0
 _VERSIONS = (
-    "aserve", "uvicorn", "uvloop", "httptools", "a2wsgi", "gunicorn", "waitress", "granian",
-    "hypercorn", "django",
+    "aserve", "uvicorn", "uvloop", "httptools", "zttp", "a2wsgi", "gunicorn", "waitress",
+    "granian", "hypercorn", "django", "watchfiles",
 )  # fmt: skip
 
 
@@ -80,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="Runs per server and scenario, alternated."
+    )
+    parser.add_argument(
+        "--edits",
+        type=int,
+        default=10,
+        help="Saves of the view per server and round in the reload scenario.",
     )
     parser.add_argument(
         "--generator",
@@ -183,8 +202,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
 
 
 def configure(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Options:
-    if args.duration < 1 or args.rounds < 1:
-        parser.error("--duration and --rounds must be at least 1")
+    if args.duration < 1 or args.rounds < 1 or args.edits < 1:
+        parser.error("--duration, --rounds and --edits must be at least 1")
     if args.warmup < 0 or args.retries < 0 or args.settle < 0:
         parser.error("--warmup, --retries and --settle cannot be negative")
     if not 0 <= args.max_foreign <= 1:
@@ -205,7 +224,9 @@ def configure(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Opti
     skipped = [f"{peer.name}: {reason}" for peer, reason in found.missing]
     plan: list[Step] = []
     for scenario in scenarios:
-        if scenario.app.name == "django" and not module_installed("django"):
+        # The reload scenario's project is a `django-admin startproject`.
+        django = scenario.app.name == "django" or scenario.kind == "reload"
+        if django and not module_installed("django"):
             skipped.append(
                 f"scenario {scenario.name}: Django is not installed (pip install django)"
             )
@@ -229,6 +250,7 @@ def configure(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Opti
         max_foreign=args.max_foreign,
         retries=args.retries,
         cwd=os.getcwd(),
+        edits=args.edits,
     )
     return Options(
         settings, plan, Generator(kind, load_cpu), skipped, Path(args.output), not args.no_chart
@@ -301,18 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin_self(settings.load_cpu)
     info = machine(options.generator)
     runs = count_runs(plan, settings.rounds)
-    memory_runs = sum(len(s.peers) for s in plan if s.scenario.kind == "memory")
-    estimate = (runs - memory_runs) * (
-        settings.warmup + settings.duration + _RUN_OVERHEAD_S
-    ) + memory_runs * _MEMORY_RUN_S
+    estimate = estimate_s(plan, settings)
     pinning = (
         f"servers on CPU {settings.server_cpu}, load on CPU {settings.load_cpu}"
         if settings.server_cpu is not None
         else "not pinned"
     )
     print(
-        f"aserve-bench: {len(plan)} scenarios, {runs} runs of {settings.warmup}s warm-up + "
-        f"{settings.duration}s, {duration_text(estimate)}; {pinning}\n"
+        f"aserve-bench: {len(plan)} scenarios, {runs} runs ({run_sizes(plan, settings)}), "
+        f"{duration_text(estimate)}; {pinning}\n"
         f"machine: {info['cpus']} CPUs, {info['cpu_model']}, Python {info['python']}, "
         f"commit {info['commit'] or 'unknown'}\n"
         f"load generator: {info['generator']}",
@@ -337,8 +356,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for step in plan
         if step.scenario.kind == "load"
     }
-    verdicts = evaluate(summaries, results.memory) if plan[0].scenario.app.name != "user" else []
-    print(_text(plan, summaries, results, verdicts, info))
+    reloads = {
+        step.scenario.name: summarise_reload(
+            step.scenario.name, [p.name for p in step.peers], results.reload
+        )
+        for step in plan
+        if step.scenario.kind == "reload"
+    }
+    verdicts = (
+        evaluate(summaries, results.memory, [r for rows in reloads.values() for r in rows])
+        if plan[0].scenario.app.name != "user"
+        else []
+    )
+    print(_text(plan, summaries, reloads, results, verdicts, info))
     document = {
         "started": started.isoformat(timespec="seconds"),
         "interrupted": interrupted,
@@ -349,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "skipped": options.skipped,
         "summaries": {name: [asdict(s) for s in rows] for name, rows in summaries.items()},
         "memory": [asdict(m) for m in results.memory],
+        "reload": {name: [asdict(s) for s in rows] for name, rows in reloads.items()},
+        "reload_runs": [asdict(r) for r in results.reload],
         "django_in_process_calls_per_s": results.django_in_process,
         "targets": [asdict(v) for v in verdicts],
         "runs": [report.run_record(r) for r in results.runs],
@@ -359,24 +391,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = [str(json_path)]
     scenarios = [step.scenario for step in plan if step.scenario.kind == "load"]
     chart = options.output / "aserve-bench.png"
-    if options.chart:
+    if options.chart and scenarios:
         if report.chart_available():
             if report.write_chart(chart, scenarios, summaries):
                 written.append(str(chart))
         else:
             print("no chart: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
     print(f"wrote {', '.join(written)}", file=sys.stderr)
-    aserve_failed = any(r.server == "aserve" and r.error for r in results.runs) or any(
-        m.server == "aserve" and m.error for m in results.memory
-    )
+    outcomes: list[Run | MemoryRun | ReloadRun] = [*results.runs, *results.memory, *results.reload]
+    aserve_failed = any(r.server == "aserve" and r.error for r in outcomes)
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if aserve_failed else EXIT_OK
 
 
+def estimate_s(plan: Sequence[Step], settings: Settings) -> float:
+    """Seconds the plan should take, from its runs and their sizes."""
+    total = 0.0
+    for step in plan:
+        servers = len(step.peers)
+        if step.scenario.kind == "memory":
+            total += servers * _MEMORY_RUN_S
+        elif step.scenario.kind == "reload":
+            per_run = _RELOAD_RUN_S + settings.edits * _RELOAD_SAVE_S
+            total += servers * settings.rounds * per_run
+        else:
+            per_run = settings.warmup + settings.duration + _RUN_OVERHEAD_S
+            total += servers * settings.rounds * per_run
+    return total
+
+
+def run_sizes(plan: Sequence[Step], settings: Settings) -> str:
+    """What one run of each kind in the plan is, for the announcement."""
+    kinds = {step.scenario.kind for step in plan}
+    sizes = []
+    if "load" in kinds:
+        sizes.append(f"{settings.warmup}s warm-up + {settings.duration}s of load")
+    if "memory" in kinds:
+        sizes.append("1 GiB up and down")
+    if "reload" in kinds:
+        sizes.append(f"{settings.edits} saves per reloading server")
+    return "; ".join(sizes)
+
+
 def _text(
     plan: Sequence[Step],
     summaries: dict[str, list[Summary]],
+    reloads: dict[str, list[ReloadSummary]],
     results: Results,
     verdicts: Sequence[Any],
     info: dict[str, Any],
@@ -385,11 +446,13 @@ def _text(
     for step in plan:
         scenario = step.scenario
         memory = [m for m in results.memory if m.scenario == scenario.name]
-        if not (memory or summaries.get(scenario.name)):
+        if not (memory or summaries.get(scenario.name) or reloads.get(scenario.name)):
             continue  # interrupted before it ran
         blocks.append(f"## {scenario.name}: {scenario.title}\n")
         if scenario.kind == "memory":
             blocks.append(report.memory_table(memory))
+        elif scenario.kind == "reload":
+            blocks.append(report.reload_table(reloads[scenario.name]))
         else:
             blocks.append(report.load_table(scenario, summaries[scenario.name]))
             note = report.access_log_note(summaries[scenario.name])
@@ -401,7 +464,8 @@ def _text(
                 f"{results.django_in_process:,.0f} calls/s (this scenario's ceiling)."
             )
         blocks.append("")
-    blocks.append(report.generator_note(info["generator"], summaries))
+    if summaries:
+        blocks.append(report.generator_note(info["generator"], summaries))
     if any(v.status != "n/a" for v in verdicts):
         blocks.append("\n## Targets\n")
         blocks.append(report.claims_table(verdicts))

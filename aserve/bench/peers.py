@@ -4,9 +4,11 @@ are installed; and the command line that starts each on one app with the same se
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from aserve.bench.apps import A2WSGI_TARGET
@@ -16,6 +18,11 @@ HOST = "127.0.0.1"
 # A peer's thread pool where it has one: waitress's default, and gunicorn's advice of 2-4
 # threads per core for one core.
 PEER_THREADS = 4
+# The app of the reload scenario: a `django-admin startproject` made for the run
+# (`bench.reload`), which each server watches and reloads from its own command line.
+RELOAD_APP = "reload-project"
+# The settings module of that project that lists aserve's Django plugin first.
+PLUGIN_SETTINGS = "settings_aserve"
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,9 @@ class Launch:
 
 
 Builder = Callable[[AppSpec, Launch], list[str]]
+# The command line of a server reloading the reload scenario's project on a port, run from the
+# project's directory as a developer runs it there.
+ReloadBuilder = Callable[[int], list[str]]
 
 
 @dataclass(frozen=True)
@@ -51,8 +61,12 @@ class Peer:
     only: frozenset[str] | None = None
     # Extra environment variables of the server process.
     env: Callable[[AppSpec], dict[str, str]] = field(default=lambda spec: {})
+    # Its command line under the reload scenario; None: it has no reloader to measure.
+    reload: ReloadBuilder | None = None
 
     def supports(self, spec: AppSpec) -> bool:
+        if spec.name == RELOAD_APP:
+            return self.reload is not None
         if self.only is not None:
             return spec.name in self.only
         return spec.interface in self.interfaces
@@ -64,6 +78,16 @@ class Peer:
 def _python(*args: str) -> list[str]:
     # The harness's own interpreter, so every server runs the same Python and packages.
     return [sys.executable, *args]
+
+
+def _tool(name: str, module: str) -> list[str]:
+    """A console script of the harness's environment, as a developer types it (`aserve`,
+    `uvicorn`); `python -m module` where the script is not installed."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return [str(candidate)]
+    found = shutil.which(name)
+    return [found] if found else _python("-m", module)
 
 
 def _aserve(spec: AppSpec, launch: Launch) -> list[str]:
@@ -96,6 +120,12 @@ def _uvicorn_options(launch: Launch) -> list[str]:
 
 def _uvicorn(spec: AppSpec, launch: Launch) -> list[str]:
     return _python("-m", "uvicorn", spec.app, *_uvicorn_options(launch))
+
+
+def _uvicorn_zttp(spec: AppSpec, launch: Launch) -> list[str]:
+    command = _uvicorn(spec, launch)
+    command[command.index("httptools")] = "zttp"
+    return command
 
 
 def _a2wsgi(spec: AppSpec, launch: Launch) -> list[str]:
@@ -158,6 +188,38 @@ def _runserver_aserve(spec: AppSpec, launch: Launch) -> list[str]:
     )
 
 
+# The reload scenario's servers run with their defaults (access log included), as
+# `benchmarks/reload_latency.py` has always run them.
+def _aserve_reload(port: int) -> list[str]:
+    return [
+        *_tool("aserve", "aserve"), "mysite.wsgi:application", "--reload",
+        "--host", HOST, "--port", str(port),
+    ]  # fmt: skip
+
+
+def _aserve_spawn_reload(port: int) -> list[str]:
+    """Each worker a fresh interpreter, as on macOS and Windows."""
+    return [*_aserve_reload(port), "--reload-worker", "spawn"]
+
+
+def _uvicorn_reload(port: int) -> list[str]:
+    return [
+        *_tool("uvicorn", "uvicorn"), "mysite.wsgi:application", "--reload",
+        "--interface", "wsgi", "--host", HOST, "--port", str(port),
+    ]  # fmt: skip
+
+
+def _runserver_reload(port: int) -> list[str]:
+    return _python("manage.py", "runserver", f"{HOST}:{port}")
+
+
+def _runserver_aserve_reload(port: int) -> list[str]:
+    """The same `manage.py runserver`, with aserve's plugin first in INSTALLED_APPS."""
+    return _python(
+        "manage.py", "runserver", f"--settings=mysite.{PLUGIN_SETTINGS}", f"{HOST}:{port}"
+    )
+
+
 BOTH: frozenset[Interface] = frozenset(("asgi", "wsgi"))
 WSGI: frozenset[Interface] = frozenset(("wsgi",))
 ASGI: frozenset[Interface] = frozenset(("asgi",))
@@ -174,7 +236,15 @@ PEERS: tuple[Peer, ...] = (
         "pip install uvloop httptools",
         only=frozenset(("hello-wsgi", "hello-asgi", "user")),
     ),
-    Peer(ASERVE, "aserve, --no-access-log", BOTH, (), _aserve, "pip install aserve"),
+    Peer(
+        ASERVE,
+        "aserve, --no-access-log",
+        BOTH,
+        (),
+        _aserve,
+        "pip install aserve",
+        reload=_aserve_reload,
+    ),
     Peer(
         "aserve+log",
         "aserve with its access log on (its default; to a file)",
@@ -192,12 +262,31 @@ PEERS: tuple[Peer, ...] = (
         "pip install aserve",
     ),
     Peer(
+        "aserve-spawn",
+        "aserve --reload --reload-worker spawn (reload scenario only)",
+        frozenset(),
+        (),
+        _aserve,
+        "pip install aserve",
+        reload=_aserve_spawn_reload,
+    ),
+    Peer(
         "uvicorn",
         "uvicorn, httptools + uvloop, 1 process, --no-access-log",
         ASGI,
         ("uvicorn", "uvloop", "httptools"),
         _uvicorn,
         "pip install 'uvicorn[standard]'",
+        reload=_uvicorn_reload,
+    ),
+    Peer(
+        "uvicorn-zttp",
+        "uvicorn with its zttp parser (--http zttp, a Zig core), uvloop, 1 process",
+        ASGI,
+        # The zttp package, and a uvicorn that has --http zttp (0.55 has).
+        ("uvicorn", "uvloop", "zttp", "uvicorn.protocols.http.zttp_impl"),
+        _uvicorn_zttp,
+        "pip install -U 'uvicorn[standard]' zttp",
     ),
     Peer(
         "uvicorn+a2wsgi",
@@ -248,6 +337,7 @@ PEERS: tuple[Peer, ...] = (
         _runserver,
         "pip install django",
         only=frozenset(("django",)),
+        reload=_runserver_reload,
     ),
     Peer(
         "runserver-aserve",
@@ -257,17 +347,28 @@ PEERS: tuple[Peer, ...] = (
         _runserver_aserve,
         "pip install django",
         only=frozenset(("django",)),
+        reload=_runserver_aserve_reload,
     ),
 )
 BY_NAME = {peer.name: peer for peer in PEERS}
 
 
 def module_installed(name: str) -> bool:
-    """Importable by this interpreter, without importing it."""
+    """Importable by this interpreter, without importing it: a submodule is looked for as a
+    file in its top-level package, since find_spec would import the packages above it."""
+    top, _, rest = name.partition(".")
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return False
+    if spec is None or not rest:
+        return spec is not None
+    relative = Path(*rest.split("."))
+    for location in spec.submodule_search_locations or ():
+        base = Path(location) / relative
+        if base.with_suffix(".py").exists() or (base / "__init__.py").exists():
+            return True
+    return False
 
 
 @dataclass(frozen=True)

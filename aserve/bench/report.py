@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aserve.bench.peers import ASERVE, CEILING
-from aserve.bench.results import MemoryRun, Run, Summary
+from aserve.bench.reload import ReloadRun
+from aserve.bench.results import MemoryRun, ReloadSummary, Run, Summary
 from aserve.bench.scenarios import Scenario
+from aserve.bench.stats import interpolated
 from aserve.bench.targets import Verdict
 
 MiB = 1024 * 1024
@@ -47,7 +49,7 @@ class Progress:
         )
         self.stream.flush()
 
-    def end(self, outcome: Run | MemoryRun, again: bool) -> None:
+    def end(self, outcome: Run | MemoryRun | ReloadRun, again: bool) -> None:
         if not again:
             self.done += 1
         seconds = time.monotonic() - self._run_started
@@ -55,8 +57,10 @@ class Progress:
         self.stream.flush()
 
 
-def describe(outcome: Run | MemoryRun, again: bool = False) -> str:
+def describe(outcome: Run | MemoryRun | ReloadRun, again: bool = False) -> str:
     """A run's figures in one line."""
+    if isinstance(outcome, ReloadRun):
+        return _describe_reload(outcome)
     if outcome.error is not None:
         line = "FAILED: " + outcome.error.splitlines()[0][:150]
         return line + ", trying again" if again else line
@@ -85,6 +89,22 @@ def describe(outcome: Run | MemoryRun, again: bool = False) -> str:
     if outcome.contended:
         line += "  CONTENDED, measuring again" if again else "  CONTENDED"
     return line
+
+
+def _describe_reload(run: ReloadRun) -> str:
+    # A run that failed on its fifth save still measured four: both are worth a line.
+    latencies = sorted(run.latencies())
+    parts = []
+    if latencies:
+        parts.append(
+            f"{len(latencies)} saves, p50 {_number(interpolated(latencies, 0.5))} ms, "
+            f"max {_number(latencies[-1])} ms, "
+            f"refused {sum(e.refused for e in run.edits):,}, "
+            f"errors {sum(e.errors + e.non_200 for e in run.edits)}"
+        )
+    if run.error is not None:
+        parts.append("FAILED: " + run.error.splitlines()[0][:150])
+    return "; ".join(parts) or "no save measured"
 
 
 def _ratio(value: float | None) -> str:
@@ -182,6 +202,37 @@ def memory_table(runs: Sequence[MemoryRun]) -> str:
                 ]
         rows.append(row)
     return render(rows)
+
+
+def reload_table(summaries: Sequence[ReloadSummary]) -> str:
+    """The reload scenario's table, as `benchmarks/reload_latency.py` has always printed it:
+    latencies in ms over every save, and the requests that failed while the servers reloaded."""
+    header = [
+        "server", "edits", "p50 ms", "p90 ms", "max ms", "refused", "errors", "non-200",
+        "missed", "start s", "other CPU", "p50 / aserve",
+    ]  # fmt: skip
+    rows = [header]
+    failures: list[str] = []
+    for s in summaries:
+        if s.error is not None:
+            failures.append(f"{s.server} failed: {s.error.splitlines()[0]}")
+        rows.append(
+            [
+                s.server,
+                str(s.edits),
+                _number(s.p50_ms),
+                _number(s.p90_ms),
+                _number(s.max_ms),
+                f"{s.refused:,}",
+                str(s.errors),
+                str(s.non_200),
+                str(s.missed),
+                _number(s.startup_s, 2),
+                "-" if math.isnan(s.other_load) else f"{s.other_load:.0%}",
+                _ratio(s.vs_aserve),
+            ]
+        )
+    return "\n".join([render(rows), *failures])
 
 
 def claims_table(verdicts: Sequence[Verdict]) -> str:

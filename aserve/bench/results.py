@@ -1,5 +1,6 @@
-"""What one benchmark run records: each measured run, each memory check, and the per-server
-summaries (medians over rounds, uncontended runs preferred) that the report shows."""
+"""What one benchmark run records: each measured run, each memory check, each reload run, and
+the per-server summaries (medians over rounds, uncontended runs preferred; latency percentiles
+over every save for the reload scenario) that the report shows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass, field
 
 from aserve.bench.loadgen import LoadResult
 from aserve.bench.peers import ASERVE, CEILING
-from aserve.bench.stats import median, ratio
+from aserve.bench.reload import ReloadRun
+from aserve.bench.stats import interpolated, median, ratio
 
 
 @dataclass
@@ -134,8 +136,70 @@ def summarise(scenario: str, servers: Sequence[str], runs: Sequence[Run]) -> lis
 
 
 @dataclass
+class ReloadSummary:
+    """One server's saves in the reload scenario, pooled over its rounds: latencies in ms from
+    the save to the new version's answer, and what failed on the way."""
+
+    scenario: str
+    server: str
+    runs: int
+    # Saves the new version answered; `missed` never did within the edit timeout.
+    edits: int = 0
+    p50_ms: float = math.nan
+    p90_ms: float = math.nan
+    max_ms: float = math.nan
+    mean_ms: float = math.nan
+    refused: int = 0
+    errors: int = 0
+    non_200: int = 0
+    missed: int = 0
+    edits_with_refused: int = 0
+    # From launch to the first answer of version 0 (median over rounds).
+    startup_s: float = math.nan
+    # The median over saves of the machine's share that others used (see `reload.Edit`).
+    other_load: float = math.nan
+    # This server's p50 divided by aserve's: above 1 it is slower to show a save.
+    vs_aserve: float | None = None
+    error: str | None = None
+
+
+def summarise_reload(
+    scenario: str, servers: Sequence[str], runs: Sequence[ReloadRun]
+) -> list[ReloadSummary]:
+    """One summary per server of `scenario` that ran, in `servers` order; the saves of all its
+    rounds pooled, a failed round's included up to its failure."""
+    summaries: list[ReloadSummary] = []
+    for server in servers:
+        own = [r for r in runs if r.scenario == scenario and r.server == server]
+        if not own:
+            continue
+        edits = [edit for run in own for edit in run.edits]
+        latencies = sorted(e.latency_ms for e in edits if e.latency_ms is not None)
+        summary = ReloadSummary(scenario, server, runs=len(own), edits=len(latencies))
+        if latencies:
+            summary.p50_ms = interpolated(latencies, 0.5)
+            summary.p90_ms = interpolated(latencies, 0.9)
+            summary.max_ms = latencies[-1]
+            summary.mean_ms = sum(latencies) / len(latencies)
+        summary.refused = sum(e.refused for e in edits)
+        summary.errors = sum(e.errors for e in edits)
+        summary.non_200 = sum(e.non_200 for e in edits)
+        summary.missed = sum(1 for e in edits if e.latency_ms is None)
+        summary.edits_with_refused = sum(1 for e in edits if e.refused)
+        summary.startup_s = median(r.startup_s for r in own if r.startup_s is not None)
+        summary.other_load = median(e.other_load for e in edits)
+        summary.error = next((r.error for r in own if r.error), None)
+        summaries.append(summary)
+    mine = next((s for s in summaries if s.server == ASERVE), None)
+    for summary in summaries:
+        summary.vs_aserve = ratio(summary.p50_ms, mine.p50_ms if mine else None)
+    return summaries
+
+
+@dataclass
 class Results:
     runs: list[Run] = field(default_factory=list)
     memory: list[MemoryRun] = field(default_factory=list)
+    reload: list[ReloadRun] = field(default_factory=list)
     # Django's WSGIHandler called in a loop with no server: the Django scenario's ceiling.
     django_in_process: float | None = None

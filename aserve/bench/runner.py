@@ -1,5 +1,7 @@
 """Running the plan: start each server pinned to its CPU, check its answer, load it, read its
-CPU time and memory, stop it. Rounds alternate the servers; contended runs are measured again."""
+CPU time and memory, stop it. Rounds alternate the servers; contended runs are measured again.
+The reload scenario runs each server's own reloading command on a fresh Django project
+(`bench.reload`)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol
 
+from aserve.bench import reload
 from aserve.bench.loadgen import Generator
 from aserve.bench.peers import HOST, Launch, Peer
+from aserve.bench.reload import ReloadRun, ReloadSettings
 from aserve.bench.results import MemoryRun, Results, Run, Transfer
 from aserve.bench.scenarios import Scenario
 from aserve.bench.stats import foreign_share
@@ -50,6 +54,8 @@ class Settings:
     retries: int = 2
     # Where user apps are imported from (the directory aserve-bench was started in).
     cwd: str = "."
+    # Saves per server and round in the reload scenario.
+    edits: int = 10
 
 
 class ServerFailed(RuntimeError):
@@ -296,7 +302,7 @@ class Observer(Protocol):
 
     def begin(self, scenario: Scenario, server: str, round_no: int, waited: float) -> None: ...
 
-    def end(self, outcome: Run | MemoryRun, again: bool) -> None:
+    def end(self, outcome: Run | MemoryRun | ReloadRun, again: bool) -> None:
         """`again`: the run was contended and is measured once more."""
 
 
@@ -307,8 +313,43 @@ class Step:
 
 
 def count_runs(plan: Sequence[Step], rounds: int) -> int:
-    """Runs the plan takes without retries: the memory scenario runs once per server."""
+    """Runs the plan takes without retries: the memory scenario runs once per server, the
+    reload scenario once per server and round (each run `Settings.edits` saves)."""
     return sum(len(s.peers) * (1 if s.scenario.kind == "memory" else rounds) for s in plan)
+
+
+def measure_reload(step: Step, settings: Settings, observer: Observer, results: Results) -> None:
+    """Every round, each server's saves on one project; no retry: each save waits for a quiet
+    machine instead, and records how much of it others took."""
+    scenario, peers = step.scenario, step.peers
+    plan = ReloadSettings(edits=settings.edits, machine_settle=settings.settle)
+    with contextlib.ExitStack() as stack:
+        try:
+            directory, view = stack.enter_context(reload.project())
+        except (OSError, subprocess.CalledProcessError) as exc:
+            output = getattr(exc, "stderr", None) or b""
+            reason = f"no Django project: {exc} {output.decode(errors='replace')}".strip()
+            for peer in peers:
+                failed = ReloadRun(scenario.name, peer.name, 0, error=reason)
+                results.reload.append(failed)
+                observer.end(failed, again=False)
+            return
+        for round_no in range(settings.rounds):
+            shift = round_no % len(peers)
+            for peer in [*peers[shift:], *peers[:shift]]:
+                waited = wait_until_quiet(settings.settle) if settings.settle > 0 else 0.0
+                observer.begin(scenario, peer.name, round_no, waited)
+                run = reload.measure(
+                    peer,
+                    directory,
+                    view,
+                    plan,
+                    scenario=scenario.name,
+                    round_no=round_no,
+                    cpu=settings.server_cpu,
+                )
+                results.reload.append(run)
+                observer.end(run, again=False)
 
 
 def execute(
@@ -324,6 +365,9 @@ def execute(
         scenario, peers = step.scenario, step.peers
         if scenario.app.name == "django" and results.django_in_process is None:
             results.django_in_process = django_in_process(settings.server_cpu)
+        if scenario.kind == "reload":
+            measure_reload(step, settings, observer, results)
+            continue
         if scenario.kind == "memory":
             for peer in peers:
                 waited = wait_until_quiet(settings.settle) if settings.settle > 0 else 0.0

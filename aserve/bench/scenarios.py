@@ -1,5 +1,7 @@
 """The scenarios: which app, which request, how many connections, which servers; the standard
-set `aserve-bench` runs by default, and the user's own app."""
+set `aserve-bench` runs by default, and the user's own app. A scenario is a load (requests/s
+under wrk or the built-in generator), a memory check (RSS during 1 GiB transfers), or the
+reload scenario (`bench.reload`: latency from a save to the new code's answer)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aserve.bench.loadgen import Request
-from aserve.bench.peers import ASERVE, CEILING, AppSpec, Interface
+from aserve.bench.peers import ASERVE, CEILING, RELOAD_APP, AppSpec, Interface
 
-ScenarioKind = Literal["load", "memory"]
+ScenarioKind = Literal["load", "memory", "reload"]
 # What the load is: HTTP requests (wrk or the built-in generator), or WebSocket messages
 # echoed (`bench.wsload`; a message and its echo count as one request).
 LoadProtocol = Literal["http", "websocket"]
@@ -21,11 +23,13 @@ HELLO_ASGI = AppSpec("hello-asgi", "aserve.bench.apps:hello_asgi", "asgi")
 DJANGO = AppSpec("django", "aserve.bench.django_app:application", "wsgi")
 TRANSFER = AppSpec("transfer", "aserve.bench.apps:transfer_wsgi", "wsgi")
 WS_ECHO = AppSpec("ws-echo", "aserve.bench.apps:ws_echo", "asgi")
+# Made by `bench.reload.make_project` for the run; each peer's own reload command serves it.
+RELOAD_PROJECT = AppSpec(RELOAD_APP, "mysite.wsgi:application", "wsgi")
 USER = "user"
 
 # Display order; a scenario runs those of its servers that are installed.
 _WSGI_PEERS = ("waitress", "gunicorn", "granian", "uvicorn+a2wsgi", "hypercorn")
-_ASGI_PEERS = ("uvicorn", "granian", "hypercorn")
+_ASGI_PEERS = ("uvicorn", "uvicorn-zttp", "granian", "hypercorn")
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,13 @@ STANDARD: tuple[Scenario, ...] = (
         request=Request("POST", "/", GiB),
         payload=GiB,
         kind="memory",
+    ),
+    Scenario(
+        "reload",
+        "save of a Django view -> its new answer: latency over --edits saves, failed requests",
+        RELOAD_PROJECT,
+        (ASERVE, "runserver", "runserver-aserve", "uvicorn"),
+        kind="reload",
     ),
 )
 BY_NAME = {scenario.name: scenario for scenario in STANDARD}

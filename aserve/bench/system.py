@@ -83,13 +83,16 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its living descendants, all threads."""
+def tree_cpu_s(pid: int, reaped: bool = False) -> float:
+    """User + system CPU seconds of `pid` and its living descendants, all threads; with
+    `reaped`, also those of the children they waited for (a reloading server's old workers,
+    which exit while it is measured)."""
+    last = 15 if reaped else 13
     total = 0
     for member in process_tree(pid):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = _stat_fields(member)
-            total += int(fields[11]) + int(fields[12])
+            total += sum(int(value) for value in fields[11:last])
     return total / _TICK
 
 
@@ -157,13 +160,13 @@ class Ticks:
         return 1 - (self.idle - before.idle) / total, total / _TICK
 
 
-def wait_until_quiet(limit: float, threshold: float = 0.10) -> float:
-    """Wait (at most `limit` s) until the whole machine is below `threshold` busy over half a
-    second, so a run does not start in someone else's burst; the seconds waited."""
+def wait_until_quiet(limit: float, threshold: float = 0.10, window: float = 0.5) -> float:
+    """Wait (at most `limit` s) until the whole machine is below `threshold` busy over `window`
+    seconds, so a run does not start in someone else's burst; the seconds waited."""
     started = time.monotonic()
     while True:
         before = Ticks.read(None)
-        time.sleep(0.5)
+        time.sleep(window)
         busy, _ = Ticks.read(None).busy_since(before)
         waited = time.monotonic() - started
         if busy < threshold or waited >= limit:

@@ -1,4 +1,5 @@
-"""aserve's speed claims (issue 4's targets) and whether one benchmark run meets them."""
+"""aserve's speed claims (issue 4's targets, issue 16's reload) and whether one benchmark run
+meets them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aserve.bench.peers import ASERVE
-from aserve.bench.results import MemoryRun, Summary
+from aserve.bench.results import MemoryRun, ReloadSummary, Summary
 from aserve.bench.stats import ratio
 
 MiB = 1024 * 1024
@@ -43,7 +44,25 @@ class MemoryBound:
     label: str
 
 
-Claim = Speedup | NoErrors | MemoryBound
+@dataclass(frozen=True)
+class SoonerReload:
+    """aserve's median save-to-answer latency at most 1/`factor` of `peer`'s."""
+
+    scenario: str
+    peer: str
+    factor: float
+    label: str
+
+
+@dataclass(frozen=True)
+class CleanReload:
+    """No request refused, failed or missed by aserve while it reloaded."""
+
+    scenario: str
+    label: str
+
+
+Claim = Speedup | NoErrors | MemoryBound | SoonerReload | CleanReload
 
 CLAIMS: tuple[Claim, ...] = (
     Speedup("hello-wsgi", "waitress", 2.0, "WSGI hello: aserve >= 2x waitress (4 threads)"),
@@ -55,6 +74,8 @@ CLAIMS: tuple[Claim, ...] = (
     Speedup("hello-wsgi-c1000", "waitress", 2.0, "1000 connections: aserve >= 2x waitress"),
     MemoryBound("memory-1gib", "upload", 32 * MiB, "1 GiB upload: aserve RSS growth <= 32 MiB"),
     MemoryBound("memory-1gib", "download", 32 * MiB, "1 GiB response: aserve RSS growth <= 32 MiB"),
+    SoonerReload("reload", "runserver", 4.0, "Reload: aserve's p50 <= 1/4 of runserver's"),
+    CleanReload("reload", "Reload: aserve refuses and fails no request"),
 )
 
 
@@ -75,12 +96,32 @@ def _find(summaries: Sequence[Summary], server: str) -> Summary | None:
     return found
 
 
+def _reload_verdict(claim: SoonerReload | CleanReload, rows: Sequence[ReloadSummary]) -> Verdict:
+    mine = next((r for r in rows if r.scenario == claim.scenario and r.server == ASERVE), None)
+    if mine is None or not mine.edits:
+        return Verdict(claim.label, "n/a", "not measured")
+    if isinstance(claim, CleanReload):
+        failed = mine.refused + mine.errors + mine.non_200 + mine.missed
+        status: Status = "met" if failed == 0 else "NOT MET"
+        return Verdict(claim.label, status, f"{failed} failed of {mine.edits} saves")
+    peer = next((r for r in rows if r.scenario == claim.scenario and r.server == claim.peer), None)
+    sooner = ratio(peer.p50_ms if peer else None, mine.p50_ms)
+    if sooner is None:
+        return Verdict(claim.label, "n/a", "not measured")
+    return Verdict(claim.label, "met" if sooner >= claim.factor else "NOT MET", f"{sooner:.2f}x")
+
+
 def evaluate(
-    summaries: Mapping[str, Sequence[Summary]], memory: Sequence[MemoryRun]
+    summaries: Mapping[str, Sequence[Summary]],
+    memory: Sequence[MemoryRun],
+    reload: Sequence[ReloadSummary] = (),
 ) -> list[Verdict]:
     """A verdict for every claim; `n/a` when its scenario or peer was not measured."""
     verdicts: list[Verdict] = []
     for claim in CLAIMS:
+        if isinstance(claim, SoonerReload | CleanReload):
+            verdicts.append(_reload_verdict(claim, reload))
+            continue
         if isinstance(claim, MemoryBound):
             mine = next(
                 (m for m in memory if m.scenario == claim.scenario and m.server == ASERVE), None
