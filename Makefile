@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The compiled build (see build-compiled below), which the servers of `make run*` use.
+COMPILED := build/compiled
+RUN_COMPILED := PYTHONPATH=$(abspath $(COMPILED))
 
 .PHONY: run run-wsgi run-asgi test lint typecheck pytest pytest-portable build-compiled \
 	pytest-compiled clean
@@ -17,15 +20,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 # The example Django site on aserve through `manage.py runserver` (the plugin is listed in its
 # INSTALLED_APPS); `make run-wsgi` and `make run-asgi` serve the plain hello-world examples.
-run: $(STAMP)
+# All three on the compiled build (pure Python where there is no C compiler).
+run: $(COMPILED)/.built
 	cd examples/djangoproject && ../../$(BIN)/python manage.py migrate --noinput -v 0 \
-		&& ../../$(BIN)/python manage.py runserver 127.0.0.1:8000
+		&& $(RUN_COMPILED) ../../$(BIN)/python manage.py runserver 127.0.0.1:8000
 
-run-wsgi: $(STAMP)
-	cd examples && ../$(BIN)/aserve hello_wsgi:app --reload --host 127.0.0.1 --port 8000
+run-wsgi: $(COMPILED)/.built
+	cd examples && $(RUN_COMPILED) ../$(BIN)/aserve hello_wsgi:app --reload --host 127.0.0.1 \
+		--port 8000
 
-run-asgi: $(STAMP)
-	cd examples && ../$(BIN)/aserve hello_asgi:app --reload --host 127.0.0.1 --port 8000
+run-asgi: $(COMPILED)/.built
+	cd examples && $(RUN_COMPILED) ../$(BIN)/aserve hello_asgi:app --reload --host 127.0.0.1 \
+		--port 8000
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -58,7 +64,6 @@ pytest-portable: $(STAMP)
 # `PYTHONPATH=build/compiled python -m aserve ...` (`aserve --version` says which build runs).
 # Rebuilt when a source changes. Without a C compiler it is the pure package, and
 # `pytest-compiled` says so and skips.
-COMPILED := build/compiled
 SOURCES := $(shell find aserve tests examples benchmarks -type f -not -path '*/__pycache__/*') \
 	setup.py pyproject.toml
 $(COMPILED)/.built: $(SOURCES) | $(STAMP)
