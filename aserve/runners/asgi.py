@@ -93,6 +93,9 @@ class ASGIRunner:
         # The ASGI extensions every http scope lists; apps only look keys up in it. One dict
         # shared by the scopes: a new one per request made a hello world's request cost 7%
         # more instructions (one more tracked object to allocate and collect).
+        # The scope's `asgi` entry, shared by the scopes as `extensions` is, for the same
+        # reason: apps only read it.
+        self._asgi = {"version": ASGI_VERSION, "spec_version": ASGI_SPEC_VERSION}
         self._extensions: dict[str, dict[str, object]] = {
             "http.response.pathsend": {},
             "http.response.trailers": {},
@@ -109,7 +112,7 @@ class ASGIRunner:
         root_path = self.root_path
         scope: Scope = {
             "type": "http",
-            "asgi": {"version": ASGI_VERSION, "spec_version": ASGI_SPEC_VERSION},
+            "asgi": self._asgi,
             "http_version": request.http_version,
             "server": info.server,
             "client": info.client,
