@@ -13,11 +13,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from aserve.errorpage import Page, for_exception, is_local
-from aserve.errors import ClientDisconnected
-from aserve.types import Headers
+from aserve.errors import AppProtocolError, ClientDisconnected
+from aserve.types import AppHeaders, Headers
 
 
 class RequestHead(Protocol):
@@ -323,6 +323,41 @@ class RequestBody:
         waiter.acquire()
 
 
+def as_bytes(data: object, what: str) -> bytes:
+    """Bytes an app gave as bytes, bytearray or memoryview, as `bytes`: compiled code refuses
+    anything but `bytes` where that is the declared type, so the app's values are converted
+    where they enter. Raises AppProtocolError for anything else."""
+    if type(data) is bytes:
+        return data
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise AppProtocolError(f"{what} must be bytes, not {type(data).__name__}")
+
+
+def as_fields(fields: AppHeaders) -> Headers:
+    """An app's response fields as `Headers`: the same list when it is one of (bytes, bytes)
+    tuples already, as servers and most apps build them; else a normalised copy. Raises
+    AppProtocolError for a field that is no name-value pair of bytes."""
+    if type(fields) is list:
+        for field in fields:
+            if not (
+                type(field) is tuple
+                and len(field) == 2
+                and type(field[0]) is bytes
+                and type(field[1]) is bytes
+            ):
+                break
+        else:
+            return cast(Headers, fields)
+    normalised: Headers = []
+    try:
+        for name, value in fields:
+            normalised.append((as_bytes(name, "header name"), as_bytes(value, "header value")))
+    except (TypeError, ValueError) as exc:  # not iterable, or not a pair
+        raise AppProtocolError(f"invalid response header: {exc}") from exc
+    return normalised
+
+
 class Cycle:
     """One request and its response, as an app runner sees them: the request head, the
     connection it came on, its body, and the response sent through the connection's sink.
@@ -379,11 +414,11 @@ class Cycle:
         """Call `callback` on the loop once writing may go on (or the client is gone)."""
         self.sink.on_writable(callback)
 
-    def send_start(self, status: int, headers: Headers, reason: bytes | None = None) -> None:
+    def send_start(self, status: int, headers: AppHeaders, reason: bytes | None = None) -> None:
         """Begin the response; the head is written with the first body bytes or `flush()`."""
         if self.done:
             return
-        self.sink.start_response(status, headers, reason)
+        self.sink.start_response(status, as_fields(headers), reason)
         self.status = status
 
     def flush(self) -> None:
@@ -407,10 +442,10 @@ class Cycle:
             return False
         return self.sink.send_file(fd, offset, count, done)
 
-    def send_interim(self, status: int, headers: Headers) -> None:
+    def send_interim(self, status: int, headers: AppHeaders) -> None:
         """An informational response (103 Early Hints) before the final one."""
         if not self.done:
-            self.sink.send_interim(status, headers)
+            self.sink.send_interim(status, as_fields(headers))
 
     def send_end(self, data: bytes = b"") -> None:
         """Finish the response (with a last piece of body); the connection then moves on."""
@@ -420,11 +455,11 @@ class Cycle:
         self.done = True
         self.sink.response_done(self)
 
-    def send_end_with(self, trailers: Headers) -> None:
+    def send_end_with(self, trailers: AppHeaders) -> None:
         """Finish the response with trailer fields after its body."""
         if self.done:
             return
-        self.sink.end_response(b"", trailers)
+        self.sink.end_response(b"", as_fields(trailers))
         self.done = True
         self.sink.response_done(self)
 

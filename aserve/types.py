@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
 from typing import Any, TypeAlias
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 Headers: TypeAlias = list[tuple[bytes, bytes]]
+# Response fields as an app may give them: ASGI apps send lists of [name, value] lists, tuples
+# of tuples, bytearray and memoryview values. Typed this loosely so that compiled code takes
+# them as they come; `exchange.as_fields` turns them into `Headers`.
+AppHeaders: TypeAlias = Iterable[Iterable[Any]]
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -25,6 +29,7 @@ WSGIApp: TypeAlias = WSGIApplication
 
 __all__ = [
     "ASGIApp",
+    "AppHeaders",
     "Environ",
     "ExcInfo",
     "Headers",

@@ -425,6 +425,75 @@ def test_head_response_has_headers_but_no_body(serve: ServeFactory) -> None:
     assert client.buffered == b""
 
 
+# -- what apps send, in each form the spec allows --------------------------------------------
+# A compiled build refuses, where a type is declared, what the pure build takes: these forms
+# gave 500s there until the runner normalised them where they enter (exchange.as_fields).
+
+ARRAY_FIELDS = [(bytearray(b"content-type"), bytearray(b"text/plain")), (b"x-form", b"x")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [[b"content-type", b"text/plain"], [b"x-form", b"x"]],  # the ASGI spec's own form
+        ((b"content-type", b"text/plain"), (b"x-form", b"x")),
+        ARRAY_FIELDS,
+        [(memoryview(b"content-type"), b"text/plain"), (b"x-form", memoryview(b"x"))],
+        ([b"content-type", bytearray(b"text/plain")], (b"x-form", b"x")),
+    ],
+    ids=["lists", "tuples", "bytearray", "memoryview", "mixed"],
+)
+def test_response_fields_in_every_form_an_app_sends(serve: ServeFactory, headers: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    server = serve(app)
+    with connect(server.port) as client:
+        client.sendall(request() + request())  # pipelined: the first must keep the connection
+        first = client.response()
+        second = client.response()
+    for response in (first, second):
+        assert response.status == 200
+        assert response.header(b"content-type") == b"text/plain"
+        assert response.header(b"x-form") == b"x"
+        assert response.body == b"ok"
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview], ids=["bytearray", "memoryview"])
+def test_response_body_may_be_a_bytearray_or_a_memoryview(
+    serve: ServeFactory, kind: Callable[[bytes], Any]
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": kind(b"hello "), "more_body": True})
+            await send({"type": "http.response.body", "body": kind(b"world")})
+
+    server = serve(app)
+    with connect(server.port) as client:
+        client.sendall(request())
+        response = client.response()
+    assert response.status == 200
+    assert response.body == b"hello world"
+
+
+def test_a_memoryview_body_counts_bytes_not_items(serve: ServeFactory) -> None:
+    wide = memoryview(b"\x00\x01\x02\x03").cast("H")  # 2 items, 4 bytes
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": wide})
+
+    server = serve(app)
+    with connect(server.port) as client:
+        client.sendall(request())
+        response = client.response()
+    assert response.body == b"\x00\x01\x02\x03"
+
+
 Script = Callable[[Send], Any]
 
 
@@ -447,6 +516,16 @@ async def _invalid_header(send: Send) -> None:
     await send({"type": "http.response.body", "body": b"never"})
 
 
+async def _str_header(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [("x-str", "v")]})
+    await send({"type": "http.response.body", "body": b"never"})
+
+
+async def _str_body(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": "text"})
+
+
 async def _raise_before_start(send: Send) -> None:
     raise RuntimeError("boom before start")
 
@@ -462,6 +541,8 @@ async def _return_without_response(send: Send) -> None:
         (_body_before_start, "Exception in ASGI application"),
         (_unknown_type, "Exception in ASGI application"),
         (_invalid_header, "Exception in ASGI application"),
+        (_str_header, "Exception in ASGI application"),
+        (_str_body, "Exception in ASGI application"),
         (_raise_before_start, "Exception in ASGI application"),
         (_return_without_response, "ASGI app returned without starting a response"),
     ],
@@ -470,6 +551,8 @@ async def _return_without_response(send: Send) -> None:
         "body-before-start",
         "unknown-type",
         "invalid-header",
+        "str-header",
+        "str-body",
         "raise",
         "no-response",
     ],

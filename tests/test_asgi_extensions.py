@@ -103,6 +103,26 @@ def test_trailers_follow_a_chunked_body(serve: ServeFactory) -> None:
     assert again.trailers == response.trailers
 
 
+def test_trailers_and_early_hints_in_the_forms_apps_send(serve: ServeFactory) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        links = [bytearray(b"</a.css>; rel=preload")]
+        await send({"type": "http.response.early_hint", "links": links})
+        start = {"type": "http.response.start", "status": 200, "trailers": True}
+        await send({**start, "headers": ((b"trailer", b"x-checksum"),)})
+        await send({"type": "http.response.body", "body": b"body"})
+        await send({"type": "http.response.trailers", "headers": [[b"x-checksum", b"abc"]]})
+
+    server = serve(app, lifespan="off")
+    with connect(server.port) as client:
+        client.sendall(GET)
+        hint = client.response()
+        response = client.response()
+    assert hint.status == 103
+    assert hint.header(b"link") == b"</a.css>; rel=preload"
+    assert response.body == b"body"
+    assert response.trailers == [(b"x-checksum", b"abc")]
+
+
 def test_framing_fields_are_refused_as_trailers(serve: ServeFactory, error_log: LogRecords) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "trailers": True})

@@ -607,14 +607,13 @@ def test_unremembered_fields_are_still_checked_and_sent(
     conn = Connection(limits_with(), field_memo=memo)
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     fields = [
-        (bytearray(b"x-array"), bytearray(b"1")),  # unhashable: never remembered
         (b"x-long", b"v" * (http11.FIELD_MEMO_VALUE_MAX + 1)),  # too long to be remembered
         (b"x-first", b"1"),  # fills the memo
         (b"x-second", b"2"),  # beyond it: checked and sent, not remembered
         (b"content-length", b"0"),
     ]
-    head = conn.response_head(200, cast(Headers, fields), DEFAULTS)
-    assert b"\r\nx-array: 1\r\nx-long: vvv" in head
+    head = conn.response_head(200, fields, DEFAULTS)
+    assert b"\r\nx-long: vvv" in head
     assert b"\r\nx-first: 1\r\nx-second: 2\r\n" in head
     assert memo == {(b"x-first", b"1"): b"x-first: 1\r\n"}
     conn = Connection(limits_with(), field_memo=memo)
@@ -622,7 +621,7 @@ def test_unremembered_fields_are_still_checked_and_sent(
     with pytest.raises(AppProtocolError):
         conn.response_head(200, [(b"x-second", b"2\n")], DEFAULTS)
     with pytest.raises(AppProtocolError):
-        conn.response_head(200, cast(Headers, [(bytearray(b"x array"), b"1")]), DEFAULTS)
+        conn.response_head(200, [(b"x array", b"1")], DEFAULTS)
 
 
 def test_both_content_length_and_chunked_is_refused() -> None:

@@ -81,12 +81,17 @@ class Runner:
 
     def __init__(self) -> None:
         self.cycles: list[Cycle] = []
+        # Answer each request inside `handle`, as an app started eagerly can: the response
+        # to a pipelined request then ends within `response_done` of the one before.
+        self.eager = False
 
     async def startup(self) -> None:
         pass
 
     def handle(self, cycle: Cycle) -> None:
         self.cycles.append(cycle)
+        if self.eager:
+            self.answer()
 
     async def shutdown(self, timeout: float) -> None:
         pass
@@ -189,6 +194,35 @@ async def test_pipelined_request_waits_with_reading_paused() -> None:
     h.runner.answer(1, b"two")
     assert h.transport.data == ok_response(b"one") + ok_response(b"two")
     assert not h.transport.closed
+
+
+async def test_pipelined_responses_ended_within_the_one_before_keep_the_connection() -> None:
+    # `response_done` starts the next pipelined cycle, which here ends before it returns: code
+    # after that call must not trust what it saw of the connection before it (a compiled
+    # build trusts mypy's narrowing, and once answered this with `connection: close`).
+    h = Harness()
+    h.runner.eager = True
+    h.feed(get(b"/1") + get(b"/2") + get(b"/3"))
+    h.feed(get(b"/4"))
+    assert [c.request.target for c in h.cycles] == [b"/1", b"/2", b"/3", b"/4"]
+    assert h.transport.data == ok_response() * 4
+    assert all(c.done for c in h.cycles)
+    assert h.protocol.cycle is None
+    assert h.transport.reading
+    assert not h.transport.closed
+
+
+async def test_half_closed_pipeline_ended_within_the_response_before_closes_after_the_last() -> (
+    None
+):
+    h = Harness()
+    h.feed(get(b"/1") + get(b"/2") + get(b"/3"))
+    assert h.protocol.eof_received()  # the client half-closes: every response still goes out
+    h.runner.eager = True
+    h.runner.answer(0)
+    assert h.transport.data == ok_response() * 3
+    await tick()
+    assert h.transport.closed
 
 
 async def test_unread_body_beyond_limit_buffer_pauses_reading_until_taken() -> None:

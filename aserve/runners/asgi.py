@@ -12,7 +12,7 @@ from typing import Any
 
 from aserve.config import LifespanMode
 from aserve.errors import AppProtocolError, ClientDisconnected
-from aserve.exchange import Cycle, TLSInfo
+from aserve.exchange import Cycle, TLSInfo, as_bytes, as_fields
 from aserve.protocols.target import decode_path, remember_target, split_target
 from aserve.runners.lifespan import ASGI_SPEC_VERSION, ASGI_VERSION, Lifespan
 from aserve.runners.websocket import WebSocketCycle
@@ -98,6 +98,9 @@ class ASGIRunner:
         # The ASGI extensions every http scope lists; apps only look keys up in it. One dict
         # shared by the scopes: a new one per request made a hello world's request cost 7%
         # more instructions (one more tracked object to allocate and collect).
+        # The scope's `asgi` entry, shared by the scopes as `extensions` is, for the same
+        # reason: apps only read it.
+        self._asgi = {"version": ASGI_VERSION, "spec_version": ASGI_SPEC_VERSION}
         self._extensions: dict[str, dict[str, object]] = {
             "http.response.pathsend": {},
             "http.response.trailers": {},
@@ -116,7 +119,7 @@ class ASGIRunner:
         root_path = self.root_path
         scope: Scope = {
             "type": "http",
-            "asgi": {"version": ASGI_VERSION, "spec_version": ASGI_SPEC_VERSION},
+            "asgi": self._asgi,
             "http_version": request.http_version,
             "server": info.server,
             "client": info.client,
@@ -274,7 +277,9 @@ class _HTTPCycle:
         data = body.take(from_thread=False)
         if not data and not body.complete:
             await body.wait()
-            if body.disconnected:
+            # Through the cycle: mypy keeps `body.disconnected` narrowed to False from the
+            # check above across the wait, and this module is compiled (ARCHITECTURE.md).
+            if cycle.disconnected:
                 return {"type": "http.disconnect"}
             data = body.take(from_thread=False)
         more = not body.complete
@@ -306,7 +311,7 @@ class _HTTPCycle:
             )
         if cycle.disconnected:
             raise ClientDisconnected("client disconnected")
-        data = message.get("body", b"")
+        data = as_bytes(message.get("body", b""), "http.response.body's body")
         if message.get("more_body", False):
             if cycle.closing:
                 # ASGI: send() raises an OSError once the client is gone, so that a producer
@@ -335,9 +340,9 @@ class _HTTPCycle:
             raise AppProtocolError("http.response.start sent twice")
         if cycle.disconnected:
             raise ClientDisconnected("client disconnected")
-        headers: Headers = message.get("headers", [])
         try:
-            cycle.send_start(message["status"], headers)
+            # The fields as the app gave them: `send_start` normalises them (exchange.as_fields).
+            cycle.send_start(message["status"], message.get("headers", []))
         except (TypeError, ValueError) as exc:
             raise AppProtocolError(f"invalid http.response.start: {exc}") from exc
         self.started = True
@@ -350,11 +355,10 @@ class _HTTPCycle:
         """The messages of the extensions the scope lists, but pathsend (see `_pathsend`)."""
         cycle = self.cycle
         if kind == "http.response.early_hint" and not self.started:
-            links: list[bytes] = message.get("links", [])
-            cycle.send_interim(103, [(b"link", link) for link in links])
+            cycle.send_interim(103, [(b"link", link) for link in message.get("links", [])])
         elif kind == "http.response.trailers" and self.complete and self.trailers is not None:
             trailers = self.trailers
-            trailers.extend(message.get("headers", []))
+            trailers.extend(as_fields(message.get("headers", [])))
             if not message.get("more_trailers", False):
                 cycle.send_end_with(trailers)
                 cycle.body.wake()

@@ -9,7 +9,7 @@ import logging
 
 from aserve.errorpage import Page
 from aserve.errors import AppProtocolError, ClientDisconnected
-from aserve.exchange import Cycle, Messages, WebSocketOffer
+from aserve.exchange import Cycle, Messages, WebSocketOffer, as_bytes
 from aserve.types import ASGIApp, Headers, Message, Scope
 
 logger = logging.getLogger("aserve.error")
@@ -178,7 +178,7 @@ class WebSocketCycle:
 
     def _denial_body(self, message: Message) -> None:
         cycle = self.cycle
-        data = message.get("body", b"")
+        data = as_bytes(message.get("body", b""), "websocket.http.response.body's body")
         if message.get("more_body", False):
             cycle.send_body(data)
             cycle.flush()

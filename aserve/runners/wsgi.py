@@ -18,7 +18,7 @@ from typing import IO, Protocol
 
 from aserve import __version__
 from aserve.errors import AppProtocolError, ClientDisconnected
-from aserve.exchange import Cycle
+from aserve.exchange import Cycle, as_bytes
 from aserve.process import no_wakeup_preemption
 from aserve.protocols.target import decode_path_latin1, remember_target, split_target
 from aserve.types import Environ, ExcInfo, Headers, WSGIApp
@@ -286,10 +286,14 @@ class _Response:
         self.status = int(code)
         return self.write
 
-    def write(self, data: bytes) -> None:
-        """The legacy `write()` callable, and how iterated chunks go out."""
+    def write(self, data: object) -> None:
+        """The legacy `write()` callable, and how iterated chunks go out. `data` is typed as
+        loosely as apps give it (a bytearray, say), so that compiled code does not refuse what
+        the pure build takes; it is checked here."""
         if not self.status:
             raise AppProtocolError("write() or response body before start_response()")
+        if type(data) is not bytes:
+            data = as_bytes(data, "a WSGI response body chunk")
         if data:
             self._emit(data, end=False)
 
@@ -570,7 +574,7 @@ class WSGIRunner:
             response.finish()
         return True
 
-    def _stream(self, cycle: Cycle, response: _Response, result: Iterable[bytes]) -> None:
+    def _stream(self, cycle: Cycle, response: _Response, result: Iterable[object]) -> None:
         head = cycle.request.method == b"HEAD"
         for chunk in result:
             if cycle.disconnected:
