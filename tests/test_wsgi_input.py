@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from typing import cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aserve.errors import ClientDisconnected
+from aserve.exchange import RequestBody
 from aserve.runners.wsgi import InputStream
 
 
@@ -209,3 +209,30 @@ def test_a_thread_wakes_the_loop_once_for_takes_before_it_runs() -> None:
         assert len(calls) == 3
 
     asyncio.run(main())
+
+
+class LastBytesRaceBody(TrickleBody):
+    """The loop feeds the last bytes and finishes the body while the thread is between an
+    empty take and its look at `complete`."""
+
+    def __init__(self, last: bytes) -> None:
+        super().__init__([])
+        self._last = last
+        self._finished = False
+
+    @property
+    def complete(self) -> bool:
+        return self._finished
+
+    def take_chunks(self, *, from_thread: bool) -> list[bytes]:
+        taken = super().take_chunks(from_thread=from_thread)
+        if not self._finished:
+            self._chunks.append(self._last)  # fed, then finished, just after this take
+            self._finished = True
+        return taken
+
+
+def test_bytes_fed_just_before_the_end_are_read() -> None:
+    body = InputStream(LastBytesRaceBody(b"the last bytes"))
+    assert body.read(100) == b"the last bytes"
+    assert body.read(100) == b""

@@ -101,6 +101,13 @@ class InputStream:
                 self._size += sum(map(len, chunks))
                 return True
             if body.complete:
+                # The loop may have fed the last bytes and finished between the take and this
+                # test: once complete, nothing more is fed, so one more take has them all.
+                chunks = body.take_chunks(from_thread=True)
+                if chunks:
+                    self._chunks += chunks
+                    self._size += sum(map(len, chunks))
+                    return True
                 self._eof = True
                 return False
             if body.disconnected:
