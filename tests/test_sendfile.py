@@ -124,15 +124,21 @@ def test_head_of_a_file_wrapper_sends_no_body(
     assert sendfile_lines(error_log) == [f"sendfile: {SIZE} of {SIZE} bytes sent"]
 
 
-def test_tls_falls_back_to_reading(
-    serve: ServeFactory, data_file: Path, error_log: LogRecords, tmp_path: Path
-) -> None:
+def tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A certificate for 127.0.0.1, its key and the CA that signed it, written to files."""
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1")
-    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert, key, ca_file = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
     ca.cert_pem.write_to_path(str(ca_file))
+    return cert, key, ca_file
+
+
+def test_tls_falls_back_to_reading(
+    serve: ServeFactory, data_file: Path, error_log: LogRecords, tmp_path: Path
+) -> None:
+    cert, key, ca_file = tls_files(tmp_path)
     server = serve(
         file_app(data_file), log_level="debug", ssl_certfile=str(cert), ssl_keyfile=str(key)
     )
@@ -273,12 +279,7 @@ def test_zerocopysend_sends_the_pieces_asked_for(
 def test_zerocopysend_over_tls_is_read(
     serve: ServeFactory, data_file: Path, error_log: LogRecords, tmp_path: Path
 ) -> None:
-    ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1")
-    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert, key, ca_file = tls_files(tmp_path)
     content = data_file.read_bytes()
     pieces: list[tuple[int | None, int | None]] = [(None, None)]
     expected = content[100:]
