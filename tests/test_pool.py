@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.client import get_pid, refused
-from tests.support.procs import ROOT, ServerProcess, assert_usage_error
+from tests.support.procs import ROOT, ServerProcess, answer_across, assert_usage_error
 
 SUPERVISOR_ON = r"aserve supervisor on http://127\.0\.0\.1:(\d+), (\d+) workers"
 READY = r"Worker (\d+) ready in \d+ ms"
@@ -155,16 +155,9 @@ def test_a_killed_worker_is_replaced_later_each_time_it_dies_at_once(
 def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(pool: Callable[..., Pool]) -> None:
     server = pool()
     pids = server.ready(2)
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
-    try:
-        conn.request("GET", "/slow")
-        server.wait_for("app: slow started")
-        server.send_signal(signal.SIGTERM)
-        response = conn.getresponse()
-        assert response.status == 200
-        assert int(response.read()) in pids
-    finally:
-        conn.close()
+    status, body = answer_across(server, server.port, lambda: server.send_signal(signal.SIGTERM))
+    assert status == 200
+    assert int(body) in pids
     assert server.wait() == 0, server.stderr
     assert "SIGTERM received: stopping the workers" in server.stderr
     assert server.stderr.rstrip().endswith("aserve supervisor stopped")

@@ -29,7 +29,7 @@ from gunicorn.config import Config as GunicornConfig
 from aserve.config import Config
 from aserve.workers import config_from
 from tests.support.client import get_pid
-from tests.support.procs import ServerProcess
+from tests.support.procs import ServerProcess, answer_across
 
 LISTENING = r"Listening at: https?://127\.0\.0\.1:(\d+)"
 BOOTED = r"Booting worker with pid: (\d+)"
@@ -138,16 +138,9 @@ def test_a_worker_whose_loop_stops_beating_is_replaced(gunicorn: Callable[..., G
 def test_sigterm_lets_the_request_in_flight_finish(gunicorn: Callable[..., Gunicorn]) -> None:
     server = gunicorn(WSGI, "-w", "1", "--graceful-timeout", "10")
     pid = first_answer(server.port)
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
-    try:
-        conn.request("GET", "/slow")
-        server.wait_for("app: slow started")
-        server.send_signal(signal.SIGTERM)
-        response = conn.getresponse()
-        assert response.status == 200
-        assert int(response.read()) == pid
-    finally:
-        conn.close()
+    status, body = answer_across(server, server.port, lambda: server.send_signal(signal.SIGTERM))
+    assert status == 200
+    assert int(body) == pid
     assert server.wait(WAIT) == 0, server.stderr
     assert "Traceback" not in server.stderr
 

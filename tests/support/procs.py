@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -146,3 +147,17 @@ def assert_usage_error(args: list[str], *needles: str) -> str:
     for needle in needles:
         assert needle in line
     return line
+
+
+def answer_across(server: ServerProcess, port: int, act: Callable[[], None]) -> tuple[int, bytes]:
+    """GET /slow of an app that says "app: slow started", `act()` while it runs (a signal,
+    say), then the status and body that arrive: what a request in flight gets across it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15.0)
+    try:
+        conn.request("GET", "/slow")
+        server.wait_for("app: slow started")
+        act()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
