@@ -231,6 +231,9 @@ class LastBytesRaceBody(TrickleBody):
             self._finished = True
         return taken
 
+    def wait_blocking(self, want: int = 1) -> None:
+        assert self._finished  # as RequestBody's, it returns at once once the body is over
+
 
 def test_bytes_fed_just_before_the_end_are_read() -> None:
     body = InputStream(LastBytesRaceBody(b"the last bytes"))

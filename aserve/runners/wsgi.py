@@ -95,19 +95,15 @@ class InputStream:
             return False
         body = self._body
         while True:
+            # Read before the take: the loop may feed the last bytes and finish between the
+            # two, and only a body complete before the take has nothing more to come after it.
+            complete = body.complete
             chunks = body.take_chunks(from_thread=True)
             if chunks:
                 self._chunks += chunks
                 self._size += sum(map(len, chunks))
                 return True
-            if body.complete:
-                # The loop may have fed the last bytes and finished between the take and this
-                # test: once complete, nothing more is fed, so one more take has them all.
-                chunks = body.take_chunks(from_thread=True)
-                if chunks:
-                    self._chunks += chunks
-                    self._size += sum(map(len, chunks))
-                    return True
+            if complete:
                 self._eof = True
                 return False
             if body.disconnected:
