@@ -235,6 +235,51 @@ def lifespan_app(on_shutdown: str) -> Any:
     return app
 
 
+def test_shutdown_lets_a_request_finish_its_work_after_its_response() -> None:
+    """Django's ASGIHandler, for one, closes the response in a thread after sending it, then
+    closes the request's body file: cancelled there, it would leave both undone."""
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].rsplit(".", 1)[1]
+                events.append(kind)
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        await ok(send)
+        try:
+            await asyncio.sleep(0.3)
+            events.append("after the response")
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    with running(app, lifespan="on") as server:
+        assert httpx.get(server.url, timeout=5).text == "ok"
+    assert events == ["startup", "after the response", "shutdown"]
+
+
+def test_shutdown_cancels_a_request_that_does_not_end_in_time() -> None:
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return
+        await ok(send)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    with running(app, timeout_graceful_shutdown=0.2) as server:
+        assert httpx.get(server.url, timeout=5).text == "ok"
+    assert events == ["cancelled"]
+
+
 def test_shutdown_failed_message_is_logged(error_log: LogRecords) -> None:
     with running(lifespan_app("failed")) as server:
         assert httpx.get(server.url).text == "ok"

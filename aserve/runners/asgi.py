@@ -20,8 +20,12 @@ from aserve.types import ASGIApp, Headers, Message, Scope
 
 logger = logging.getLogger("aserve.error")
 
-# A request's tasks still running once the last connection has closed get this long, after
-# being cancelled, to unwind (their `finally` blocks) before the lifespan shutdown.
+# A request's task still running once the last connection has closed gets this long to end
+# on its own, then this long again after being cancelled to unwind (its `finally` blocks),
+# before the lifespan shutdown. An app's work often goes on after its response: Django's
+# ASGIHandler closes the response in a thread (request_finished: database connections) and
+# then its request body file. uvicorn waits for such tasks; a bound keeps a stuck one from
+# holding a reload.
 TASK_UNWIND = 1.0
 
 # What http.response.pathsend reads of the file at a time, off the loop: a thread hand-off
@@ -155,13 +159,18 @@ class ASGIRunner:
         task.add_done_callback(self.tasks.discard)
 
     async def shutdown(self, timeout: float) -> None:
-        """Cancel the requests still running, then run the lifespan shutdown; each may take
-        `timeout` (0: a forced exit, which skips the lifespan shutdown)."""
+        """Let the requests still running end, cancel those that do not, then run the
+        lifespan shutdown, which may take `timeout` (0: a forced exit, which cancels at once
+        and skips the lifespan shutdown)."""
         tasks = list(self.tasks)
+        unwind = min(timeout, TASK_UNWIND)
+        if tasks and unwind:
+            _, pending = await asyncio.wait(tasks, timeout=unwind)
+            tasks = list(pending)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=min(timeout, TASK_UNWIND))
+            await asyncio.wait(tasks, timeout=unwind)
         if timeout:
             try:
                 await asyncio.wait_for(self.lifespan.shutdown(), timeout)
