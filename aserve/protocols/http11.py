@@ -490,8 +490,13 @@ class Connection:
             self._held = b""
         if self._broken:
             return  # nothing after a failure is parsed
-        if len(data) <= _SLICE and not self._queued and self._upgrade is None:
-            # The common read: one request or part of a body, nothing waiting to be parsed.
+        if (
+            len(data) <= _SLICE
+            and not self._queued
+            and self._upgrade is None
+            and self._part is not _BODY
+        ):
+            # The common read: one request, nothing waiting to be parsed.
             unparsed = self._feed(data)
             if unparsed:
                 self._parse(unparsed)
@@ -518,8 +523,11 @@ class Connection:
                 message = self._message
                 size = message.length - message.body_size if message.length is not None else 0
                 if size > 0:
-                    # The rest of a sized body at once; what follows it in slices.
+                    # The rest of a sized body, as received; what follows it in slices.
                     piece = data[:size]
+                    data = data[len(piece) :] if piece is not data else b""
+                    self._sized_body(piece)
+                    continue
             elif len(data) > _SLICE:
                 piece = data[:_SLICE]
             data = data[len(piece) :] if piece is not data else b""
@@ -554,6 +562,22 @@ class Connection:
             return b""
         self._check_fed(data)
         return b""
+
+    def _sized_body(self, data: bytes) -> None:
+        """Bytes of a Content-Length body that arrived after its head, handed on without
+        httptools, which would copy them into a new bytes object per callback: an upload
+        reaches the app in the very objects the transport read. httptools is left in the
+        middle of the body, so the message ends with a fresh parser, as after an upgrade."""
+        try:
+            self._body(data)
+        except ProtocolError as exc:
+            if not self._broken:
+                self._fail(exc.status, str(exc))
+            return
+        message = self._message
+        if message.body_size == message.length:
+            self._parser = httptools.HttpRequestParser(self)
+            self.on_message_complete()
 
     def _after_upgrade(self) -> None:
         """llhttp stops after the head of a request that asks to switch protocols and treats
@@ -787,6 +811,11 @@ class Connection:
 
     def on_body(self, body: bytes) -> None:
         self._part = _BODY
+        self._body(body)
+
+    def _body(self, body: bytes) -> None:
+        message = self._message
+        message.body_size += len(body)
         if self._discarding:
             self._discard_left -= len(body)
             if self._discard_left < 0:
@@ -796,8 +825,6 @@ class Connection:
                 self._events.append(ProtocolFailure(413, "unread body too large", False))
                 raise ProtocolError("unread body too large", 413)
             return
-        message = self._message
-        message.body_size += len(body)
         limit = self.limits.request_body
         # A chunked body has no declared length: count it as it arrives.
         if limit and message.body_size > limit:
