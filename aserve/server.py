@@ -222,7 +222,7 @@ class Server:
             loop,
             runner,
             limits=request_limits(config),
-            limit_buffer=config.limit_buffer,
+            limit_body_buffer=config.limit_body_buffer,
             limit_concurrency=config.limit_concurrency,
             keep_alive_timeout=config.timeout_keep_alive,
             head_timeout=config.timeout_request_head,

@@ -85,7 +85,7 @@ async def run(requests: int, connections: int, request: bytes = REQUEST) -> floa
         loop,
         ASGIRunner(hello_asgi, loop, root_path=config.root_path, lifespan="off"),
         limits=request_limits(config),
-        limit_buffer=config.limit_buffer,
+        limit_body_buffer=config.limit_body_buffer,
         limit_concurrency=config.limit_concurrency,
         keep_alive_timeout=config.timeout_keep_alive,
         head_timeout=config.timeout_request_head,

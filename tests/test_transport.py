@@ -106,7 +106,7 @@ class Harness:
     def __init__(
         self,
         *,
-        limit_buffer: int = 65536,
+        limit_body_buffer: int = 65536,
         keep_alive_timeout: float = 5.0,
         limits: Limits | None = None,
     ) -> None:
@@ -116,7 +116,7 @@ class Harness:
             loop,
             self.runner,
             limits=limits or limits_with(),
-            limit_buffer=limit_buffer,
+            limit_body_buffer=limit_body_buffer,
             limit_concurrency=0,
             keep_alive_timeout=keep_alive_timeout,
             head_timeout=10.0,
@@ -225,8 +225,8 @@ async def test_half_closed_pipeline_ended_within_the_response_before_closes_afte
     assert h.transport.closed
 
 
-async def test_unread_body_beyond_limit_buffer_pauses_reading_until_taken() -> None:
-    h = Harness(limit_buffer=1024)
+async def test_unread_body_beyond_limit_body_buffer_pauses_reading_until_taken() -> None:
+    h = Harness(limit_body_buffer=1024)
     h.feed(post(5000, b"a" * 600))
     cycle = h.cycles[0]
     assert h.transport.reading
@@ -245,7 +245,7 @@ async def test_unread_body_beyond_limit_buffer_pauses_reading_until_taken() -> N
 
 
 async def test_take_from_a_thread_resumes_reading_on_the_loop() -> None:
-    h = Harness(limit_buffer=100)
+    h = Harness(limit_body_buffer=100)
     h.feed(post(1000, b"x" * 200))
     cycle = h.cycles[0]
     assert not h.transport.reading

@@ -333,7 +333,7 @@ def test_input_iteration_and_a_line_longer_than_the_flow_buffer() -> None:
         lengths = [len(line) for line in environ["wsgi.input"]]
         return respond(start_response, json.dumps(lengths).encode())
 
-    with running(validator(app)) as server:
+    with running(validator(app), limit_body_buffer=65536) as server:
         reply = fetch(server.port, "PUT", "/", body=body)
     assert json.loads(reply.body) == [6, len(long_line), 25]
 
@@ -403,7 +403,7 @@ def test_large_upload_streams_through_a_bounded_buffer() -> None:
         reply = client.response()
     assert reply.status == 200
     assert reply.body.decode() == f"{total} {expected.hexdigest()}"
-    # The body buffer (64 KiB) and one read (uvloop reads 256 KiB) in the server, and the two
+    # The body buffer (1 MiB) and one read (uvloop reads 256 KiB) in the server, and the two
     # kernel socket buffers, a few MiB on loopback: far from the 32 MiB sent.
     assert 0 < sent_before_reading < total // 2, sent_before_reading
     assert rss_growth < 16 * 1024 * 1024, rss_growth

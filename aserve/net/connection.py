@@ -113,7 +113,7 @@ class ServerState:
         "head_timeout",
         "idle",
         "keep_alive_timeout",
-        "limit_buffer",
+        "limit_body_buffer",
         "limit_concurrency",
         "limits",
         "lingering",
@@ -130,7 +130,7 @@ class ServerState:
         runner: AppRunner,
         *,
         limits: Limits,
-        limit_buffer: int,
+        limit_body_buffer: int,
         limit_concurrency: int,
         keep_alive_timeout: float,
         head_timeout: float,
@@ -140,7 +140,7 @@ class ServerState:
         self.loop = loop
         self.runner = runner
         self.limits = limits
-        self.limit_buffer = limit_buffer
+        self.limit_body_buffer = limit_body_buffer
         self.limit_concurrency = limit_concurrency
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
@@ -360,7 +360,7 @@ class HttpProtocol(asyncio.Protocol):
                 if cycle is not None:
                     if self.phase is _BODY_WAIT:
                         self._enter(_BUSY)
-                    if cycle.body.feed(event.data, self.state.limit_buffer):
+                    if cycle.body.feed(event.data, self.state.limit_body_buffer):
                         self._body_full = True
                         self._update_reading()
             elif type(event) is EndOfMessage:
