@@ -7,11 +7,12 @@ load no server code.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Server", "__version__", "run"]
+__all__ = ["Config", "Server", "__version__", "build", "run"]
 
 if TYPE_CHECKING:
     from aserve.config import Config
@@ -25,3 +26,12 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'aserve' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def build() -> str:
+    """Which build runs: "compiled" when setup.py compiled the hot modules with mypyc (they
+    are then extension modules beside their sources), else "pure Python"."""
+    # Found, not imported: `--version` and `--help` stay as quick as the rest of the parser.
+    spec = importlib.util.find_spec("aserve.exchange")
+    origin = spec.origin if spec is not None else None
+    return "pure Python" if origin is None or origin.endswith(".py") else "compiled"

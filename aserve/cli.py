@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import importlib.util
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from aserve import __version__
+from aserve import __version__, build
 from aserve.arguments import add_config_options, option_names
 from aserve.config import Config
 from aserve.errorpage import user_traceback
@@ -49,15 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
             action.default = argparse.SUPPRESS
     parser.add_argument("--version", action="version", version=f"aserve {__version__} ({build()})")
     return parser
-
-
-def build() -> str:
-    """Which build runs: "compiled" when setup.py compiled the hot modules with mypyc (they
-    are then extension modules beside their sources), else "pure Python"."""
-    # Found, not imported: `--version` and `--help` stay as quick as the rest of the parser.
-    spec = importlib.util.find_spec("aserve.exchange")
-    origin = spec.origin if spec is not None else None
-    return "pure Python" if origin is None or origin.endswith(".py") else "compiled"
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[str, Config]:

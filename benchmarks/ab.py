@@ -9,6 +9,8 @@ port, else `--host 127.0.0.1 --port PORT` is appended. The server runs on CPU 0 
 CPU 1. The figure that moves least on a shared machine is the server's CPU time per request
 (user + system of every thread of the server and of the worker processes it forks), read from
 /proc; context switches per request show hand-offs between threads.
+`--post BYTES` makes each request an upload of BYTES, for an upload sink such as
+`aserve.bench.apps:transfer_wsgi`.
 `--https LABEL` sends that variant's requests over TLS (keep-alive: one handshake per
 connection). Run from a directory other than the checkout when comparing checkouts with PYTHONPATH:
 `python -m` puts the current directory first on sys.path.
@@ -25,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,9 +73,20 @@ def switches(pid: int) -> int:
     return total
 
 
-def wrk(url: str, connections: int, seconds: float, cpu: int | None = 1) -> str:
-    command = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url])
+def wrk(
+    url: str, connections: int, seconds: float, cpu: int | None = 1, script: str | None = None
+) -> str:
+    options = ["-s", script] if script else []
+    command = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", *options, url])
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def post_script(size: int) -> str:
+    """A wrk script that POSTs `size` bytes per request (wrk adds the Content-Length)."""
+    handle, path = tempfile.mkstemp(prefix="ab-post-", suffix=".lua")
+    with os.fdopen(handle, "w") as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = string.rep("x", {size})\n')
+    return path
 
 
 def measure(variant: Variant, args: argparse.Namespace) -> None:
@@ -91,9 +105,9 @@ def measure(variant: Variant, args: argparse.Namespace) -> None:
         scheme = "https" if variant.label in args.https else "http"
         url = f"{scheme}://127.0.0.1:{port}{args.path}"
         client_cpu = None if args.unpinned else 1
-        wrk(url, args.connections, 1.0, client_cpu)  # warm-up
+        wrk(url, args.connections, 1.0, client_cpu, args.script)  # warm-up
         cpu0, switches0 = tree_cpu_s(server.pid), switches(server.pid)
-        output = wrk(url, args.connections, args.duration, client_cpu)
+        output = wrk(url, args.connections, args.duration, client_cpu, args.script)
         cpu1, switches1 = tree_cpu_s(server.pid), switches(server.pid)
     finally:
         server.terminate()
@@ -134,15 +148,26 @@ def main() -> None:
         metavar="LABEL",
         help="the variant LABEL serves HTTPS (repeatable); wrk does not verify certificates",
     )
+    parser.add_argument(
+        "--post",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="POST a body of BYTES per request (aserve.bench.apps:transfer_wsgi reads it "
+        "through wsgi.input and answers its length)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         parser.error("needs wrk (apt-get install wrk)")
+    args.script = post_script(args.post) if args.post > 0 else None
     variants: list[Variant] = args.variants
     for index in range(args.rounds):
         print(f"round {index + 1}/{args.rounds}", flush=True)
         start = index % len(variants)  # rotate who goes first
         for variant in variants[start:] + variants[:start]:
             measure(variant, args)
+    if args.script:
+        os.unlink(args.script)
     print("medians:")
     first = statistics.median(variants[0].rates)
     for variant in variants:

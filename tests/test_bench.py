@@ -18,6 +18,7 @@ from wsgiref.validate import validator
 
 import pytest
 
+from aserve import __version__, build
 from aserve.bench import cli, loadgen, peers, report, runner, wsload
 from aserve.bench.apps import BODY, hello_asgi, hello_wsgi, transfer_wsgi, ws_echo
 from aserve.bench.ceiling import RESPONSE, CannedProtocol
@@ -272,15 +273,49 @@ def test_targets_met_not_met_and_not_measured() -> None:
 def test_discover_reports_missing_peers_with_install_hint() -> None:
     absent = {"granian", "a2wsgi"}
     found = discover(installed=lambda module: module not in absent)
-    names = [p.name for p in found.available]
+    # aserve-pure depends on the build under test (test_the_pure_row_...).
+    names = [p.name for p in found.available if p.name != "aserve-pure"]
     assert "granian" not in names
     assert "uvicorn+a2wsgi" not in names
     assert names[:4] == ["ceiling", "aserve", "aserve+log", "aserve-wsgiref"]
-    missing = {peer.name: reason for peer, reason in found.missing}
+    missing = {peer.name: reason for peer, reason in found.missing if peer.name != "aserve-pure"}
     assert missing == {
         "uvicorn+a2wsgi": "a2wsgi not installed (pip install 'uvicorn[standard]' a2wsgi)",
         "granian": "granian not installed (pip install granian)",
     }
+
+
+def test_the_pure_row_runs_only_beside_a_compiled_build() -> None:
+    found = discover(["aserve", "aserve-pure"])
+    if build() == "compiled":
+        assert [p.name for p in found.available] == ["aserve", "aserve-pure"]
+    else:
+        assert [p.name for p in found.available] == ["aserve"]
+        assert [(p.name, reason) for p, reason in found.missing] == [
+            ("aserve-pure", "the aserve row is pure Python already (make build-compiled; run "
+             "from build/compiled)"),
+        ]  # fmt: skip
+
+
+def test_the_pure_row_imports_the_sources_whatever_the_working_directory() -> None:
+    """Run from the compiled build's directory, as `make build-compiled` suggests, the pure
+    row's command line still imports aserve's sources, and none of them is missing."""
+    tree = Path(peers.pure_tree())
+    assert not list(tree.rglob("*.so"))
+    assert {p.name for p in tree.joinpath("aserve").iterdir()} >= {"exchange.py", "protocols"}
+    launch = Launch(8000, 50)
+    command = peers.BY_NAME["aserve-pure"].command(HELLO_WSGI, launch)
+    assert command[:4] == [sys.executable, "-P", "-m", "aserve"]
+    env = {**os.environ, **peers.BY_NAME["aserve-pure"].env(HELLO_WSGI)}
+    version = subprocess.run(
+        [*command[:4], "--version"],
+        env=env,
+        cwd=Path(peers.__file__).parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert version.stdout.strip() == f"aserve {__version__} (pure Python)"
 
 
 def test_discover_a_subset_when_nothing_is_installed() -> None:

@@ -3,14 +3,18 @@ are installed; and the command line that starts each on one app with the same se
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib.util
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import aserve
 from aserve.bench.apps import A2WSGI_TARGET
 
 Interface = Literal["asgi", "wsgi"]
@@ -63,6 +67,8 @@ class Peer:
     env: Callable[[AppSpec], dict[str, str]] = field(default=lambda spec: {})
     # Its command line under the reload scenario; None: it has no reloader to measure.
     reload: ReloadBuilder | None = None
+    # Why it cannot run here, other than a missing module (None: it can).
+    unavailable: Callable[[], str | None] = field(default=lambda: None)
 
     def supports(self, spec: AppSpec) -> bool:
         if spec.name == RELOAD_APP:
@@ -95,6 +101,38 @@ def _aserve(spec: AppSpec, launch: Launch) -> list[str]:
         "-m", "aserve", spec.app, "--interface", spec.interface,
         "--host", HOST, "--port", str(launch.port), "--no-access-log",
     )  # fmt: skip
+
+
+@functools.cache
+def pure_tree() -> str:
+    """A directory holding the aserve package that runs here, minus its compiled modules: the
+    same sources as pure Python. Removed when the harness exits."""
+    package = Path(aserve.__file__).parent
+    root = tempfile.mkdtemp(prefix="aserve-pure-")
+    atexit.register(shutil.rmtree, root, True)
+    shutil.copytree(
+        package,
+        Path(root) / "aserve",
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
+    )
+    return root
+
+
+def _aserve_pure(spec: AppSpec, launch: Launch) -> list[str]:
+    # -P: the working directory (which may be the compiled build's) does not go first on
+    # sys.path, so PYTHONPATH's pure tree is the aserve imported.
+    command = _aserve(spec, launch)
+    return [command[0], "-P", *command[1:]]
+
+
+def _pure_env(spec: AppSpec) -> dict[str, str]:
+    return {"PYTHONPATH": pure_tree()}
+
+
+def _not_compiled() -> str | None:
+    if aserve.build() == "compiled":
+        return None
+    return "the aserve row is pure Python already (make build-compiled; run from build/compiled)"
 
 
 def _aserve_logged(spec: AppSpec, launch: Launch) -> list[str]:
@@ -238,12 +276,22 @@ PEERS: tuple[Peer, ...] = (
     ),
     Peer(
         ASERVE,
-        "aserve, --no-access-log",
+        f"aserve ({aserve.build()}), --no-access-log",
         BOTH,
         (),
         _aserve,
         "pip install aserve",
         reload=_aserve_reload,
+    ),
+    Peer(
+        "aserve-pure",
+        "the same aserve as pure Python, without its mypyc-compiled modules",
+        BOTH,
+        (),
+        _aserve_pure,
+        "make build-compiled",
+        env=_pure_env,
+        unavailable=_not_compiled,
     ),
     Peer(
         "aserve+log",
@@ -387,8 +435,11 @@ def discover(
     missing: list[tuple[Peer, str]] = []
     for peer in chosen:
         absent = [module for module in peer.modules if not installed(module)]
+        reason = peer.unavailable()
         if absent:
             missing.append((peer, f"{', '.join(absent)} not installed ({peer.install})"))
+        elif reason is not None:
+            missing.append((peer, reason))
         else:
             available.append(peer)
     return Discovery(available, missing)

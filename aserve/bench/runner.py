@@ -148,8 +148,11 @@ def serving(
     env = dict(os.environ)
     # The same buffering for every server: Python's defaults.
     env.pop("PYTHONUNBUFFERED", None)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (settings.cwd, env.get("PYTHONPATH")) if p)
-    env.update(peer.env(scenario.app))
+    extra = peer.env(scenario.app)
+    # A peer's own path goes first (aserve-pure's sources), then the app's directory.
+    paths = (extra.pop("PYTHONPATH", None), settings.cwd, env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.update(extra)
     process = subprocess.Popen(
         pinned(settings.server_cpu, peer.command(scenario.app, Launch(port, scenario.connections))),
         cwd=settings.cwd,

@@ -28,6 +28,8 @@ RELOAD_PROJECT = AppSpec(RELOAD_APP, "mysite.wsgi:application", "wsgi")
 USER = "user"
 
 # Display order; a scenario runs those of its servers that are installed.
+# The same aserve without its compiled modules, where the one that runs is compiled.
+PURE = "aserve-pure"
 _WSGI_PEERS = ("waitress", "gunicorn", "granian", "uvicorn+a2wsgi", "hypercorn")
 _ASGI_PEERS = ("uvicorn", "uvicorn-zttp", "granian", "hypercorn")
 
@@ -57,14 +59,14 @@ STANDARD: tuple[Scenario, ...] = (
         "hello-wsgi",
         "WSGI hello world, 50 connections",
         HELLO_WSGI,
-        (CEILING, ASERVE, "aserve+log", "aserve-wsgiref", *_WSGI_PEERS),
+        (CEILING, ASERVE, PURE, "aserve+log", "aserve-wsgiref", *_WSGI_PEERS),
         expect=HELLO,
     ),
     Scenario(
         "hello-asgi",
         "ASGI hello world, 50 connections",
         HELLO_ASGI,
-        (CEILING, ASERVE, "aserve+log", *_ASGI_PEERS),
+        (CEILING, ASERVE, PURE, "aserve+log", *_ASGI_PEERS),
         expect=HELLO,
     ),
     Scenario(
@@ -81,14 +83,14 @@ STANDARD: tuple[Scenario, ...] = (
         "django",
         "Django view through WSGIHandler (startproject middleware), 50 connections",
         DJANGO,
-        (ASERVE, "runserver", "runserver-aserve", "aserve-wsgiref", *_WSGI_PEERS),
+        (ASERVE, PURE, "runserver", "runserver-aserve", "aserve-wsgiref", *_WSGI_PEERS),
         expect=HELLO,
     ),
     Scenario(
         "stream-1mib",
         "WSGI response of 1 MiB streamed in 64 KiB chunks, 50 connections",
         TRANSFER,
-        (ASERVE, *_WSGI_PEERS),
+        (ASERVE, PURE, *_WSGI_PEERS),
         request=Request("GET", f"/?size={MiB}"),
         payload=MiB,
         timeout=10.0,
@@ -97,7 +99,7 @@ STANDARD: tuple[Scenario, ...] = (
         "upload-16mib",
         "16 MiB upload read through wsgi.input in 64 KiB reads, 8 connections",
         TRANSFER,
-        (ASERVE, *_WSGI_PEERS),
+        (ASERVE, PURE, *_WSGI_PEERS),
         request=Request("POST", "/", 16 * MiB),
         # 50 uploads of 16 MiB at once would take seconds each: a run would complete none.
         connections=8,
@@ -109,7 +111,7 @@ STANDARD: tuple[Scenario, ...] = (
         "hello-wsgi-c1000",
         "WSGI hello world, 1000 concurrent keep-alive connections",
         HELLO_WSGI,
-        (ASERVE, *_WSGI_PEERS),
+        (ASERVE, PURE, *_WSGI_PEERS),
         connections=1000,
         expect=HELLO,
     ),
@@ -143,7 +145,7 @@ def user_scenario(
         USER,
         f"{app} {method} {path}, {connections} connections",
         AppSpec(USER, app, interface),
-        (CEILING, ASERVE, *peers),
+        (CEILING, ASERVE, PURE, *peers),
         request=Request(method, path),
         connections=connections,
     )
