@@ -523,9 +523,12 @@ class Connection:
                 message = self._message
                 size = message.length - message.body_size if message.length is not None else 0
                 if size > 0:
-                    # The rest of a sized body, as received; what follows it in slices.
-                    piece = data[:size]
-                    data = data[len(piece) :] if piece is not data else b""
+                    # The rest of a sized body, as received (compiled code copies on any
+                    # slice, even of the whole); what follows it in slices.
+                    if size >= len(data):
+                        piece, data = data, b""
+                    else:
+                        piece, data = data[:size], data[size:]
                     self._sized_body(piece)
                     continue
             elif len(data) > _SLICE:
