@@ -250,8 +250,8 @@ def test_the_next_channel_on_a_closed_channels_descriptor_is_heard(
 def test_a_receive_waiting_when_its_channel_closes_returns_none(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
-    async def scenario() -> list[ipc.FromWorker | None]:
-        received = []
+    async def scenario() -> list[object]:
+        received: list[object] = []
         for fds in (False, True):
             with ends(WORKER_LINK) as (supervisor, _):
                 waiting = asyncio.ensure_future(
