@@ -854,6 +854,8 @@ def test_no_request_refused_or_reset_while_editing(
             poller.join(WAIT)
     assert failures == []
     assert seen == [b"v1", b"v2", b"v3", b"v4", b"v5", b"v6"]
+    # A worker serves a moment before the supervisor reads its Ready and logs "Reloaded".
+    server.wait_ready(6)
     assert len(server.workers()) == 6
 
 
@@ -1017,7 +1019,8 @@ def test_forked_workers_over_stream_ipc(project: Path) -> None:
         wait_for_body(server.port, b"True")
         (project / "app.py").write_text(wsgi_source("v2"))
         wait_for_body(server.port, b"v2")
-        crashed = server.workers()[-1]
+        # The third worker: it may answer before the supervisor has logged it ready.
+        crashed = server.wait_ready(3)
         with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
             get(server.port, "/crash")
         server.wait_for(rf"ERROR +Worker {crashed} exited unexpectedly \(exit code 17\)")
