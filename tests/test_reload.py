@@ -6,10 +6,13 @@ handlers, the asyncio loop); `ASERVE_PORTABLE=1 pytest` runs them all that way."
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +25,9 @@ import pytest
 
 from aserve.config import Config
 from aserve.process import PORTABLE_ENV
+from aserve.reload.ipc import Fork
 from aserve.reload.spawn import worker_kind
+from aserve.reload.supervisor import BASE_PRELOAD, Template
 from tests.support.client import connect, refused
 from tests.support.procs import ServerProcess
 
@@ -849,6 +854,8 @@ def test_no_request_refused_or_reset_while_editing(
             poller.join(WAIT)
     assert failures == []
     assert seen == [b"v1", b"v2", b"v3", b"v4", b"v5", b"v6"]
+    # A worker serves a moment before the supervisor reads its Ready and logs "Reloaded".
+    server.wait_ready(6)
     assert len(server.workers()) == 6
 
 
@@ -1012,9 +1019,42 @@ def test_forked_workers_over_stream_ipc(project: Path) -> None:
         wait_for_body(server.port, b"True")
         (project / "app.py").write_text(wsgi_source("v2"))
         wait_for_body(server.port, b"v2")
-        crashed = server.workers()[-1]
+        # The third worker: it may answer before the supervisor has logged it ready.
+        crashed = server.wait_ready(3)
         with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
             get(server.port, "/crash")
         server.wait_for(rf"ERROR +Worker {crashed} exited unexpectedly \(exit code 17\)")
     finally:
         server.close()
+
+
+def test_a_worker_forked_after_a_template_retired_is_heard(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A template retired while the supervisor's loop waits on its channel (stream framing,
+    asyncio's loop: macOS with --reload-worker fork), then a worker forked whose channel gets
+    the same descriptor number: its Ready must reach the supervisor. It once did not: the
+    supervisor never saw the worker ready while it served, and the next edit killed it with
+    requests in flight."""
+    monkeypatch.setenv(PORTABLE_ENV, "1")
+    monkeypatch.chdir(project)  # where the template's workers import the app from
+
+    async def scenario() -> bool:
+        with socket.create_server(("127.0.0.1", 0)) as listen:
+            listen.set_inheritable(True)
+            config = Config(port=listen.getsockname()[1], reload=True, loop="asyncio")
+            current = await Template.start(BASE_PRELOAD, listen)
+            retired = await Template.start(BASE_PRELOAD, listen)
+            await asyncio.sleep(0.1)  # its reader waits on the channel
+            number = retired.control.fileno()
+            await retired.retire()  # no worker of its own: it exits now
+            worker = current.fork(Fork("app:app", dataclasses.asdict(config), announce=False))
+            try:
+                assert worker.channel.fileno() == number
+                return await asyncio.wait_for(worker.started(), WAIT)
+            finally:
+                worker.abandon()  # a worker the loop cannot hear would never be seen to exit
+                await current.close()
+
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        assert runner.run(scenario())

@@ -211,6 +211,61 @@ async def test_a_browser_connection_reaches_the_supervisor_on_its_loop() -> None
     client.close()
 
 
+@pytest.mark.usefixtures("framing")
+@pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_the_next_channel_on_a_closed_channels_descriptor_is_heard(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """A retired template's channel is closed while the supervisor's loop waits on it (the
+    reader cancelled, then the channel closed); the next worker's channel may get the same
+    descriptor number, and its Ready must wake the loop, or the supervisor never learns the
+    worker serves and kills it, requests and all, at the next edit."""
+
+    async def scenario() -> tuple[ipc.FromWorker, list[int]] | None:
+        retired, template = channel_pair(TEMPLATE_LINK)
+        reader = asyncio.ensure_future(retired.receive())
+        await asyncio.sleep(0.05)
+        number = retired.fileno()
+        reader.cancel()
+        retired.close()
+        await asyncio.wait([reader])
+        template.close()
+        with ends(WORKER_LINK) as (supervisor, worker):
+            assert supervisor.fileno() == number  # the lowest free number, as in the reloader
+            waiting = asyncio.ensure_future(supervisor.receive_fds())
+            await asyncio.sleep(0.05)
+            worker.send(Ready(modules=("a",)))
+            return await asyncio.wait_for(waiting, 5)
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        assert runner.run(scenario()) == (Ready(modules=("a",)), [])
+
+
+@pytest.mark.usefixtures("framing")
+@pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_a_receive_waiting_when_its_channel_closes_returns_none(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    async def scenario() -> list[object]:
+        received: list[object] = []
+        for fds in (False, True):
+            with ends(WORKER_LINK) as (supervisor, _):
+                waiting = asyncio.ensure_future(
+                    supervisor.receive_fds() if fds else supervisor.receive()
+                )
+                await asyncio.sleep(0.05)
+                supervisor.close()
+                received.append(await asyncio.wait_for(waiting, 5))
+        return received
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        assert runner.run(scenario()) == [None, None]
+
+
 def test_descriptors_with_a_bad_message_are_closed() -> None:
     raw, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     template = inherit_channel(theirs.detach(), TEMPLATE_LINK)

@@ -323,6 +323,9 @@ class Channel(Generic[Receives, Sends]):
         self._partial = bytearray()
         self._partial_fds: list[int] = []
         self._buffer: bytearray | None = None
+        # While a receive waits on a loop: the loop, the descriptor it watches, and what wakes
+        # the receive (see `close`).
+        self._watch: tuple[asyncio.AbstractEventLoop, int, Callable[[], None]] | None = None
         # Windows: the process a socket sent through this channel is shared with
         # (socket.share() names the receiving process).
         self.peer: int | None = None
@@ -371,12 +374,15 @@ class Channel(Generic[Receives, Sends]):
             self._sock.setblocking(False)
         if self._stream:
             return self._from_frame(await self._next_frame())
-        loop = asyncio.get_running_loop()
-        try:
-            size = await loop.sock_recv_into(self._sock, self._packet_buffer())
-        except OSError:
-            return None
-        return self._message(self._packet(size))
+        while True:
+            try:
+                size = self._sock.recv_into(self._packet_buffer())
+            except BlockingIOError:
+                await self._readable()
+                continue
+            except OSError:
+                return None
+            return self._message(self._packet(size))
 
     async def receive_fds(self) -> tuple[Receives, list[int]] | None:
         """`recv_fds()` for an event loop."""
@@ -388,7 +394,7 @@ class Channel(Generic[Receives, Sends]):
             try:
                 return self._recv_fds()
             except BlockingIOError:
-                await _readable(self._sock)
+                await self._readable()
 
     def _recv_fds(self) -> tuple[Receives, list[int]] | None:
         """BlockingIOError when the socket is non-blocking and nothing waits."""
@@ -445,7 +451,7 @@ class Channel(Generic[Receives, Sends]):
             try:
                 return self._read_frame()
             except BlockingIOError:
-                await _readable(self._sock)
+                await self._readable()
 
     def _read_frame(self) -> tuple[bytes, list[int]] | None:
         """The next stream frame's JSON and descriptors; None at the end of the stream (or a
@@ -486,7 +492,36 @@ class Channel(Generic[Receives, Sends]):
         self._partial_fds += fds
         return data
 
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        fd = self._sock.fileno()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
+        self._watch = (loop, fd, wake)
+        try:
+            await ready
+        finally:
+            if self._watch is not None:
+                self._watch = None
+                loop.remove_reader(fd)
+
     def close(self) -> None:
+        """Close this end; a receive waiting on a loop then returns None."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            # The loop stops watching the descriptor before its number is free: a socket made
+            # next (the next worker's channel) may get it, and a watch left on it from this
+            # one would keep the loop deaf to the new socket (asyncio's selector takes the
+            # new add_reader for a change of callback and never tells epoll).
+            loop, fd, wake = watch
+            if not loop.is_closed():
+                loop.remove_reader(fd)
+            wake()
         _close(self._partial_fds)
         self._partial_fds = []
         self._sock.close()
@@ -588,21 +623,6 @@ def _unshare(data: bytes | bytearray) -> list[int]:
         if sys.platform == "win32":
             fds.append(socket.fromshare(blob).detach())
     return fds
-
-
-async def _readable(sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(sock.fileno(), wake)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(sock.fileno())
 
 
 def _close(fds: Sequence[int]) -> None:
