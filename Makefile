@@ -83,10 +83,11 @@ $(COMPILED)/.built: $(SOURCES) | $(STAMP)
 build-compiled: $(COMPILED)/.built
 
 # The whole suite again against the compiled build (CI runs both: compiled code enforces
-# types at run time, so some failures show only there).
+# types at run time, so some failures show only there). PYTHONPATH: the servers that tests
+# start from a project directory (the reload suites) import the compiled build too.
 pytest-compiled: $(COMPILED)/.built
 	@if cd $(COMPILED) && ../../$(BIN)/python -m aserve --version | grep -q '(compiled)'; then \
-		../../$(BIN)/pytest -q -rs -p no:cacheprovider; \
+		$(RUN_COMPILED) ../../$(BIN)/pytest -q -rs -p no:cacheprovider; \
 	else \
 		echo "pytest-compiled: skipped, no compiled build (no C compiler?)"; \
 	fi
