@@ -248,16 +248,17 @@ def test_targets_met_not_met_and_not_measured() -> None:
     ]
     results = evaluate(summaries, memory)
     verdicts = {v.label: (v.status, v.measured) for v in results}
-    assert verdicts["WSGI hello: aserve >= 2x waitress (4 threads)"] == ("met", "3.00x")
-    assert results[0].per_cpu == "4.00x"
-    assert results[2].per_cpu == "-"
+    assert verdicts["WSGI hello: aserve >= 1x granian"] == ("n/a", "not measured")
+    assert verdicts["WSGI hello: aserve >= 5x waitress (4 threads)"] == ("NOT MET", "3.00x")
+    assert results[1].per_cpu == "4.00x"
+    assert results[3].per_cpu == "-"
     table = report.claims_table(results).splitlines()
-    assert table[2] == (
-        "| WSGI hello: aserve >= 2x waitress (4 threads)             |        3.00x |     4.00x "
-        "|     met |"
+    assert table[3] == (
+        "| WSGI hello: aserve >= 5x waitress (4 threads)             |        3.00x |     4.00x "
+        "| NOT MET |"
     )
     assert verdicts["WSGI hello: aserve >= 5x uvicorn + a2wsgi"] == ("n/a", "not measured")
-    assert verdicts["ASGI hello: aserve >= 1.2x uvicorn"] == ("NOT MET", "1.17x")
+    assert verdicts["ASGI hello: aserve >= 1.5x uvicorn"] == ("NOT MET", "1.17x")
     assert verdicts["1000 connections: aserve has no socket errors or timeouts"] == (
         "NOT MET",
         "2 errors",
