@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar, get_args
+from typing import Any, TypeVar, cast, get_args
 
 import pytest
 import uvloop
@@ -47,6 +48,7 @@ from aserve.reload.ipc import (
     encode,
     inherit_channel,
 )
+from aserve.reload.supervisor import Worker
 
 FORK = Fork(app="app:app", config={"port": 8000, "reload_dirs": ["."]}, announce=True)
 TO_TEMPLATE: list[ipc.ToTemplate] = [Preload(("django", "uvloop")), Preload(()), FORK]
@@ -455,3 +457,32 @@ def test_only_ipc_knows_the_wire_format() -> None:
     assert wire_uses(package / "ipc.py")  # the scan sees what it looks for
     uses = {path.name: wire_uses(path) for path in modules if path.name != "ipc.py"}
     assert uses == {name: [] for name in uses}
+
+
+@pytest.mark.usefixtures("framing")
+async def test_a_start_cancelled_as_the_worker_said_ready_finds_the_ready() -> None:
+    """A save cancels a worker's start just as the worker sends Ready, which the supervisor
+    has not read: it accepts from then on, so the supervisor must find the Ready and stop it
+    as a serving worker, not kill it with a request in hand (supervisor._restart)."""
+    ours, theirs = channel_pair(WORKER_LINK)
+    worker = Worker(ours, None, cast(Any, None))
+    try:
+        starting = asyncio.ensure_future(worker.started())
+        theirs.send(Hello(pid=4321))
+        await asyncio.sleep(0.05)
+        assert worker.pid == 4321 and not starting.done()
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        assert not worker.heard_ready()  # nothing more has come
+        theirs.send(Watch(dirs=("d",), globs=("*.py",), files=(), changes=False))
+        theirs.send(Ready(modules=("m",)))
+        assert worker.heard_ready()
+        assert worker.modules == ("m",)
+        assert worker.watch is not None and worker.watch.dirs == ("d",)
+        # Watched as a ready worker is from there: its exit is seen.
+        theirs.close()
+        await asyncio.wait_for(worker.exited.wait(), 5)
+    finally:
+        worker.close()
+        theirs.close()

@@ -367,6 +367,13 @@ class Channel(Generic[Receives, Sends]):
         """The next message and the descriptors that came with it, now the caller's to close."""
         return self._recv_fds()
 
+    def recv_fds_nowait(self) -> tuple[Receives, list[int]] | None:
+        """`recv_fds()` for a message that has arrived whole; BlockingIOError when none has.
+        On a channel an event loop reads, while no `receive` waits."""
+        if self._sock.getblocking():
+            self._sock.setblocking(False)
+        return self._recv_fds()
+
     async def receive(self) -> Receives | None:
         if self._sock.getblocking():
             # The loop reads when the socket is readable: a blocking one would stall it

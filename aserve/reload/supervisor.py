@@ -145,7 +145,9 @@ class Worker:
         self._answer: asyncio.Future[bool] | None = None
 
     async def _next(self) -> FromWorker | None:
-        received = await self.channel.receive_fds()
+        return self._take(await self.channel.receive_fds())
+
+    def _take(self, received: tuple[FromWorker, list[int]] | None) -> FromWorker | None:
         if received is None:
             self.exited.set()
             self.draining.set()
@@ -160,19 +162,40 @@ class Worker:
     async def started(self) -> bool:
         """True once the worker accepts; False when it failed (see `failure`) or died."""
         while True:
-            match await self._next():
-                case None:
-                    return False
-                case Hello(pid):
-                    self.pid = pid
-                case Ready(modules):
-                    self.modules = modules
-                    self._monitor = asyncio.create_task(self._read_until_exit())
-                    return True
-                case Failed() as failure:
-                    self.failure = failure
-                case Watch() as watch:
-                    self.watch = watch
+            message = await self._next()
+            if message is None:
+                return False
+            if self._starting(message):
+                return True
+
+    def heard_ready(self) -> bool:
+        """Whether the worker's Ready is among the messages that arrived and were not read,
+        as when its start is cancelled between the two: it accepts from that moment, and is
+        then watched as a ready worker is. Reads only what is there."""
+        while True:
+            try:
+                message = self._take(self.channel.recv_fds_nowait())
+            except (BlockingIOError, IPCError):
+                return False
+            if message is None:
+                return False
+            if self._starting(message):
+                return True
+
+    def _starting(self, message: FromWorker) -> bool:
+        """Take in what a starting worker says; True at its Ready."""
+        match message:
+            case Hello(pid):
+                self.pid = pid
+            case Ready(modules):
+                self.modules = modules
+                self._monitor = asyncio.create_task(self._read_until_exit())
+                return True
+            case Failed() as failure:
+                self.failure = failure
+            case Watch() as watch:
+                self.watch = watch
+        return False
 
     async def _read_until_exit(self) -> None:
         while not self.exited.is_set():
@@ -680,7 +703,12 @@ class Supervisor:
         try:
             ok = await asyncio.wait_for(new.started(), timeout)
         except asyncio.CancelledError:
-            new.abandon()
+            if new.heard_ready():
+                # It accepts (a worker says Ready before its loop first runs) and may hold a
+                # request already: it stops as a replaced worker does, answering it.
+                self._spawn(new.stop(self.config.timeout_graceful_shutdown, replaced=True))
+            else:
+                new.abandon()
             raise
         except TimeoutError:
             stacks = await new.stacks()
