@@ -175,7 +175,7 @@ class Worker:
         while True:
             try:
                 message = self._take(self.channel.recv_fds_nowait())
-            except (BlockingIOError, IPCError):
+            except (OSError, IPCError):  # nothing more has come (BlockingIOError), or bad
                 return False
             if message is None:
                 return False
