@@ -31,6 +31,7 @@ from aserve.reload.supervisor import (
     Spawner,
     Template,
     Worker,
+    cancel_and_wait,
     describe_exit,
 )
 from aserve.signals import StopSignals
@@ -122,9 +123,7 @@ class Pool:
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         if not startup.done():  # a signal while the workers start: they are abandoned
-            startup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await startup
+            await cancel_and_wait(startup)
             return 0
         results = startup.result()
         failed = [r for r in results if isinstance(r, BaseException)]
@@ -143,9 +142,7 @@ class Pool:
         try:
             await self._stop.wait()
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await cancel_and_wait(keeper)
         return 0
 
     # -- starting and replacing workers ------------------------------------------------------
@@ -336,9 +333,7 @@ class Pool:
     async def _shutdown(self) -> None:
         self._stop.set()
         if self._rolling is not None:
-            self._rolling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._rolling
+            await cancel_and_wait(self._rolling)
         # Nobody accepts from now on: the templates (which hold the listening socket to pass it
         # on) and the supervisor's copy close at once, each worker its own as it stops, so a
         # new client is refused rather than left waiting in the backlog.
@@ -353,9 +348,7 @@ class Pool:
         if self._background:
             await asyncio.wait(set(self._background), timeout=timeout + KILL_GRACE)
         for task in list(self._background):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         logger.log(logging.INFO if self._serving else logging.DEBUG, "aserve supervisor stopped")
 
 

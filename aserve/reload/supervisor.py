@@ -689,9 +689,7 @@ class Supervisor:
     async def _cancel_start(self) -> None:
         starting, self._starting = self._starting, None
         if starting is not None and not starting.done():
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
+            await cancel_and_wait(starting)
 
     async def _restart(self, changed: str) -> None:
         assert self.template is not None
@@ -875,9 +873,7 @@ class Supervisor:
     async def _shutdown(self) -> None:
         await self._cancel_start()
         if self._refreshing is not None:
-            self._refreshing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refreshing
+            await cancel_and_wait(self._refreshing)
         # Nobody accepts from now on: the templates (which hold the listening socket to pass
         # it on) go at once, so does the supervisor's copy, and each worker closes its own as
         # it stops; a client that connects now is refused at once instead of waiting in the
@@ -953,6 +949,14 @@ def _installed(path: str) -> bool:
     """Whether `path` lies in installed packages (site-packages, a distribution's packages)."""
     parts = Path(path).parts
     return "site-packages" in parts or "dist-packages" in parts
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` and wait until it has unwound (its `finally` blocks), its cancellation
+    swallowed; what else it raises is raised."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
