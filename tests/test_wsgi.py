@@ -371,6 +371,9 @@ def test_large_upload_streams_through_a_bounded_buffer() -> None:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         nonlocal rss_growth, sent_before_reading
         baseline = rss_bytes()
+        # The client's thread may not have sent a byte yet on a busy machine: a stall is only
+        # a stall once the upload has begun.
+        wait_until(lambda: sent > 0, 10.0)
         last = -1
         while sent != last and sent < total:  # until the client is stalled (or done)
             last = sent
