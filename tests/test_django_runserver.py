@@ -18,7 +18,7 @@ import pytest
 from django.utils.version import get_docs_version
 
 import aserve
-from tests.support.client import connect, http_get, refused
+from tests.support.client import connect, http_get, refused_soon
 from tests.support.djangoproject import (
     ASGI_ENV,
     Runserver,
@@ -330,7 +330,7 @@ def test_stop_signal_exits_0(django_project: Path, sig: int, reloader: bool) -> 
         assert served_pid(port) is not None
         assert server.stop(sig) == 0
     # Nothing it started holds the socket any more.
-    assert refused(port)
+    assert refused_soon(port)
 
 
 CALL_COMMAND = """

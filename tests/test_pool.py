@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.client import get_pid, refused
+from tests.support.client import get_pid, refused_soon
 from tests.support.procs import ROOT, ServerProcess, answer_across, assert_usage_error
 
 SUPERVISOR_ON = r"aserve supervisor on http://127\.0\.0\.1:(\d+), (\d+) workers"
@@ -162,7 +162,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(pool: Callable[..
     assert "SIGTERM received: stopping the workers" in server.stderr
     assert server.stderr.rstrip().endswith("aserve supervisor stopped")
     assert "Traceback" not in server.stderr
-    assert refused(server.port)
+    assert refused_soon(server.port)
 
 
 def test_second_sigint_stops_at_once(pool: Callable[..., Pool]) -> None:

@@ -20,7 +20,7 @@ import pytest
 from aserve.config import Config
 from aserve.process import PORTABLE_ENV, loop_factory
 from aserve.reload.spawn import worker_kind
-from tests.support.client import connect, http_get, refused
+from tests.support.client import connect, http_get, refused_soon
 from tests.support.polling import wait_until
 from tests.support.procs import ROOT, ServerProcess
 
@@ -160,7 +160,7 @@ def test_serving_stops_on_a_signal_handled_with_signal_signal(
             server.send_signal(signal.SIGINT)
             assert server.wait(WAIT) == 0, server.stderr
         assert "Second SIGINT: exiting now" in server.stderr
-        assert refused(port)
+        assert refused_soon(port)
 
 
 def test_reload_serves_reloads_and_shows_the_error_page_through_the_portable_paths(
@@ -194,7 +194,7 @@ def test_reload_serves_reloads_and_shows_the_error_page_through_the_portable_pat
         assert server.wait(WAIT) == 0, server.stderr
     assert time.monotonic() - started < 5.0  # not the 5 s graceful timeout, nor the 30 s sleep
     assert "Traceback" not in server.stderr
-    assert refused(port)
+    assert refused_soon(port)
 
 
 def test_the_portable_switch_picks_the_portable_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,7 @@ from aserve.process import PORTABLE_ENV
 from aserve.reload.ipc import Fork
 from aserve.reload.spawn import worker_kind
 from aserve.reload.supervisor import BASE_PRELOAD, Template
-from tests.support.client import connect, refused
+from tests.support.client import connect, refused, refused_soon
 from tests.support.procs import ServerProcess
 
 # The supervisor's first line: "aserve supervisor on http://127.0.0.1:PORT, watching DIR".
@@ -882,7 +882,7 @@ def test_signal_stops_worker_and_supervisor(
     assert re.search(r"DEBUG +aserve stopped$", log, re.MULTILINE)  # the worker drained
     assert log.rstrip().endswith("aserve supervisor stopped")
     assert "Traceback" not in log
-    assert refused(server.port)
+    assert refused_soon(server.port)
 
 
 def test_signal_lets_request_in_flight_finish(reloader: Callable[..., Reloader]) -> None:

@@ -17,7 +17,7 @@ from aserve import Config, Server
 from aserve.errors import ConfigError, LifespanError
 from aserve.types import Receive, Scope, Send
 from tests.support.apps import asgi_apps, loadable
-from tests.support.client import http_get, refused
+from tests.support.client import http_get, refused_soon
 from tests.support.procs import ServerProcess
 
 
@@ -37,7 +37,7 @@ def test_start_serves_and_stop_closes_the_port() -> None:
     assert server._thread is not None
     assert not server._thread.is_alive()
     assert server.exit_code == 0
-    assert refused(port)
+    assert refused_soon(port)
 
 
 def test_start_serves_wsgi_by_import_string() -> None:
@@ -49,7 +49,7 @@ def test_start_serves_wsgi_by_import_string() -> None:
         assert http_get(port) == (200, b"hello")
     finally:
         server.stop()
-    assert refused(port)
+    assert refused_soon(port)
 
 
 def test_context_manager() -> None:
@@ -57,7 +57,7 @@ def test_context_manager() -> None:
         port = server.port
         assert http_get(port) == (200, b"ok")
     assert server.exit_code == 0
-    assert refused(port)
+    assert refused_soon(port)
 
 
 def test_stop_waits_for_in_flight_request() -> None:

@@ -15,8 +15,7 @@ import pytest
 from aserve.process import PORTABLE_ENV
 from aserve.signals import StopSignals
 from tests.support.apps import asgi_apps, wsgi_apps
-from tests.support.client import Client, refused
-from tests.support.polling import wait_until
+from tests.support.client import Client, refused_soon
 from tests.support.procs import ServerProcess
 
 ASGI_APP = "tests.support.apps.asgi_apps:app"
@@ -43,11 +42,6 @@ def connect(port: int, opened: list[http.client.HTTPConnection]) -> http.client.
     return conn
 
 
-def assert_refused_soon(port: int, within: float = 1.0) -> None:
-    """New connections are refused once the listening socket is closed."""
-    assert wait_until(lambda: refused(port), within), "the server still accepts connections"
-
-
 def line_index(server: ServerProcess, text: str) -> int:
     for index, line in enumerate(server.lines):
         if text in line:
@@ -71,7 +65,7 @@ def test_signal_drains_in_flight_request(
         server.wait_for(f"app: started {path}")
         server.send_signal(sig)
         server.wait_for(f"{sig.name} received")
-        assert_refused_soon(port)
+        assert refused_soon(port, 1.0), "the server still accepts connections"
 
         response = conn.getresponse()
         assert response.status == 200
@@ -98,7 +92,7 @@ def test_wsgi_app_drains_on_sigterm(connections: list[http.client.HTTPConnection
         server.wait_for("app: started /sleep/1")
         server.send_signal(signal.SIGTERM)
         server.wait_for("SIGTERM received")
-        assert_refused_soon(port)
+        assert refused_soon(port, 1.0), "the server still accepts connections"
         response = conn.getresponse()
         assert response.status == 200
         assert response.read() == wsgi_apps.BODY

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tests.support.http import Closed, End, Event, FramingError, Part, Response, ResponseParser
+from tests.support.polling import wait_until
 
 
 class Client:
@@ -170,6 +171,16 @@ def refused(port: int) -> bool:
         # kernel resets it, and a connect() that waits with a timeout can read that reset.
         return True
     return False
+
+
+def refused_soon(port: int, within: float = 2.0) -> bool:
+    """Connections to 127.0.0.1:`port` are refused within `within` seconds. A listening socket
+    can outlive the last process that held it by a moment: seen under load, still listening
+    after every server process had exited, with no process holding it. The likely holder is
+    uvloop's libuv, which batches epoll_ctl through an io_uring whose requests the kernel
+    releases only when it tears the ring down, after the exit. Until then the kernel completes
+    handshakes into a backlog that nobody reads. A process still serving fails this."""
+    return wait_until(lambda: refused(port), within)
 
 
 def http_get(port: int, path: str = "/") -> tuple[int, bytes]:
