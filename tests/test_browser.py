@@ -134,7 +134,7 @@ def test_django_template_and_stylesheet_edits_reach_the_open_page(tmp_path: Path
     template = project / "notes" / "templates" / "notes" / "note_list.html"
     stylesheet = project / "notes" / "static" / "notes" / "style.css"
     with (
-        Runserver(project, "--reload-browser", "--log-level", "debug") as runserver,
+        Runserver(project, "127.0.0.1:0", "--reload-browser", "--log-level", "debug") as runserver,
         headless_chromium(tmp_path) as browser,
     ):
         from selenium.webdriver.support.wait import WebDriverWait

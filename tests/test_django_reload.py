@@ -98,7 +98,7 @@ def test_syntax_error_in_a_view_module_is_shown_until_fixed(django_project: Path
 def test_error_in_settings_is_shown_until_fixed(django_project: Path) -> None:
     settings = django_project / SETTINGS
     source = settings.read_text()
-    with Runserver(django_project, "--log-level", "debug") as server:
+    with Runserver(django_project, "127.0.0.1:0", "--log-level", "debug") as server:
         port = server.wait_started()
         before = served_pid(port)
         wait_for_the_second_template(server)
