@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from queue import SimpleQueue
 from typing import IO, Protocol
 
@@ -31,6 +32,24 @@ THREAD_JOIN_WAIT = 1.0
 
 # The most distinct header names whose environ keys are remembered.
 _KEY_CACHE_SIZE = 512
+
+# Response fields encoded, by the app's name then value: apps send the same few over and over
+# (Content-Type, Vary...), and the same bytes objects each time spare the encoding here and
+# let http11's FieldMemo find them by their cached hashes. Nothing here is validated (http11
+# checks every field it has not remembered). Bounded as http11's memo is; Content-Length,
+# whose value differs per response, is never kept.
+_FieldMemo = dict[str, dict[str, tuple[bytes, bytes]]]
+FIELD_MEMO_NAMES = 64
+FIELD_MEMO_VALUES = 64
+FIELD_MEMO_VALUE_MAX = 256
+_LENGTH_NAMES = frozenset(("Content-Length", "content-length", "Content-length"))
+
+# The status lines apps send, as their code and no reason of their own (None: the standard
+# phrase): one lookup instead of splitting, parsing and encoding it, and http11 then takes its
+# prebuilt status line.
+_STATUSES: dict[str, tuple[int, bytes | None]] = {
+    f"{status.value} {status.phrase}": (status.value, None) for status in HTTPStatus
+}
 
 # A thread's response bytes handed to the loop at once, in flow-control buffers: an app that
 # yields 64 KiB blocks cost a hand-off (two context switches) per block at 1; at 4 one
@@ -244,15 +263,19 @@ class _Response:
         "headers",
         "headers_sent",
         "loop",
+        "memo",
         "reason",
         "status",
     )
 
-    def __init__(self, cycle: Cycle, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+    def __init__(
+        self, cycle: Cycle, loop: asyncio.AbstractEventLoop, limit: int, memo: _FieldMemo
+    ) -> None:
         self.cycle = cycle
         self.loop = loop
+        self.memo = memo
         self.status = 0
-        self.reason = b""
+        self.reason: bytes | None = None
         self.headers: Headers = []
         self.headers_sent = False
         self._limit = limit * BATCH_BUFFERS
@@ -276,17 +299,24 @@ class _Response:
                 exc_info = None
         elif self.status:
             raise AppProtocolError("start_response() called twice without exc_info")
-        code, _, reason = status.partition(" ")
-        if len(code) != 3 or not code.isdigit():
-            raise AppProtocolError(f"invalid WSGI status {status!r}")
+        known = _STATUSES.get(status)
+        if known is not None:
+            code, reason = known
+        else:
+            text, _, phrase = status.partition(" ")
+            if len(text) != 3 or not text.isdigit():
+                raise AppProtocolError(f"invalid WSGI status {status!r}")
+            code = int(text)
+            try:
+                reason = phrase.encode("latin-1")
+            except UnicodeEncodeError as exc:
+                raise AppProtocolError(f"invalid WSGI status {status!r}") from exc
         try:
-            self.reason = reason.encode("latin-1")
-            self.headers = [
-                (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers
-            ]
+            self.headers = _encode_fields(headers, self.memo)
         except (UnicodeEncodeError, AttributeError, ValueError, TypeError) as exc:
             raise AppProtocolError(f"invalid WSGI response headers: {exc}") from exc
-        self.status = int(code)
+        self.reason = reason
+        self.status = code
         return self.write
 
     def write(self, data: object) -> None:
@@ -429,6 +459,8 @@ class WSGIRunner:
         self._idle_lock = threading.Lock()
         self._context = contextvars.copy_context()
         self._keys: dict[bytes, str | None] = {}
+        # The app's response fields encoded (see _FieldMemo), shared by the pool's threads.
+        self._fields: _FieldMemo = {}
         # PATH_INFO and QUERY_STRING by request target (see protocols.target).
         self._targets: dict[bytes, tuple[str, str]] = {}
         self._base: Environ = {
@@ -532,7 +564,7 @@ class WSGIRunner:
         return environ
 
     def _serve(self, cycle: Cycle) -> None:
-        response = _Response(cycle, self.loop, self.limit_buffer)
+        response = _Response(cycle, self.loop, self.limit_buffer, self._fields)
         try:
             result = self.app(self.environ(cycle), response.start_response)
             try:
@@ -614,6 +646,25 @@ def _close(result: Iterable[bytes]) -> None:
     close = getattr(result, "close", None)
     if close is not None:
         close()
+
+
+def _encode_fields(headers: list[tuple[str, str]], memo: _FieldMemo) -> Headers:
+    """The app's response fields as latin-1 bytes (raises UnicodeEncodeError, AttributeError
+    or TypeError for what is no pair of latin-1 strings)."""
+    fields: Headers = []
+    for name, value in headers:
+        values = memo.get(name)
+        field = values.get(value) if values is not None else None
+        if field is None:
+            field = (name.encode("latin-1"), value.encode("latin-1"))
+            if len(value) <= FIELD_MEMO_VALUE_MAX and name not in _LENGTH_NAMES:
+                if values is None:
+                    if len(memo) < FIELD_MEMO_NAMES:
+                        memo[name] = {value: field}
+                elif len(values) < FIELD_MEMO_VALUES:
+                    values[value] = field
+        fields.append(field)
+    return fields
 
 
 def _environ_key(name: bytes) -> str | None:
