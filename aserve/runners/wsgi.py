@@ -334,7 +334,26 @@ class _Response:
         """End the response, with a last piece of body."""
         if not self.status:
             raise AppProtocolError("WSGI app returned without calling start_response()")
+        if not self.headers_sent:
+            # The whole response in one hand-off (most apps): nothing was handed to the loop
+            # before, so nothing is shared with it yet, and the end never waits: no lock.
+            self.headers_sent = True
+            self.loop.call_soon_threadsafe(self._send_whole, data)
+            return
         self._emit(data, end=True)
+
+    def _send_whole(self, data: bytes) -> None:
+        """On the loop: the response `finish` handed over at once (see `_flush`)."""
+        cycle = self.cycle
+        if cycle.done:
+            return
+        try:
+            if not cycle.response_started:
+                cycle.send_start(self.status, self.headers, self.reason)
+            cycle.send_end(data)
+        except AppProtocolError as exc:
+            logger.error("Invalid WSGI response: %s", exc)
+            cycle.fail()
 
     def _emit(self, data: bytes, end: bool) -> None:
         with self._lock:
