@@ -44,6 +44,21 @@ FIELD_MEMO_VALUES = 64
 FIELD_MEMO_VALUE_MAX = 256
 _LENGTH_NAMES = frozenset(("Content-Length", "content-length", "Content-length"))
 
+# The environ keys of every request (REMOTE_* but for a Unix socket's), in the runner's base.
+_REQUEST_KEYS = (
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "wsgi.url_scheme",
+    "wsgi.input",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+)
+
 # The status lines apps send, as their code and no reason of their own (None: the standard
 # phrase): one lookup instead of splitting, parsing and encoding it, and http11 then takes its
 # prebuilt status line.
@@ -491,6 +506,9 @@ class WSGIRunner:
             "wsgi.file_wrapper": FileWrapper,
             "wsgi.input_terminated": True,
             "SERVER_SOFTWARE": f"aserve/{__version__}",
+            # Every request sets these: present in the copy already, each is a replaced value
+            # rather than an insertion, and the copy never grows its table for them.
+            **dict.fromkeys(_REQUEST_KEYS, ""),
         }
         self._threads = [
             threading.Thread(target=self._work, name=f"aserve-wsgi-{i}", daemon=True)
@@ -543,7 +561,11 @@ class WSGIRunner:
 
     def environ(self, cycle: Cycle) -> Environ:
         request = cycle.request
-        target = remember_target(self._targets, request.target, _environ_target)
+        # The memo asked here first: remember_target is not compiled, and a call costs more
+        # than the lookup.
+        target = self._targets.get(request.target)
+        if target is None:
+            target = remember_target(self._targets, request.target, _environ_target)
         info = cycle.info
         server = info.server or ("localhost", 0)
         environ = self._base.copy()
@@ -561,6 +583,8 @@ class WSGIRunner:
         if client is not None:
             environ["REMOTE_ADDR"] = client[0]
             environ["REMOTE_PORT"] = str(client[1])
+        else:
+            del environ["REMOTE_ADDR"], environ["REMOTE_PORT"]
         keys = self._keys
         for name, value in request.headers:
             key = keys.get(name, "")
