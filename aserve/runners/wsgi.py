@@ -686,6 +686,10 @@ def _regular_file(filelike: object) -> tuple[int, int, int] | None:
 
 
 def _close(result: Iterable[bytes]) -> None:
+    if type(result) is list or type(result) is tuple:
+        # Neither has a close(); looking it up raises and catches an AttributeError inside,
+        # a twentieth of a hello-world request's instructions.
+        return
     close = getattr(result, "close", None)
     if close is not None:
         close()
