@@ -488,9 +488,9 @@ class WSGIRunner:
         self.root_path = root_path
         # Each request, and whether it had to wait for a busy pool.
         self._queue: SimpleQueue[tuple[Cycle, bool] | None] = SimpleQueue()
-        # Threads waiting for a request (a read without the lock is only a hint).
-        self._idle = 0
-        self._idle_lock = threading.Lock()
+        # One item per thread waiting for a request: a list's append and pop are atomic, so
+        # its length counts them without a lock (two per request before).
+        self._idle: list[None] = []
         self._context = contextvars.copy_context()
         self._keys: dict[bytes, str | None] = {}
         # The app's response fields encoded (see _FieldMemo), shared by the pool's threads.
@@ -520,7 +520,7 @@ class WSGIRunner:
             thread.start()
 
     def handle(self, cycle: Cycle) -> None:
-        self._queue.put((cycle, self._idle == 0))
+        self._queue.put((cycle, not self._idle))
 
     async def shutdown(self, timeout: float) -> None:
         """Stop the threads once queued requests are done; stop waiting after `timeout` (at
@@ -538,13 +538,12 @@ class WSGIRunner:
     def _work(self) -> None:
         no_wakeup_preemption()
         get = self._queue.get
-        lock = self._idle_lock
+        idle = self._idle
+        serve = self._serve
         while True:
-            with lock:
-                self._idle += 1
+            idle.append(None)
             item = get()
-            with lock:
-                self._idle -= 1
+            idle.pop()
             if item is None:
                 return
             cycle, waited = item
@@ -557,7 +556,7 @@ class WSGIRunner:
                 # half-closed after sending it, and is served.
                 self.loop.call_soon_threadsafe(cycle.abandon)
                 continue
-            self._context.copy().run(self._serve, cycle)
+            self._context.copy().run(serve, cycle)
 
     def environ(self, cycle: Cycle) -> Environ:
         request = cycle.request
