@@ -617,7 +617,7 @@ def test_response_fields_beyond_a_full_memo_are_encoded_and_checked(
     monkeypatch.setattr(aserve.runners.wsgi, "FIELD_MEMO_NAMES", 1)
     monkeypatch.setattr(aserve.runners.wsgi, "FIELD_MEMO_VALUES", 1)
     fields = [("X-A", "1"), ("X-B", "2"), ("X-A", "3"), ("X-Long", "v" * 300)]
-    memo: dict[str, dict[str, tuple[bytes, bytes]]] = {}
+    memo: dict[str, dict[str, object]] = {}
     assert aserve.runners.wsgi._encode_fields(fields, memo) == [
         (b"X-A", b"1"),
         (b"X-B", b"2"),

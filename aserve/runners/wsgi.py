@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from queue import SimpleQueue
-from typing import IO, Protocol
+from typing import IO, Final, Protocol, cast
 
 from aserve import __version__
 from aserve.errors import AppProtocolError, ClientDisconnected
@@ -37,12 +37,14 @@ _KEY_CACHE_SIZE = 512
 # (Content-Type, Vary...), and the same bytes objects each time spare the encoding here and
 # let http11's FieldMemo find them by their cached hashes. Nothing here is validated (http11
 # checks every field it has not remembered). Bounded as http11's memo is; Content-Length,
-# whose value differs per response, is never kept.
-_FieldMemo = dict[str, dict[str, tuple[bytes, bytes]]]
+# whose value differs per response, is never kept. The pairs are typed as objects: compiled
+# code would check and unpack a tuple[bytes, bytes] read from the dict, then build a new
+# tuple to put it in the list.
+_FieldMemo = dict[str, dict[str, object]]
 FIELD_MEMO_NAMES = 64
 FIELD_MEMO_VALUES = 64
-FIELD_MEMO_VALUE_MAX = 256
-_LENGTH_NAMES = frozenset(("Content-Length", "content-length", "Content-length"))
+FIELD_MEMO_VALUE_MAX: Final = 256
+_LENGTH_NAMES: Final = frozenset(("Content-Length", "content-length", "Content-length"))
 
 # The environ keys of every request (REMOTE_* but for a Unix socket's), in the runner's base.
 _REQUEST_KEYS = (
@@ -697,7 +699,7 @@ def _close(result: Iterable[bytes]) -> None:
 def _encode_fields(headers: list[tuple[str, str]], memo: _FieldMemo) -> Headers:
     """The app's response fields as latin-1 bytes (raises UnicodeEncodeError, AttributeError
     or TypeError for what is no pair of latin-1 strings)."""
-    fields: Headers = []
+    fields: list[object] = []
     for name, value in headers:
         values = memo.get(name)
         field = values.get(value) if values is not None else None
@@ -710,7 +712,7 @@ def _encode_fields(headers: list[tuple[str, str]], memo: _FieldMemo) -> Headers:
                 elif len(values) < FIELD_MEMO_VALUES:
                     values[value] = field
         fields.append(field)
-    return fields
+    return cast(Headers, fields)
 
 
 def _environ_key(name: bytes) -> str | None:
