@@ -629,7 +629,7 @@ def test_repeated_fields_are_validated_every_time_they_differ() -> None:
         feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         head = conn.response_head(200, [(b"X-Seen", b"v"), (b"content-length", b"0")], DEFAULTS)
         assert b"\r\nX-Seen: v\r\n" in head
-    assert memo == {(b"X-Seen", b"v"): b"X-Seen: v\r\n"}
+    assert memo == {b"X-Seen": {b"v": b"X-Seen: v\r\n"}}
     for bad in [(b"X-Seen", b"v\r\nx-injected: 1"), (b"X-Seen ", b"v"), (b"X-Seen", b"v\x00")]:
         conn = Connection(limits_with(), field_memo=memo)
         feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -640,26 +640,29 @@ def test_repeated_fields_are_validated_every_time_they_differ() -> None:
 def test_unremembered_fields_are_still_checked_and_sent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(http11, "FIELD_MEMO_MAX", 1)
+    monkeypatch.setattr(http11, "FIELD_MEMO_NAMES", 1)
+    monkeypatch.setattr(http11, "FIELD_MEMO_VALUES", 2)
     memo: http11.FieldMemo = {}
     conn = Connection(limits_with(), field_memo=memo)
     feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     fields = [
         (b"x-long", b"v" * (http11.FIELD_MEMO_VALUE_MAX + 1)),  # too long to be remembered
-        (b"x-first", b"1"),  # fills the memo
-        (b"x-second", b"2"),  # beyond it: checked and sent, not remembered
+        (b"x-first", b"1"),  # fills the memo's names
+        (b"x-second", b"2"),  # a name beyond them: checked and sent, not remembered
+        (b"x-first", b"2"),
+        (b"x-first", b"3"),  # a value beyond the name's: checked and sent, not remembered
         (b"content-length", b"0"),
     ]
     head = conn.response_head(200, fields, DEFAULTS)
     assert b"\r\nx-long: vvv" in head
-    assert b"\r\nx-first: 1\r\nx-second: 2\r\n" in head
-    assert memo == {(b"x-first", b"1"): b"x-first: 1\r\n"}
-    conn = Connection(limits_with(), field_memo=memo)
-    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-    with pytest.raises(AppProtocolError):
-        conn.response_head(200, [(b"x-second", b"2\n")], DEFAULTS)
-    with pytest.raises(AppProtocolError):
-        conn.response_head(200, [(b"x array", b"1")], DEFAULTS)
+    assert b"\r\nx-first: 1\r\nx-second: 2\r\nx-first: 2\r\nx-first: 3\r\n" in head
+    assert memo == {b"x-first": {b"1": b"x-first: 1\r\n", b"2": b"x-first: 2\r\n"}}
+    for bad in [(b"x-second", b"2\n"), (b"x array", b"1"), (b"x-first", b"3\r\nx: y")]:
+        conn = Connection(limits_with(), field_memo=memo)
+        feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        with pytest.raises(AppProtocolError):
+            conn.response_head(200, [bad], DEFAULTS)
+        assert not conn.response_started
 
 
 def test_both_content_length_and_chunked_is_refused() -> None:

@@ -23,6 +23,7 @@ from wsgiref.validate import validator
 import pytest
 
 import aserve.protocols.target
+import aserve.runners.wsgi
 from tests.support.client import connect, raw_exchange
 from tests.support.django_config import configure_django
 from tests.support.http import Response
@@ -534,6 +535,113 @@ def test_the_apps_reason_phrase_is_sent() -> None:
         client.sendall(build("GET", "/"))
         reply = client.response()
     assert (reply.status, reply.reason) == (299, b"Custom Phrase")
+
+
+@pytest.mark.parametrize(
+    ("status", "line"),
+    [
+        ("200 OK", b"HTTP/1.1 200 OK\r\n"),
+        ("404 Not Found", b"HTTP/1.1 404 Not Found\r\n"),
+        ("200 Fine", b"HTTP/1.1 200 Fine\r\n"),  # a known code, a phrase of its own
+        ("200 ok", b"HTTP/1.1 200 ok\r\n"),
+        ("299 Custom", b"HTTP/1.1 299 Custom\r\n"),
+        ("200 OK ", b"HTTP/1.1 200 OK \r\n"),
+    ],
+)
+def test_status_line_is_the_apps_status(status: str, line: bytes) -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return respond(start_response, b"x", status)
+
+    with running(app) as server:
+        reply = fetch(server.port, "GET", "/")
+    assert reply.head.startswith(line)
+
+
+@pytest.mark.parametrize("status", ["2000 OK", "20x OK", "OK", "200 \u20ac", "200 a\r\nX: y"])
+def test_invalid_status_is_a_500(status: str, error_log: LogRecords) -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return respond(start_response, b"x", status)
+
+    with running(app) as server:
+        reply = fetch(server.port, "GET", "/")
+        error_log.wait_for_error()
+    assert reply.status == 500
+
+
+# Response fields by request path, each request on one connection (see test below).
+_FIELDS_BY_PATH: dict[str, list[tuple[str, str]]] = {
+    "/a": [("X-Seen", "one"), ("Content-Type", "text/plain")],
+    "/b": [("X-Seen", "two"), ("Content-Type", "text/plain")],
+    "/latin": [("X-Seen", "caf\xe9"), ("Content-Type", "text/plain")],
+    "/bad-value": [("X-Seen", "one\r\nX-Injected: 1")],
+    "/bad-name": [("X-Seen ", "one")],
+    "/not-latin": [("X-Seen", "\u20ac")],
+    "/not-str": [("X-Seen", 1)],  # type: ignore[list-item]
+}
+
+
+def _fields_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    fields = _FIELDS_BY_PATH[environ["PATH_INFO"]]
+    start_response("200 OK", [*fields, ("Content-Length", str(len(environ["PATH_INFO"])))])
+    return [environ["PATH_INFO"].encode("ascii")]
+
+
+def test_repeated_response_fields_go_out_as_the_app_gives_them_each_time(
+    error_log: LogRecords,
+) -> None:
+    # The runner and http11 remember the fields they have encoded and checked: a field sent
+    # again, with another value, or made invalid after it was valid, is still what goes out.
+    expected = {
+        "/a": b"\r\nX-Seen: one\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n",
+        "/b": b"\r\nX-Seen: two\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n",
+        "/latin": b"\r\nX-Seen: caf\xe9\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n",
+    }
+    with running(_fields_app) as server:
+        with connect(server.port) as client:
+            for path in ["/a", "/a", "/b", "/a", "/latin", "/b", "/latin"]:
+                client.sendall(build("GET", path))
+                reply = client.response()
+                assert reply.status == 200
+                assert expected[path] in reply.head
+                assert reply.body == path.encode("ascii")
+        for path in ["/bad-value", "/bad-name", "/not-latin", "/not-str"]:
+            reply = fetch(server.port, "GET", path)
+            error_log.wait_for_error()
+            assert reply.status == 500
+            assert b"x-seen" not in reply.names
+            assert b"x-injected" not in reply.names
+        reply = fetch(server.port, "GET", "/a")
+        assert expected["/a"] in reply.head
+
+
+def test_response_fields_beyond_a_full_memo_are_encoded_and_checked(
+    monkeypatch: pytest.MonkeyPatch, error_log: LogRecords
+) -> None:
+    monkeypatch.setattr(aserve.runners.wsgi, "FIELD_MEMO_NAMES", 1)
+    monkeypatch.setattr(aserve.runners.wsgi, "FIELD_MEMO_VALUES", 1)
+    fields = [("X-A", "1"), ("X-B", "2"), ("X-A", "3"), ("X-Long", "v" * 300)]
+    memo: dict[str, dict[str, object]] = {}
+    assert aserve.runners.wsgi._encode_fields(fields, memo) == [
+        (b"X-A", b"1"),
+        (b"X-B", b"2"),
+        (b"X-A", b"3"),
+        (b"X-Long", b"v" * 300),
+    ]
+    assert memo == {"X-A": {"1": (b"X-A", b"1")}}
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        bad = [("X-B", "2\r\nX-Injected: 1")] if environ["PATH_INFO"] == "/bad" else []
+        start_response("200 OK", [*fields, *bad, ("Content-Length", "2")])
+        return [b"ok"]
+
+    with running(app) as server:
+        for _ in range(3):
+            reply = fetch(server.port, "GET", "/")
+            assert b"\r\nX-A: 1\r\nX-B: 2\r\nX-A: 3\r\nX-Long: vvv" in reply.head
+        reply = fetch(server.port, "GET", "/bad")
+        error_log.wait_for_error()
+        assert reply.status == 500
+        assert b"x-injected" not in reply.names
 
 
 def test_headers_wait_for_the_first_non_empty_chunk() -> None:

@@ -154,12 +154,15 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 # Response field names that response_head() treats specially; every other field is copied.
 _SPECIAL_FIELDS = frozenset((*_FRAMING_FIELDS, b"connection", b"server", b"date"))
-# Response fields already validated and formatted, by (name, value), for the fields copied as
-# they are: apps send the same few over and over (Content-Type, Vary...), and one dict lookup
-# costs a fifth of the checks. Bounded: once full, new fields are only checked; and long
+# Response fields already validated and formatted, by name then value, for the fields copied
+# as they are: apps send the same few over and over (Content-Type, Vary...), and two dict
+# lookups cost a fifth of the checks. By name then value rather than by (name, value): no
+# tuple to build and hash per field, and bytes objects an app (or the WSGI runner) sends again
+# are found by their cached hashes. Bounded: once full, new fields are only checked; and long
 # values (cookies, tokens), which rarely repeat, are never kept: at most ~1.2 MiB.
-FieldMemo = dict[tuple[bytes, bytes], bytes]
-FIELD_MEMO_MAX = 4096
+FieldMemo = dict[bytes, dict[bytes, bytes]]
+FIELD_MEMO_NAMES = 64
+FIELD_MEMO_VALUES = 64
 FIELD_MEMO_VALUE_MAX = 256
 # Content-Length as apps spell it: its value differs per response, so it is never memoised.
 _LENGTH_NAMES = frozenset((b"content-length", b"Content-Length", b"Content-length"))
@@ -295,14 +298,14 @@ def _field_lines(
     special: _AppFraming | None = None
     # RFC 9110 §8.6, RFC 9112 §6.1: no Content-Length or Transfer-Encoding in a 1xx or 204.
     framing_allowed = status >= 200 and status != 204
-    append = lines.append
     for name, value in headers:
         try:
-            line = memo.get((name, value))
+            values = memo.get(name)
+            line = values.get(value) if values is not None else None
         except TypeError:  # unhashable (a bytearray): checked like a new field below
             line = None
         if line is not None:
-            append(line)
+            lines.append(line)
             continue
         # Content-Length of ASCII digits only: nothing else to check.
         if (
@@ -313,17 +316,17 @@ def _field_lines(
         ):
             if framing_allowed:
                 content_length = int(value)
-                append(b"%s: %s\r\n" % (name, value))
+                lines.append(b"%s: %s\r\n" % (name, value))
             continue
         check_field(name, value)
         lname = bytes(name).lower()
         if lname not in _SPECIAL_FIELDS:
-            append(_remember_field(memo, name, value))
+            lines.append(_remember_field(memo, name, value))
             continue
         if special is None:
             special = _AppFraming()
         if _special_field(special, lname, value, framing_allowed, http_version):
-            append(b"%s: %s\r\n" % (name, value))
+            lines.append(b"%s: %s\r\n" % (name, value))
     return content_length, special
 
 
@@ -350,13 +353,13 @@ def _trailer_lines(trailers: Headers) -> bytes:
 
 def _remember_field(memo: FieldMemo, name: bytes, value: bytes) -> bytes:
     line = b"%s: %s\r\n" % (name, value)
-    if (
-        type(name) is bytes
-        and type(value) is bytes
-        and len(value) <= FIELD_MEMO_VALUE_MAX
-        and len(memo) < FIELD_MEMO_MAX
-    ):
-        memo[name, value] = line
+    if type(name) is bytes and type(value) is bytes and len(value) <= FIELD_MEMO_VALUE_MAX:
+        values = memo.get(name)
+        if values is None:
+            if len(memo) < FIELD_MEMO_NAMES:
+                memo[name] = {value: line}
+        elif len(values) < FIELD_MEMO_VALUES:
+            values[value] = line
     return line
 
 

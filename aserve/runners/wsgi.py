@@ -13,8 +13,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from queue import SimpleQueue
-from typing import IO, Protocol
+from typing import IO, Final, Protocol, cast
 
 from aserve import __version__
 from aserve.errors import AppProtocolError, ClientDisconnected
@@ -31,6 +32,41 @@ THREAD_JOIN_WAIT = 1.0
 
 # The most distinct header names whose environ keys are remembered.
 _KEY_CACHE_SIZE = 512
+
+# Response fields encoded, by the app's name then value: apps send the same few over and over
+# (Content-Type, Vary...), and the same bytes objects each time spare the encoding here and
+# let http11's FieldMemo find them by their cached hashes. Nothing here is validated (http11
+# checks every field it has not remembered). Bounded as http11's memo is; Content-Length,
+# whose value differs per response, is never kept. The pairs are typed as objects: compiled
+# code would check and unpack a tuple[bytes, bytes] read from the dict, then build a new
+# tuple to put it in the list.
+_FieldMemo = dict[str, dict[str, object]]
+FIELD_MEMO_NAMES = 64
+FIELD_MEMO_VALUES = 64
+FIELD_MEMO_VALUE_MAX: Final = 256
+_LENGTH_NAMES: Final = frozenset(("Content-Length", "content-length", "Content-length"))
+
+# The environ keys of every request (REMOTE_* but for a Unix socket's), in the runner's base.
+_REQUEST_KEYS = (
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "wsgi.url_scheme",
+    "wsgi.input",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+)
+
+# The status lines apps send, as their code and no reason of their own (None: the standard
+# phrase): one lookup instead of splitting, parsing and encoding it, and http11 then takes its
+# prebuilt status line.
+_STATUSES: dict[str, tuple[int, bytes | None]] = {
+    f"{status.value} {status.phrase}": (status.value, None) for status in HTTPStatus
+}
 
 # A thread's response bytes handed to the loop at once, in flow-control buffers: an app that
 # yields 64 KiB blocks cost a hand-off (two context switches) per block at 1; at 4 one
@@ -244,15 +280,19 @@ class _Response:
         "headers",
         "headers_sent",
         "loop",
+        "memo",
         "reason",
         "status",
     )
 
-    def __init__(self, cycle: Cycle, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+    def __init__(
+        self, cycle: Cycle, loop: asyncio.AbstractEventLoop, limit: int, memo: _FieldMemo
+    ) -> None:
         self.cycle = cycle
         self.loop = loop
+        self.memo = memo
         self.status = 0
-        self.reason = b""
+        self.reason: bytes | None = None
         self.headers: Headers = []
         self.headers_sent = False
         self._limit = limit * BATCH_BUFFERS
@@ -276,17 +316,24 @@ class _Response:
                 exc_info = None
         elif self.status:
             raise AppProtocolError("start_response() called twice without exc_info")
-        code, _, reason = status.partition(" ")
-        if len(code) != 3 or not code.isdigit():
-            raise AppProtocolError(f"invalid WSGI status {status!r}")
+        known = _STATUSES.get(status)
+        if known is not None:
+            code, reason = known
+        else:
+            text, _, phrase = status.partition(" ")
+            if len(text) != 3 or not text.isdigit():
+                raise AppProtocolError(f"invalid WSGI status {status!r}")
+            code = int(text)
+            try:
+                reason = phrase.encode("latin-1")
+            except UnicodeEncodeError as exc:
+                raise AppProtocolError(f"invalid WSGI status {status!r}") from exc
         try:
-            self.reason = reason.encode("latin-1")
-            self.headers = [
-                (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers
-            ]
+            self.headers = _encode_fields(headers, self.memo)
         except (UnicodeEncodeError, AttributeError, ValueError, TypeError) as exc:
             raise AppProtocolError(f"invalid WSGI response headers: {exc}") from exc
-        self.status = int(code)
+        self.reason = reason
+        self.status = code
         return self.write
 
     def write(self, data: object) -> None:
@@ -304,7 +351,26 @@ class _Response:
         """End the response, with a last piece of body."""
         if not self.status:
             raise AppProtocolError("WSGI app returned without calling start_response()")
+        if not self.headers_sent:
+            # The whole response in one hand-off (most apps): nothing was handed to the loop
+            # before, so nothing is shared with it yet, and the end never waits: no lock.
+            self.headers_sent = True
+            self.loop.call_soon_threadsafe(self._send_whole, data)
+            return
         self._emit(data, end=True)
+
+    def _send_whole(self, data: bytes) -> None:
+        """On the loop: the response `finish` handed over at once (see `_flush`)."""
+        cycle = self.cycle
+        if cycle.done:
+            return
+        try:
+            if not cycle.response_started:
+                cycle.send_start(self.status, self.headers, self.reason)
+            cycle.send_end(data)
+        except AppProtocolError as exc:
+            logger.error("Invalid WSGI response: %s", exc)
+            cycle.fail()
 
     def _emit(self, data: bytes, end: bool) -> None:
         with self._lock:
@@ -424,11 +490,13 @@ class WSGIRunner:
         self.root_path = root_path
         # Each request, and whether it had to wait for a busy pool.
         self._queue: SimpleQueue[tuple[Cycle, bool] | None] = SimpleQueue()
-        # Threads waiting for a request (a read without the lock is only a hint).
-        self._idle = 0
-        self._idle_lock = threading.Lock()
+        # One item per thread waiting for a request: a list's append and pop are atomic, so
+        # its length counts them without a lock (two per request before).
+        self._idle: list[None] = []
         self._context = contextvars.copy_context()
         self._keys: dict[bytes, str | None] = {}
+        # The app's response fields encoded (see _FieldMemo), shared by the pool's threads.
+        self._fields: _FieldMemo = {}
         # PATH_INFO and QUERY_STRING by request target (see protocols.target).
         self._targets: dict[bytes, tuple[str, str]] = {}
         self._base: Environ = {
@@ -440,6 +508,9 @@ class WSGIRunner:
             "wsgi.file_wrapper": FileWrapper,
             "wsgi.input_terminated": True,
             "SERVER_SOFTWARE": f"aserve/{__version__}",
+            # Every request sets these: present in the copy already, each is a replaced value
+            # rather than an insertion, and the copy never grows its table for them.
+            **dict.fromkeys(_REQUEST_KEYS, ""),
         }
         self._threads = [
             threading.Thread(target=self._work, name=f"aserve-wsgi-{i}", daemon=True)
@@ -451,7 +522,7 @@ class WSGIRunner:
             thread.start()
 
     def handle(self, cycle: Cycle) -> None:
-        self._queue.put((cycle, self._idle == 0))
+        self._queue.put((cycle, not self._idle))
 
     async def shutdown(self, timeout: float) -> None:
         """Stop the threads once queued requests are done; stop waiting after `timeout` (at
@@ -469,13 +540,12 @@ class WSGIRunner:
     def _work(self) -> None:
         no_wakeup_preemption()
         get = self._queue.get
-        lock = self._idle_lock
+        idle = self._idle
+        serve = self._serve
         while True:
-            with lock:
-                self._idle += 1
+            idle.append(None)
             item = get()
-            with lock:
-                self._idle -= 1
+            idle.pop()
             if item is None:
                 return
             cycle, waited = item
@@ -488,11 +558,15 @@ class WSGIRunner:
                 # half-closed after sending it, and is served.
                 self.loop.call_soon_threadsafe(cycle.abandon)
                 continue
-            self._context.copy().run(self._serve, cycle)
+            self._context.copy().run(serve, cycle)
 
     def environ(self, cycle: Cycle) -> Environ:
         request = cycle.request
-        target = remember_target(self._targets, request.target, _environ_target)
+        # The memo asked here first: remember_target is not compiled, and a call costs more
+        # than the lookup.
+        target = self._targets.get(request.target)
+        if target is None:
+            target = remember_target(self._targets, request.target, _environ_target)
         info = cycle.info
         server = info.server or ("localhost", 0)
         environ = self._base.copy()
@@ -510,6 +584,8 @@ class WSGIRunner:
         if client is not None:
             environ["REMOTE_ADDR"] = client[0]
             environ["REMOTE_PORT"] = str(client[1])
+        else:
+            del environ["REMOTE_ADDR"], environ["REMOTE_PORT"]
         keys = self._keys
         for name, value in request.headers:
             key = keys.get(name, "")
@@ -532,7 +608,7 @@ class WSGIRunner:
         return environ
 
     def _serve(self, cycle: Cycle) -> None:
-        response = _Response(cycle, self.loop, self.limit_buffer)
+        response = _Response(cycle, self.loop, self.limit_buffer, self._fields)
         try:
             result = self.app(self.environ(cycle), response.start_response)
             try:
@@ -611,9 +687,32 @@ def _regular_file(filelike: object) -> tuple[int, int, int] | None:
 
 
 def _close(result: Iterable[bytes]) -> None:
+    if type(result) is list or type(result) is tuple:
+        # Neither has a close(); looking it up raises and catches an AttributeError inside,
+        # a twentieth of a hello-world request's instructions.
+        return
     close = getattr(result, "close", None)
     if close is not None:
         close()
+
+
+def _encode_fields(headers: list[tuple[str, str]], memo: _FieldMemo) -> Headers:
+    """The app's response fields as latin-1 bytes (raises UnicodeEncodeError, AttributeError
+    or TypeError for what is no pair of latin-1 strings)."""
+    fields: list[object] = []
+    for name, value in headers:
+        values = memo.get(name)
+        field = values.get(value) if values is not None else None
+        if field is None:
+            field = (name.encode("latin-1"), value.encode("latin-1"))
+            if len(value) <= FIELD_MEMO_VALUE_MAX and name not in _LENGTH_NAMES:
+                if values is None:
+                    if len(memo) < FIELD_MEMO_NAMES:
+                        memo[name] = {value: field}
+                elif len(values) < FIELD_MEMO_VALUES:
+                    values[value] = field
+        fields.append(field)
+    return cast(Headers, fields)
 
 
 def _environ_key(name: bytes) -> str | None:
