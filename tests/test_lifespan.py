@@ -14,9 +14,8 @@ from aserve import Server
 from aserve.errors import LifespanError
 from aserve.server import EXIT_LIFESPAN_FAILED
 from aserve.types import Receive, Scope, Send
-from tests.support.client import refused
+from tests.support.client import refused_soon
 from tests.support.logs import LogRecords
-from tests.support.polling import wait_until
 from tests.support.servers import running
 
 
@@ -109,7 +108,7 @@ def test_shutdown_waits_for_the_request_in_progress() -> None:
         stopper = threading.Thread(target=server.stop)
         stopper.start()
         # The listening socket closes as graceful shutdown begins.
-        assert wait_until(lambda: refused(port), 2.0), "the server kept accepting after stop()"
+        assert refused_soon(port), "the server kept accepting after stop()"
     finally:
         release.set()
     stopper.join(10)

@@ -28,7 +28,7 @@ from aserve.process import PORTABLE_ENV
 from aserve.reload.ipc import Fork
 from aserve.reload.spawn import worker_kind
 from aserve.reload.supervisor import BASE_PRELOAD, Template
-from tests.support.client import connect, refused, refused_soon
+from tests.support.client import connect, refused_soon
 from tests.support.procs import ServerProcess
 
 # The supervisor's first line: "aserve supervisor on http://127.0.0.1:PORT, watching DIR".
@@ -928,10 +928,7 @@ def test_stopping_refuses_new_connections_at_once(reloader: Callable[..., Reload
         server.wait_for("app: slow started")
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for("SIGTERM received: stopping")
-        deadline = time.monotonic() + 0.5
-        while not refused(server.port):
-            assert time.monotonic() < deadline, "still accepting connections while stopping"
-            time.sleep(0.02)
+        assert refused_soon(server.port, 0.5), "still accepting connections while stopping"
         assert response.read() == b"first-last-v1"
     finally:
         conn.close()
