@@ -132,6 +132,12 @@ def framing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return str(request.param)
 
 
+# The supervisor reads its channels on uvloop, or on asyncio's loop where uvloop is missing.
+each_loop = pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+
+
 @pytest.mark.usefixtures("framing")
 def test_every_message_crosses_its_link() -> None:
     with ends(TEMPLATE_LINK) as (supervisor, template):
@@ -141,9 +147,7 @@ def test_every_message_crosses_its_link() -> None:
 
 
 @pytest.mark.usefixtures("framing")
-@pytest.mark.parametrize(
-    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
-)
+@each_loop
 def test_async_receive_until_the_other_end_closes(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
@@ -214,9 +218,7 @@ async def test_a_browser_connection_reaches_the_supervisor_on_its_loop() -> None
 
 
 @pytest.mark.usefixtures("framing")
-@pytest.mark.parametrize(
-    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
-)
+@each_loop
 def test_the_next_channel_on_a_closed_channels_descriptor_is_heard(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
@@ -246,9 +248,7 @@ def test_the_next_channel_on_a_closed_channels_descriptor_is_heard(
 
 
 @pytest.mark.usefixtures("framing")
-@pytest.mark.parametrize(
-    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
-)
+@each_loop
 def test_a_receive_waiting_when_its_channel_closes_returns_none(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
