@@ -287,6 +287,7 @@ Down = TypeVar("Down", bound=Message)
 Up = TypeVar("Up", bound=Message)
 Receives = TypeVar("Receives", bound=Message)
 Sends = TypeVar("Sends", bound=Message)
+_Read = TypeVar("_Read")
 
 
 @dataclass(frozen=True)
@@ -370,38 +371,29 @@ class Channel(Generic[Receives, Sends]):
     def recv_fds_nowait(self) -> tuple[Receives, list[int]] | None:
         """`recv_fds()` for a message that has arrived whole; BlockingIOError when none has.
         On a channel an event loop reads, while no `receive` waits."""
-        if self._sock.getblocking():
-            self._sock.setblocking(False)
+        self._nonblocking()
         return self._recv_fds()
 
     async def receive(self) -> Receives | None:
+        self._nonblocking()
+        if self._stream:
+            return self._from_frame(await self._when_readable(self._read_frame))
+        try:
+            size = await self._when_readable(lambda: self._sock.recv_into(self._packet_buffer()))
+        except OSError:
+            return None
+        return self._message(self._packet(size))
+
+    async def receive_fds(self) -> tuple[Receives, list[int]] | None:
+        """`recv_fds()` for an event loop."""
+        self._nonblocking()
+        return await self._when_readable(self._recv_fds)
+
+    def _nonblocking(self) -> None:
         if self._sock.getblocking():
             # The loop reads when the socket is readable: a blocking one would stall it
             # (asyncio refuses one in debug mode).
             self._sock.setblocking(False)
-        if self._stream:
-            return self._from_frame(await self._next_frame())
-        while True:
-            try:
-                size = self._sock.recv_into(self._packet_buffer())
-            except BlockingIOError:
-                await self._readable()
-                continue
-            except OSError:
-                return None
-            return self._message(self._packet(size))
-
-    async def receive_fds(self) -> tuple[Receives, list[int]] | None:
-        """`recv_fds()` for an event loop."""
-        if self._sock.getblocking():
-            self._sock.setblocking(False)
-        if self._stream:
-            return self._with_fds(await self._next_frame())
-        while True:
-            try:
-                return self._recv_fds()
-            except BlockingIOError:
-                await self._readable()
 
     def _recv_fds(self) -> tuple[Receives, list[int]] | None:
         """BlockingIOError when the socket is non-blocking and nothing waits."""
@@ -453,13 +445,6 @@ class Channel(Generic[Receives, Sends]):
         _close(fds)
         return message
 
-    async def _next_frame(self) -> tuple[bytes, list[int]] | None:
-        while True:
-            try:
-                return self._read_frame()
-            except BlockingIOError:
-                await self._readable()
-
     def _read_frame(self) -> tuple[bytes, list[int]] | None:
         """The next stream frame's JSON and descriptors; None at the end of the stream (or a
         frame cut short by it). BlockingIOError when non-blocking and the frame is not whole:
@@ -498,6 +483,15 @@ class Channel(Generic[Receives, Sends]):
         data, fds, _, _ = socket.recv_fds(self._sock, size, MAX_FDS)
         self._partial_fds += fds
         return data
+
+    async def _when_readable(self, read: Callable[[], _Read]) -> _Read:
+        """`read()`, once the socket has something for it: the loop waits, never the socket
+        (`read` raises BlockingIOError while there is nothing)."""
+        while True:
+            try:
+                return read()
+            except BlockingIOError:
+                await self._readable()
 
     async def _readable(self) -> None:
         loop = asyncio.get_running_loop()
