@@ -31,6 +31,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aserve.bench.loadgen import Request, wrk_script
 from aserve.bench.runner import free_port, wait_accepting
 from aserve.bench.system import pinned, process_tree, tree_cpu_s
 
@@ -82,10 +83,13 @@ def wrk(
 
 
 def post_script(size: int) -> str:
-    """A wrk script that POSTs `size` bytes per request (wrk adds the Content-Length)."""
+    """A wrk script file that POSTs `size` bytes per request, as aserve-bench's upload does
+    (wrk adds the Content-Length)."""
+    text = wrk_script(Request("POST", body_size=size))
+    assert text is not None
     handle, path = tempfile.mkstemp(prefix="ab-post-", suffix=".lua")
     with os.fdopen(handle, "w") as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = string.rep("x", {size})\n')
+        script.write(text)
     return path
 
 
