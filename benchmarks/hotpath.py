@@ -33,11 +33,11 @@ import aserve
 from aserve import server
 from aserve.bench.apps import hello_asgi, hello_wsgi
 from aserve.config import Config
-from aserve.exchange import AppRunner
+from aserve.loader import LoadedApp
 from aserve.net.connection import HttpProtocol, ServerState
 from aserve.process import tune_gc
-from aserve.runners.asgi import ASGIRunner
-from aserve.runners.wsgi import FileWrapper, WSGIRunner
+from aserve.runners import make_runner
+from aserve.runners.wsgi import FileWrapper
 from aserve.server import request_limits
 from aserve.types import WSGIApp
 
@@ -140,19 +140,14 @@ async def run(
 ) -> float:
     """Microseconds per request."""
     loop = asyncio.get_running_loop()
-    config = Config()
-    runner: AppRunner
-    if app == "asgi":
-        runner = ASGIRunner(hello_asgi, loop, root_path=config.root_path, lifespan="off")
-    else:
-        # As runners.make_runner makes it for a WSGI app.
-        runner = WSGIRunner(
-            wsgi_app(app),
-            loop,
-            threads=config.threads,
-            limit_buffer=config.limit_buffer,
-            root_path=config.root_path,
-        )
+    # As the server makes its runner; the ASGI hello has no lifespan to run.
+    config = Config(lifespan="off")
+    loaded = (
+        LoadedApp(kind="asgi", app=hello_asgi, name="hello_asgi")
+        if app == "asgi"
+        else LoadedApp(kind="wsgi", app=wsgi_app(app), name=app)
+    )
+    runner = make_runner(loaded, config)
     await runner.startup()
     state = ServerState(
         loop,
